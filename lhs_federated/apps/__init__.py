@@ -1,0 +1,1 @@
+"""Flower ServerApp, ClientApp and the in-process engine (the only Flower code)."""

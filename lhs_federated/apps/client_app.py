@@ -1,0 +1,91 @@
+"""The site's Flower ClientApp: messages in, calls of :mod:`lhs_federated.site` out.
+
+Three message types: ``query`` (who the site is, its counts and column sums),
+``train`` (one round of local training from the global model) and
+``evaluate`` (clinical metrics of the global model on the site's test split).
+Every message carries the study, checked against its hash. A site that cannot
+or will not do what is asked replies with an error whose reason names the site
+(:func:`site_errors_mod`), so the coordinator records why, rather than
+waiting for a timeout or seeing an anonymous crash.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from lhs_federated.apps import records
+from lhs_federated.apps.client_site import resolve_site
+from lhs_federated.errors import LhsError, SiteRefusal
+from lhs_federated.site import evaluate_at_site, site_standardizer, summarise_site, train_at_site
+
+
+def site_errors_mod(message: Message, context: Context, call_next) -> Message:
+    """Turn a site's deliberate refusals and input errors into error replies.
+
+    A refusal (:class:`SiteRefusal`) gets code ``SITE_REFUSED`` so the
+    coordinator can tell it from a failure; other lhs-federated errors (a site
+    whose data break the contract) get ``SITE_ERROR``. Anything else is a bug
+    and is left to Flower, which reports it as a ClientApp exception.
+    """
+    try:
+        return call_next(message, context)
+    except SiteRefusal as refusal:
+        return Message(Error(code=records.SITE_REFUSED, reason=refusal.message), reply_to=message)
+    except LhsError as error:
+        return Message(Error(code=records.SITE_ERROR, reason=error.message), reply_to=message)
+
+
+app = ClientApp(mods=[site_errors_mod])
+
+
+@app.query()
+def describe(message: Message, context: Context) -> Message:
+    """Reply with the site's name, counts and (federated scaling) column sums."""
+    study = records.study_from_config(message.content[records.CONFIG])
+    site = resolve_site(study, context)
+    summary = summarise_site(site.data, study, min_cell_size=site.min_cell_size)
+    return Message(records.summary_to_record(summary), reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """Train the global model locally for one round and reply with the update."""
+    config = message.content[records.CONFIG]
+    study = records.study_from_config(config)
+    site = resolve_site(study, context)
+    torch.set_num_threads(site.threads)
+    update = train_at_site(
+        study,
+        site.data,
+        records.from_array_record(message.content[records.ARRAYS]),
+        server_round=int(config[records.ROUND]),
+        standardizer=site_standardizer(study, site.data, records.standardizer_from_config(config)),
+        proximal_mu=float(config.get(records.PROXIMAL_MU, 0.0)),
+    )
+    content = RecordDict(
+        {
+            records.ARRAYS: records.to_array_record(update.arrays),
+            records.METRICS: MetricRecord(
+                {records.NUM_EXAMPLES: update.n_examples, records.TRAIN_LOSS: update.loss}
+            ),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Score the global model on the site's test split."""
+    config = message.content[records.CONFIG]
+    study = records.study_from_config(config)
+    site = resolve_site(study, context)
+    torch.set_num_threads(site.threads)
+    report = evaluate_at_site(
+        study,
+        site.data,
+        records.from_array_record(message.content[records.ARRAYS]),
+        standardizer=site_standardizer(study, site.data, records.standardizer_from_config(config)),
+    )
+    return Message(records.report_to_record(report), reply_to=message)

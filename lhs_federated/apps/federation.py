@@ -1,0 +1,334 @@
+"""The coordinator's run of a study on any Flower Grid.
+
+One loop serves every engine (in-process, Ray simulation, a deployed
+SuperLink). It drives the Flower strategy's own ``configure_*`` and
+``aggregate_*`` methods, so sampling and aggregation stay Flower's, and adds
+what a clinical study needs around them:
+
+1. a discovery and federated-statistics round (who the sites are, their
+   counts, and the column sums that give global means and scales);
+2. per round: training, a check that enough sites returned an update (a
+   refusal or a crash is recorded with its reason, never averaged in),
+   aggregation over replies in site order (so floating-point sums are the same
+   on every engine), then evaluation of the new global model at every site;
+3. results written as the run goes, and a progress event after each round.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from lhs_federated.apps import records
+from lhs_federated.apps.site_grid import SiteGrid
+from lhs_federated.apps.strategies import build_strategy
+from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.errors import StudyRunError
+from lhs_federated.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
+from lhs_federated.models import build_model, get_arrays
+from lhs_federated.models.export import save_model
+from lhs_federated.progress import RoundProgress, report_progress
+from lhs_federated.results import RunWriter, utc_now
+from lhs_federated.site import SiteSummary, n_features
+from lhs_federated.study import Study
+
+
+@dataclass
+class RoundOutcome:
+    """Replies of one stage, split by what happened at each site."""
+
+    ok: list[tuple[str, Message]] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def run_study(grid: Grid, study: Study, out_dir: Path, *, engine: str) -> dict[str, Any]:
+    """Run ``study`` on ``grid`` and write its results folder.
+
+    Parameters
+    ----------
+    grid : Grid
+        Any Flower Grid whose nodes run the lhs-federated ClientApp.
+    study : Study
+        The resolved study.
+    out_dir : Path
+        Results folder; created once the sites are known to be ready.
+    engine : str
+        Name of the engine, recorded in ``versions.json``.
+
+    Returns
+    -------
+    dict
+        The run summary (also written as ``summary.json``).
+
+    Raises
+    ------
+    StudyRunError
+        If sites do not connect, fail discovery, or too few return updates.
+    """
+    started = time.monotonic()
+    random.seed(study.seed)  # Flower strategies sample sites with `random`
+    summaries, site_grid = discover_sites(grid, study)
+    standardizer = global_standardizer(study, summaries.values())
+    writer = RunWriter(out_dir, study, engine=engine)
+    try:
+        writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
+        strategy = build_strategy(study, n_sites=len(summaries))
+        arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
+        final_reports: dict[str, MetricReport] = {}
+        for server_round in range(1, study.rounds + 1):
+            arrays, final_reports = _run_round(
+                site_grid, strategy, study, arrays, standardizer, server_round, writer
+            )
+        model_files = save_model(out_dir / "model", study, arrays, standardizer)
+        summary = _summary(
+            study, summaries, final_reports, arrays, model_files, time.monotonic() - started
+        )
+        writer.finish(summary)
+    except Exception as error:
+        writer.fail(error)
+        raise
+    return summary
+
+
+def discover_sites(grid: Grid, study: Study) -> tuple[dict[int, SiteSummary], SiteGrid]:
+    """Ask every connected node who it is and for its data summary.
+
+    Raises
+    ------
+    StudyRunError
+        If a site fails or refuses, if two nodes claim the same site, or if
+        fewer than ``federation.min_sites`` sites answer.
+    """
+    federation = study.federation
+    deadline = time.monotonic() + federation.connect_timeout
+    needed = federation.min_sites or 1
+    while len(node_ids := list(grid.get_node_ids())) < needed:
+        if time.monotonic() >= deadline:
+            raise StudyRunError(
+                f"only {len(node_ids)} sites connected within {federation.connect_timeout:g} s; "
+                f"the study needs {needed} (federation.min_sites)."
+            )
+        time.sleep(0.5)
+    content = RecordDict({records.CONFIG: records.study_config(study)})
+    messages = [Message(content, node_id, MessageType.QUERY) for node_id in sorted(node_ids)]
+    replies = list(grid.send_and_receive(messages, timeout=federation.round_timeout))
+    errors, summaries = [], {}
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            errors.append(f"node {node}: {reply.error.reason}")
+            continue
+        summaries[node] = records.summary_from_record(reply.content)
+    answered = {r.metadata.src_node_id for r in replies}
+    errors += [
+        f"node {n}: no reply within {federation.round_timeout:g} s"
+        for n in node_ids
+        if n not in answered
+    ]
+    if errors:
+        raise StudyRunError("sites could not join the study: " + "; ".join(errors))
+    names = [s.name for s in summaries.values()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise StudyRunError(
+            f"two nodes claim to be site(s) {', '.join(twice)}; each site runs one node."
+        )
+    ordered = dict(sorted(summaries.items(), key=lambda item: item[1].name))
+    return ordered, SiteGrid(grid, {node: s.name for node, s in ordered.items()})
+
+
+def global_standardizer(study: Study, summaries: Any) -> Standardizer | None:
+    """Global means and scales from the sites' column sums (federated scaling).
+
+    Raises
+    ------
+    StudyRunError
+        If no site could send its sums (all below the minimum cell size).
+    """
+    if study.preprocessing.scaling != "federated":
+        return None
+    parts = [s.sums for s in summaries if s.sums is not None]
+    if not parts:
+        raise StudyRunError(
+            "federated scaling needs column sums from at least one site, but every "
+            "site withheld them (each has fewer rows than its minimum cell size)."
+        )
+    return Standardizer.from_sums(ColumnSums.combine(parts))
+
+
+def _round_config(study: Study, standardizer: Standardizer | None) -> ConfigRecord:
+    config = records.study_config(study)
+    if standardizer is not None:
+        config.update(records.standardizer_to_config(standardizer))
+    return config
+
+
+def _collect(
+    grid: SiteGrid, messages: list[Message], replies: list[Message], timeout: float
+) -> RoundOutcome:
+    outcome = RoundOutcome()
+    for reply in replies:
+        site = grid.site_of(reply)
+        if reply.has_error():
+            kind = "refused" if reply.error.code == records.SITE_REFUSED else "failed"
+            outcome.failed[site] = f"{kind}: {reply.error.reason}"
+        else:
+            outcome.ok.append((site, reply))
+    answered = {r.metadata.src_node_id for r in replies}
+    for message in messages:
+        if message.metadata.dst_node_id not in answered:
+            outcome.failed[grid.sites[message.metadata.dst_node_id]] = (
+                f"no reply within {timeout:g} s"
+            )
+    outcome.ok.sort(key=lambda item: item[0])
+    return outcome
+
+
+def _run_round(
+    grid: SiteGrid,
+    strategy: Strategy,
+    study: Study,
+    arrays: dict[str, np.ndarray],
+    standardizer: Standardizer | None,
+    server_round: int,
+    writer: RunWriter,
+) -> tuple[dict[str, np.ndarray], dict[str, MetricReport]]:
+    started = time.monotonic()
+    federation = study.federation
+    needed = min(federation.min_sites or len(grid.sites), len(grid.sites))
+    timeout = federation.round_timeout
+
+    grid.wait_for_sites(needed, timeout=federation.connect_timeout, stage=f"round {server_round}")
+    messages = list(
+        strategy.configure_train(
+            server_round, records.to_array_record(arrays), _round_config(study, standardizer), grid
+        )
+    )
+    trained = _collect(
+        grid, messages, list(grid.send_and_receive(messages, timeout=timeout)), timeout
+    )
+    if len(trained.ok) < needed:
+        failures = "; ".join(f"{site}: {why}" for site, why in trained.failed.items()) or "none"
+        raise StudyRunError(
+            f"round {server_round}: {len(trained.ok)} of {len(messages)} sites returned a "
+            f"training update; the study needs {needed} (federation.min_sites). "
+            f"Failures: {failures}."
+        )
+    new_arrays, _ = strategy.aggregate_train(server_round, [reply for _, reply in trained.ok])
+    if new_arrays is not None:
+        arrays = records.from_array_record(new_arrays)
+    rows: list[tuple[int, str, str, str, float, str]] = []
+    for site, reply in trained.ok:
+        metrics = reply.content[records.METRICS]
+        rows.append((server_round, site, "train", "n", float(metrics[records.NUM_EXAMPLES]), ""))
+        rows.append((server_round, site, "train", "loss", float(metrics[records.TRAIN_LOSS]), ""))
+
+    grid.wait_for_sites(
+        needed, timeout=federation.connect_timeout, stage=f"round {server_round} evaluation"
+    )
+    messages = list(
+        strategy.configure_evaluate(
+            server_round, records.to_array_record(arrays), _round_config(study, standardizer), grid
+        )
+    )
+    evaluated = _collect(
+        grid, messages, list(grid.send_and_receive(messages, timeout=timeout)), timeout
+    )
+    if evaluated.ok:
+        strategy.aggregate_evaluate(server_round, [reply for _, reply in evaluated.ok])
+    reports = {site: records.report_from_record(reply.content) for site, reply in evaluated.ok}
+    for site, report in reports.items():
+        for metric in METRIC_NAMES:
+            rows.append(
+                (
+                    server_round,
+                    site,
+                    "test",
+                    metric,
+                    report.values.get(metric, float("nan")),
+                    report.undefined.get(metric, ""),
+                )
+            )
+    writer.add_metrics(rows)
+    failed = {**{s: f"evaluation {w}" for s, w in evaluated.failed.items()}, **trained.failed}
+    mean_auroc = nan_weighted_mean(
+        [r.values["auroc"] for r in reports.values()], [1.0] * len(reports)
+    )
+    writer.add_round(
+        server_round, time.monotonic() - started, [s for s, _ in trained.ok], failed, mean_auroc
+    )
+    report_progress(
+        RoundProgress(
+            study=study.name,
+            round=server_round,
+            rounds=study.rounds,
+            sites_done=len(trained.ok),
+            sites_total=len(grid.sites),
+            mean_auroc=mean_auroc,
+            failed=failed,
+        )
+    )
+    return arrays, reports
+
+
+def _site_row(summary: SiteSummary, min_cell_size: int) -> dict[str, Any]:
+    def shown(value: int | None) -> Any:
+        return f"<{min_cell_size}" if value is None else value
+
+    return {
+        "site": summary.name,
+        "n_train": shown(summary.n_train),
+        "n_test": shown(summary.n_test),
+        "positives_train": shown(summary.positives_train),
+        "positives_test": shown(summary.positives_test),
+    }
+
+
+def _summary(
+    study: Study,
+    summaries: dict[int, SiteSummary],
+    reports: dict[str, MetricReport],
+    arrays: dict[str, np.ndarray],
+    model_files: dict[str, str],
+    seconds: float,
+) -> dict[str, Any]:
+    sites = list(reports)
+    weights = [reports[s].values["n"] for s in sites]
+
+    def clean(value: float) -> float | None:
+        return None if np.isnan(value) else value
+
+    return {
+        "study": study.name,
+        "study_hash": study.hash,
+        "status": "completed",
+        "finished_at": utc_now(),
+        "seconds": round(seconds, 3),
+        "rounds": study.rounds,
+        "sites": [s.name for s in summaries.values()],
+        "final": {
+            "per_site": {s: {m: clean(v) for m, v in reports[s].values.items()} for s in sites},
+            "undefined": {s: reports[s].undefined for s in sites if reports[s].undefined},
+            "mean": {
+                m: clean(
+                    nan_weighted_mean([reports[s].values[m] for s in sites], [1.0] * len(sites))
+                )
+                for m in METRIC_NAMES
+                if m != "n"
+            },
+            "weighted_mean": {
+                m: clean(nan_weighted_mean([reports[s].values[m] for s in sites], weights))
+                for m in METRIC_NAMES
+                if m != "n"
+            },
+        },
+        "model": {"arrays_sha256": records.hash_arrays(arrays), "files": model_files},
+    }

@@ -1,0 +1,116 @@
+"""The in-process engine: a Flower Grid that calls the ClientApp directly.
+
+For researchers' quick runs there is no reason to start Ray or a SuperLink:
+this Grid delivers each message to the real ClientApp object in the same
+process, with one persistent :class:`~flwr.app.Context` per simulated node
+(``partition-id`` in its node config, as Flower's simulation engine sets it).
+Messages are copied on delivery, as a transport would, so a ClientApp can never
+see or change another site's message. The ServerApp and ClientApp code is
+exactly what runs on the other engines.
+"""
+
+from __future__ import annotations
+
+import copy
+import traceback
+from collections.abc import Iterable
+from uuid import uuid4
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from lhs_federated.apps.client_site import PARTITION_ID
+
+NUM_PARTITIONS = "num-partitions"
+
+
+class InProcessGrid(Grid):
+    """A Grid whose nodes are simulated sites served by ``client_app`` in this process.
+
+    Parameters
+    ----------
+    client_app : ClientApp
+        The ClientApp every node runs.
+    n_nodes : int
+        Number of simulated sites; node ``k`` gets ``partition-id`` ``k``.
+    run_id : int
+        The run's id, as Flower would assign it.
+    """
+
+    def __init__(self, client_app: ClientApp, n_nodes: int, *, run_id: int) -> None:
+        self._client_app = client_app
+        self._run = Run.create_empty(run_id)
+        self._contexts = {
+            1000 + k: Context(
+                run_id=run_id,
+                node_id=1000 + k,
+                node_config={PARTITION_ID: k, NUM_PARTITIONS: n_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for k in range(n_nodes)
+        }
+        self._pending: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:  # noqa: D102
+        self._run = run
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return self._run
+
+    def create_message(  # noqa: D102
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> list[int]:  # noqa: D102
+        return list(self._contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Queue messages, giving each an id as the SuperLink would."""
+        ids = []
+        for message in messages:
+            message_id = str(uuid4())
+            message.metadata.__dict__["_message_id"] = message_id
+            self._pending[message_id] = message
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """Run the ClientApp on each queued message and return the replies."""
+        return [self._deliver(self._pending.pop(i)) for i in message_ids if i in self._pending]
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    def _deliver(self, message: Message) -> Message:
+        context = self._contexts.get(message.metadata.dst_node_id)
+        if context is None:
+            return Message(
+                Error(
+                    code=ErrorCode.NODE_UNAVAILABLE,
+                    reason=f"no node {message.metadata.dst_node_id}",
+                ),
+                reply_to=message,
+            )
+        delivered = copy.deepcopy(message)
+        try:
+            reply = self._client_app(delivered, context)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            reply = Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=delivered
+            )
+        reply.metadata.__dict__["_message_id"] = str(uuid4())
+        return reply

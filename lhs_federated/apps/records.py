@@ -1,0 +1,176 @@
+"""The message contract between the ServerApp and the ClientApp.
+
+Every key that travels, and how our objects become Flower records and back,
+is defined here once, so both apps (and, later, the site's egress guard)
+agree on exactly what a message may hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.metrics import METRIC_NAMES, MetricReport
+from lhs_federated.site import SiteSummary
+from lhs_federated.study import Study
+
+# Keys of the ConfigRecord the server sends.
+ROUND = "server-round"
+STUDY = "study"
+STUDY_HASH = "study-hash"
+PREP_MEAN = "preprocessing-mean"
+PREP_SCALE = "preprocessing-scale"
+PROXIMAL_MU = "proximal-mu"
+
+# Record names in messages.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+UNDEFINED = "undefined"
+SITE = "site"
+COUNTS = "counts"
+SUMS = "sums"
+
+# Keys of the MetricRecords sites send.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train_loss"
+
+# Error codes of replies a site sends on purpose (Flower's own codes are < 100).
+SITE_REFUSED = 4031
+SITE_ERROR = 4220
+
+
+def study_config(study: Study) -> ConfigRecord:
+    """The study itself and its hash, sent with every message."""
+    return ConfigRecord({STUDY: study.to_json(), STUDY_HASH: study.hash})
+
+
+def study_from_config(config: ConfigRecord) -> Study:
+    """Rebuild the study a message carries, checking it against its hash.
+
+    Raises
+    ------
+    ValueError
+        If the message has no study or the study does not match its hash.
+    """
+    if STUDY not in config or STUDY_HASH not in config:
+        raise ValueError(f"the message carries no study (keys: {sorted(config)})")
+    text = str(config[STUDY])
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if digest != config[STUDY_HASH]:
+        raise ValueError(
+            f"the study in the message hashes to {digest}, not the stated {config[STUDY_HASH]}"
+        )
+    return Study.from_json(text, source="the study sent by the server")
+
+
+def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Named numpy arrays as an ArrayRecord (order kept)."""
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord as named numpy arrays."""
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def standardizer_to_config(standardizer: Standardizer) -> ConfigRecord:
+    """Federated preprocessing statistics as config entries."""
+    return ConfigRecord(
+        {
+            PREP_MEAN: [float(v) for v in standardizer.mean],
+            PREP_SCALE: [float(v) for v in standardizer.scale],
+        }
+    )
+
+
+def standardizer_from_config(config: ConfigRecord) -> Standardizer | None:
+    """The federated preprocessing statistics of a message, if it has them."""
+    if PREP_MEAN not in config:
+        return None
+    return Standardizer(np.asarray(config[PREP_MEAN], float), np.asarray(config[PREP_SCALE], float))
+
+
+def summary_to_record(summary: SiteSummary) -> RecordDict:
+    """A site's summary as a query reply; withheld counts are left out."""
+    counts = {
+        key: value
+        for key, value in (
+            ("n-train", summary.n_train),
+            ("n-test", summary.n_test),
+            ("positives-train", summary.positives_train),
+            ("positives-test", summary.positives_test),
+        )
+        if value is not None
+    }
+    record = RecordDict({SITE: ConfigRecord({"name": summary.name}), COUNTS: MetricRecord(counts)})
+    if summary.sums is not None:
+        record[SUMS] = MetricRecord(
+            {
+                "count": summary.sums.count.tolist(),
+                "sum": summary.sums.total.tolist(),
+                "sum-of-squares": summary.sums.total_sq.tolist(),
+            }
+        )
+    return record
+
+
+def summary_from_record(record: RecordDict) -> SiteSummary:
+    """Parse a site's query reply."""
+    counts = record[COUNTS]
+    sums = None
+    if SUMS in record:
+        raw = record[SUMS]
+        sums = ColumnSums(
+            np.asarray(raw["count"], float),
+            np.asarray(raw["sum"], float),
+            np.asarray(raw["sum-of-squares"], float),
+        )
+
+    def count(key: str) -> int | None:
+        return int(counts[key]) if key in counts else None
+
+    return SiteSummary(
+        name=str(record[SITE]["name"]),
+        n_train=count("n-train"),
+        n_test=count("n-test"),
+        positives_train=count("positives-train"),
+        positives_test=count("positives-test"),
+        sums=sums,
+    )
+
+
+def report_to_record(report: MetricReport) -> RecordDict:
+    """Evaluation metrics (NaN where undefined) plus the reasons as config.
+
+    Every reply carries every metric key, because Flower's reply validation
+    requires the same keys from all sites; undefined ones are NaN and the
+    aggregation skips them.
+    """
+    metrics = MetricRecord({name: float(report.values[name]) for name in METRIC_NAMES})
+    metrics[NUM_EXAMPLES] = int(report.values["n"])
+    return RecordDict({METRICS: metrics, UNDEFINED: ConfigRecord(dict(report.undefined))})
+
+
+def report_from_record(record: RecordDict) -> MetricReport:
+    """Parse an evaluation reply."""
+    metrics = record[METRICS]
+    undefined = (
+        {str(k): str(v) for k, v in record[UNDEFINED].items()} if UNDEFINED in record else {}
+    )
+    return MetricReport(
+        {name: float(metrics[name]) for name in METRIC_NAMES if name in metrics}, undefined
+    )
+
+
+def hash_arrays(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of named arrays."""
+    digest = hashlib.sha256()
+    for name, value in arrays.items():
+        value = np.ascontiguousarray(value)
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,96 @@
+"""A Flower Grid restricted to a study's sites and ordered by site name.
+
+Flower identifies nodes by random integers; a study identifies sites by name.
+Strategies sample from ``get_node_ids()`` (with Python's ``random``), so
+ordering the ids by site name, and seeding ``random`` from the study, makes
+the sampled sites the same on every engine, where the ids differ. Every other
+call is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from lhs_federated.errors import StudyRunError
+
+
+class SiteGrid(Grid):
+    """Wraps a Grid; node ids come back sorted by the site each belongs to.
+
+    Parameters
+    ----------
+    grid : Grid
+        The engine's grid (in-process, Ray simulation or a SuperLink).
+    sites : dict of int to str
+        Node id to site name, as learned in the discovery round.
+    """
+
+    def __init__(self, grid: Grid, sites: dict[int, str]) -> None:
+        self._grid = grid
+        self.sites = dict(sites)
+
+    def set_run(self, run: Run) -> None:  # noqa: D102
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return self._grid.run
+
+    def create_message(  # noqa: D102
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> list[int]:
+        """Connected nodes that belong to the study, ordered by site name."""
+        connected = set(self._grid.get_node_ids())
+        return sorted((n for n in self.sites if n in connected), key=self.sites.__getitem__)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+    def site_of(self, message: Message) -> str:
+        """The site a reply came from."""
+        return self.sites.get(message.metadata.src_node_id, f"node-{message.metadata.src_node_id}")
+
+    def wait_for_sites(self, needed: int, *, timeout: float, stage: str) -> list[int]:
+        """Wait until at least ``needed`` study sites are connected.
+
+        Flower's own sampling waits forever; a study waits ``timeout`` seconds
+        and then fails, naming the sites that are missing.
+
+        Raises
+        ------
+        StudyRunError
+            If fewer than ``needed`` sites are connected by the deadline.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            connected = self.get_node_ids()
+            if len(connected) >= needed:
+                return connected
+            if time.monotonic() >= deadline:
+                missing = sorted(set(self.sites.values()) - {self.sites[n] for n in connected})
+                raise StudyRunError(
+                    f"{stage}: only {len(connected)} of the study's sites are connected, "
+                    f"{needed} needed; not connected after {timeout:g} s: {', '.join(missing)}."
+                )
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

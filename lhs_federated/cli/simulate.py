@@ -1,0 +1,181 @@
+"""``lhs-fed simulate``: run a study on simulated sites with a live progress bar."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tomllib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lhs_federated.errors import ConfigError
+from lhs_federated.metrics import METRIC_NAMES
+from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
+from lhs_federated.progress import RoundProgress
+from lhs_federated.results import RunResults
+from lhs_federated.simulation import BACKENDS, simulate
+from lhs_federated.study import Study, load_study
+
+console = Console(highlight=False)
+if not console.is_terminal:  # pipes and CI logs: room for the results table
+    console.width = max(console.width, 120)
+
+# Column labels of the results table (calibration intercept: calibration-in-the-large).
+SHORT_LABELS = {
+    "n": "n",
+    "prevalence": "prev",
+    "auroc": "AUROC",
+    "auprc": "AUPRC",
+    "accuracy": "acc",
+    "balanced_accuracy": "bal.acc",
+    "brier": "Brier",
+    "calibration_slope": "slope",
+    "calibration_intercept": "CITL",
+    "ece": "ECE",
+}
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` pairs; values are TOML (bare words are strings).
+
+    Raises
+    ------
+    ConfigError
+        If an assignment has no ``=``.
+    """
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set rounds=20")
+        try:
+            value = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        overrides[key.strip()] = value
+    return overrides
+
+
+def load_with_overrides(study_path: Path | None, assignments: list[str]) -> Study:
+    """The study a command names, with its ``--set`` overrides applied."""
+    study = load_study(study_path)
+    overrides = parse_overrides(assignments)
+    return study.with_overrides(overrides) if overrides else study
+
+
+class _ProgressHandler(logging.Handler):
+    """Draws the coordinator's round events on a Rich progress bar."""
+
+    def __init__(self, progress: Progress, task: Any) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+        self.task = task
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event: RoundProgress | None = getattr(record, "lhs_progress", None)
+        if event is None:
+            return
+        auroc = "n/a" if math.isnan(event.mean_auroc) else f"{event.mean_auroc:.3f}"
+        self.progress.update(
+            self.task,
+            completed=event.round,
+            total=event.rounds,
+            sites=f"{event.sites_done}/{event.sites_total}",
+            auroc=auroc,
+        )
+        for site, why in event.failed.items():
+            self.progress.console.print(f"[yellow]round {event.round}: {site} {why}[/]")
+
+
+@contextmanager
+def round_progress(study: Study, *, enabled: bool):
+    """Show a progress bar fed by the coordinator's progress events.
+
+    Flower's and Ray's own INFO logging is quietened meanwhile, since the bar
+    says the same more briefly.
+    """
+    quiet = {name: logging.getLogger(name) for name in ("flwr", "ray")}
+    levels = {name: logger.level for name, logger in quiet.items()}
+    for logger in quiet.values():
+        logger.setLevel(logging.WARNING)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("round {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("sites {task.fields[sites]}"),
+        TextColumn("mean AUROC {task.fields[auroc]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+    )
+    task = progress.add_task(study.name, total=study.rounds, sites="-", auroc="-")
+    handler = _ProgressHandler(progress, task)
+    previous_level = PROGRESS_LOGGER.level
+    PROGRESS_LOGGER.setLevel(logging.INFO)
+    PROGRESS_LOGGER.addHandler(handler)
+    try:
+        with progress:
+            yield
+    finally:
+        PROGRESS_LOGGER.removeHandler(handler)
+        PROGRESS_LOGGER.setLevel(previous_level)
+        for name, logger in quiet.items():
+            logger.setLevel(levels[name])
+
+
+def results_table(results: RunResults) -> Table:
+    """The final round's metrics per site, with the federation's means."""
+    final = results.summary["final"]
+    table = Table(
+        title=f"{results.summary['study']}: final round, test splits", box=box.SIMPLE_HEAD
+    )
+    table.add_column("site", no_wrap=True)
+    for metric in METRIC_NAMES:
+        table.add_column(SHORT_LABELS[metric], justify="right", no_wrap=True)
+
+    def cell(value: float | None, metric: str) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.0f}" if metric == "n" else f"{value:.3f}"
+
+    for site, values in final["per_site"].items():
+        table.add_row(site, *(cell(values.get(m), m) for m in METRIC_NAMES))
+    for label, values in (("mean", final["mean"]), ("weighted mean", final["weighted_mean"])):
+        table.add_row(f"[bold]{label}[/]", "", *(cell(values.get(m), m) for m in METRIC_NAMES[1:]))
+    return table
+
+
+def simulate_command(
+    study: Annotated[
+        Path | None, typer.Argument(help="Study TOML file (default: the built-in default study).")
+    ] = None,
+    backend: Annotated[str, typer.Option(help=f"Engine: {' or '.join(BACKENDS)}.")] = "inprocess",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Results folder (default: runs/<study>-<time>/).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a study key, e.g. --set rounds=20 (repeatable)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Run a study on its simulated sites and print the per-site results."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
+    resolved = load_with_overrides(study, set_ or [])
+    with round_progress(resolved, enabled=not quiet):
+        results = simulate(resolved, backend=backend, out_dir=out)  # type: ignore[arg-type]
+    console.print(results_table(results))
+    console.print("slope: calibration slope; CITL: calibration-in-the-large (intercept)")
+    for site, reasons in results.summary["final"]["undefined"].items():
+        for metric, reason in reasons.items():
+            console.print(f"  — {site} {metric}: {reason}")
+    console.print(f"study hash {results.summary['study_hash']}")
+    console.print(f"results in [bold]{results.out_dir}[/]")

@@ -1,0 +1,1 @@
+"""Data contracts, sources, validation, encoding, splits and federated statistics."""

@@ -1,0 +1,141 @@
+"""Data sources of simulated studies: each yields every site's raw table.
+
+A source turns the study's ``[data]`` table into raw per-site tables; the
+common path then validates each against the contract, encodes it and splits it
+(:func:`load_sites`). New sources plug in by name in :data:`SOURCES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from lhs_federated.data.encoding import SiteTable, prepare_table
+from lhs_federated.data.io import TABLE_SUFFIXES, read_table
+from lhs_federated.data.split import split_site
+from lhs_federated.data.synthetic import generate_cohort
+from lhs_federated.data.uci_heart import load_uci_heart
+from lhs_federated.errors import DataError
+from lhs_federated.study import Study
+
+
+@dataclass(frozen=True)
+class RawSite:
+    """One site's table as read, and where it came from."""
+
+    name: str
+    table: pd.DataFrame
+    source: str
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """One site's cleaned rows, split into train and test."""
+
+    name: str
+    train: SiteTable
+    test: SiteTable
+
+
+def _synthetic(study: Study) -> list[RawSite]:
+    tables = generate_cohort(study.data.synthetic, seed=study.seed)
+    return [
+        RawSite(name, table, f"synthetic cohort (seed {study.seed}), {name}")
+        for name, table in tables.items()
+    ]
+
+
+def _uci_heart(study: Study) -> list[RawSite]:
+    folder = study.data.path or ""
+    tables = load_uci_heart(folder)
+    return [RawSite(name, table, f"{folder}/{name}") for name, table in tables.items()]
+
+
+def _folder(study: Study) -> list[RawSite]:
+    folder = Path(study.data.path or "")
+    if not folder.is_dir():
+        raise DataError(f"data folder {str(folder)!r} does not exist.")
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in TABLE_SUFFIXES and not p.name.startswith(".")
+    )
+    if not files:
+        raise DataError(
+            f"data folder {str(folder)!r} holds no site tables ({', '.join(TABLE_SUFFIXES)} files)."
+        )
+    stems = [p.stem for p in files]
+    duplicated = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicated:
+        raise DataError(
+            f"data folder {str(folder)!r} has two files for site(s) {', '.join(duplicated)}."
+        )
+    return [
+        RawSite(p.stem, read_table(p, na_values=study.contract.na_values), str(p)) for p in files
+    ]
+
+
+SOURCES: dict[str, Callable[[Study], list[RawSite]]] = {
+    "synthetic": _synthetic,
+    "uci-heart": _uci_heart,
+    "folder": _folder,
+}
+
+
+def raw_sites(study: Study) -> list[RawSite]:
+    """Every site's raw table, restricted and ordered by ``data.sites`` if set.
+
+    Raises
+    ------
+    DataError
+        If a named site does not exist in the source.
+    """
+    sites = SOURCES[study.data.source](study)
+    if study.data.sites is None:
+        return sites
+    by_name = {site.name: site for site in sites}
+    unknown = [name for name in study.data.sites if name not in by_name]
+    if unknown:
+        raise DataError(
+            f"data.sites names {', '.join(map(repr, unknown))}, not found in the "
+            f"{study.data.source} source (sites: {', '.join(by_name)})."
+        )
+    return [by_name[name] for name in study.data.sites]
+
+
+def load_sites(study: Study) -> list[SiteData]:
+    """Every simulated site's validated, encoded and split data.
+
+    Cached per study (by hash), since each simulated site's ClientApp asks for
+    its data every round.
+
+    Raises
+    ------
+    DataError
+        If any site's table breaks the contract; the message names the site
+        and file, and lists every problem found.
+    """
+    return list(_load_sites_cached(study.hash, study.to_json()))
+
+
+@lru_cache(maxsize=4)
+def _load_sites_cached(study_hash: str, study_json: str) -> tuple[SiteData, ...]:
+    study = Study.from_json(study_json, source=f"study {study_hash[:12]}")
+    result = []
+    for raw in raw_sites(study):
+        table = prepare_table(
+            raw.table,
+            study.contract,
+            site=raw.name,
+            source=raw.source,
+            one_hot=study.preprocessing.one_hot,
+        )
+        train, test = split_site(
+            table, test_fraction=study.data.test_fraction, seed=study.data.split_seed or 0
+        )
+        result.append(SiteData(raw.name, train, test))
+    return tuple(result)

@@ -1,0 +1,227 @@
+"""The results folder of a run: files a person can open, written as they happen.
+
+A run folder holds ``study.resolved.toml`` (what ran, with its hash),
+``versions.json`` (what it ran on), ``sites.csv`` (who took part, with counts
+below the minimum cell size withheld), ``metrics.csv`` (one row per round,
+site, split and metric, appended and fsynced each round so a crash keeps every
+finished round), ``rounds.csv`` (who trained, who failed and why, how long
+each round took), ``summary.json`` (written last: its presence means the run
+completed) and ``model/`` (the released model).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lhs_federated.study import Study, write_study
+
+METRICS_COLUMNS = ("round", "site", "split", "metric", "value", "reason")
+ROUNDS_COLUMNS = ("round", "seconds", "trained", "failed", "mean_auroc")
+SITES_COLUMNS = ("site", "n_train", "n_test", "positives_train", "positives_test")
+
+_VERSIONED = ("lhs-federated", "flwr", "torch", "opacus", "scikit-learn", "numpy", "pandas", "ray")
+
+
+def versions() -> dict[str, Any]:
+    """Versions of Python, the platform and every library a run depends on."""
+    found = {}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": found}
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(
+        json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n", encoding="utf-8"
+    )
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+class RunWriter:
+    """Writes one run's folder as the run goes.
+
+    Parameters
+    ----------
+    out_dir : Path
+        The run folder; created, and must not already hold a run.
+    study : Study
+        The resolved study.
+    """
+
+    def __init__(self, out_dir: Path, study: Study, *, engine: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.study = study
+        if (self.out_dir / "study.resolved.toml").exists():
+            raise FileExistsError(
+                f"{self.out_dir} already holds a run; choose another --out folder"
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_study(study, self.out_dir / "study.resolved.toml")
+        write_json(
+            self.out_dir / "versions.json",
+            {
+                **versions(),
+                "engine": engine,
+                "seed": study.seed,
+                "split_seed": study.data.split_seed,
+            },
+        )
+        self._metrics = self._open_csv("metrics.csv", METRICS_COLUMNS)
+        self._rounds = self._open_csv("rounds.csv", ROUNDS_COLUMNS)
+
+    def _open_csv(self, name: str, columns: tuple[str, ...]) -> Any:
+        handle = (self.out_dir / name).open("w", newline="", encoding="utf-8")
+        csv.writer(handle).writerow(columns)
+        return handle
+
+    def write_sites(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``sites.csv``; withheld counts are written as ``<min cell size``."""
+        with (self.out_dir / "sites.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=SITES_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def add_metrics(self, rows: list[tuple[int, str, str, str, float, str]]) -> None:
+        """Append metric rows and make them durable (flush and fsync)."""
+        writer = csv.writer(self._metrics)
+        for rnd, site, split, metric, value, reason in rows:
+            writer.writerow(
+                (rnd, site, split, metric, "" if _is_nan(value) else repr(float(value)), reason)
+            )
+        _sync(self._metrics)
+
+    def add_round(
+        self,
+        rnd: int,
+        seconds: float,
+        trained: list[str],
+        failed: dict[str, str],
+        mean_auroc: float,
+    ) -> None:
+        """Append one round's participation and timing."""
+        failures = "; ".join(f"{site}: {reason}" for site, reason in failed.items())
+        csv.writer(self._rounds).writerow(
+            (
+                rnd,
+                f"{seconds:.3f}",
+                " ".join(trained),
+                failures,
+                "" if _is_nan(mean_auroc) else f"{mean_auroc:.6f}",
+            )
+        )
+        _sync(self._rounds)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Close the tables and write ``summary.json``, which marks completion."""
+        self.close()
+        write_json(self.out_dir / "summary.json", summary)
+
+    def fail(self, error: BaseException) -> None:
+        """Close the tables and write ``failure.json`` saying why the run stopped.
+
+        Every finished round stays in ``metrics.csv``; there is no
+        ``summary.json``, so nobody mistakes the folder for a completed run.
+        """
+        self.close()
+        message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+        write_json(
+            self.out_dir / "failure.json", {"status": "failed", "at": utc_now(), "error": message}
+        )
+
+    def close(self) -> None:
+        """Close the open tables (also on failure)."""
+        for handle in (self._metrics, self._rounds):
+            if not handle.closed:
+                handle.close()
+
+
+def _sync(handle: Any) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _is_nan(value: float) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC timestamp."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """A finished run, read back from its folder.
+
+    Attributes
+    ----------
+    out_dir : Path
+        The run folder.
+    metrics : DataFrame
+        Long format: round, site, split, metric, value, reason.
+    summary : dict
+        The contents of ``summary.json``.
+    """
+
+    out_dir: Path
+    metrics: pd.DataFrame
+    summary: dict[str, Any]
+
+    @property
+    def per_round(self) -> pd.DataFrame:
+        """Test metrics as a table: one row per round and site, one column per metric."""
+        test = self.metrics[self.metrics["split"] == "test"]
+        return test.pivot_table(
+            index=["round", "site"], columns="metric", values="value", aggfunc="first"
+        )
+
+    @property
+    def final(self) -> pd.DataFrame:
+        """Test metrics of the last round, one row per site."""
+        table = self.per_round
+        last = table.index.get_level_values("round").max()
+        return table.xs(last, level="round")
+
+
+def read_results(out_dir: str | Path) -> RunResults:
+    """Load a run folder's metrics and summary.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder holds no completed run (no ``summary.json``).
+    """
+    out_dir = Path(out_dir)
+    summary_path = out_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{out_dir} holds no completed run (summary.json is missing)")
+    metrics = pd.read_csv(
+        out_dir / "metrics.csv",
+        dtype={"reason": str},
+        keep_default_na=False,
+        na_values={"value": [""]},
+    )
+    return RunResults(out_dir, metrics, json.loads(summary_path.read_text(encoding="utf-8")))

@@ -1,0 +1,115 @@
+"""What a site does for a study: describe its data, train, evaluate.
+
+These functions are the whole of a site's work, free of Flower: the ClientApp
+only turns messages into calls of them and their results back into messages.
+A site's statistics respect its minimum cell size; its preprocessing uses the
+federated statistics the server sends or, under FLamby's protocol, its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lhs_federated.data.encoding import encoded_feature_names
+from lhs_federated.data.sources import SiteData
+from lhs_federated.data.split import site_seed
+from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.metrics import MetricReport, clinical_metrics
+from lhs_federated.models import build_model, set_arrays
+from lhs_federated.study import Study
+from lhs_federated.training import LocalUpdate, predict_proba, train_local
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    """What a site discloses about its data before training.
+
+    Counts below the site's minimum cell size are withheld (``None``), and so
+    are the column sums of small cells (see
+    :meth:`ColumnSums.suppress_small_cells`).
+    """
+
+    name: str
+    n_train: int | None
+    n_test: int | None
+    positives_train: int | None
+    positives_test: int | None
+    sums: ColumnSums | None
+
+
+def n_features(study: Study) -> int:
+    """Width of the model input implied by the contract and encoding."""
+    return len(encoded_feature_names(study.contract, study.preprocessing.one_hot))
+
+
+def summarise_site(site: SiteData, study: Study, *, min_cell_size: int) -> SiteSummary:
+    """The site's counts and, for federated scaling, its column sums.
+
+    A site with fewer training rows than ``min_cell_size`` sends no sums.
+    """
+
+    def count(value: int) -> int | None:
+        return value if value >= min_cell_size else None
+
+    sums = None
+    if study.preprocessing.scaling == "federated" and len(site.train.outcome) >= min_cell_size:
+        sums = ColumnSums.of(site.train.features).suppress_small_cells(min_cell_size)
+    return SiteSummary(
+        name=site.name,
+        n_train=count(len(site.train.outcome)),
+        n_test=count(len(site.test.outcome)),
+        positives_train=count(int(site.train.outcome.sum())),
+        positives_test=count(int(site.test.outcome.sum())),
+        sums=sums,
+    )
+
+
+def site_standardizer(study: Study, site: SiteData, federated: Standardizer | None) -> Standardizer:
+    """The preprocessing a site applies: federated, its own, or none."""
+    scaling = study.preprocessing.scaling
+    if scaling == "federated":
+        if federated is None:
+            raise ValueError("federated scaling needs the server's statistics in the message")
+        return federated
+    if scaling == "site":
+        return Standardizer.from_sums(ColumnSums.of(site.train.features))
+    return Standardizer.identity(site.train.features.shape[1])
+
+
+def train_at_site(
+    study: Study,
+    site: SiteData,
+    arrays: dict[str, np.ndarray],
+    *,
+    server_round: int,
+    standardizer: Standardizer,
+    proximal_mu: float = 0.0,
+) -> LocalUpdate:
+    """One round of local training from the global ``arrays``."""
+    model = build_model(study.model, n_features(study), seed=study.seed)
+    set_arrays(model, arrays)
+    return train_local(
+        model,
+        standardizer.transform(site.train.features),
+        site.train.outcome,
+        study.training,
+        seed=site_seed(study.seed, site.name, server_round),
+        proximal_mu=proximal_mu,
+    )
+
+
+def evaluate_at_site(
+    study: Study, site: SiteData, arrays: dict[str, np.ndarray], *, standardizer: Standardizer
+) -> MetricReport:
+    """Clinical metrics of the global ``arrays`` on the site's test split."""
+    model = build_model(study.model, n_features(study), seed=study.seed)
+    set_arrays(model, arrays)
+    probability = predict_proba(model, standardizer.transform(site.test.features))
+    return clinical_metrics(
+        site.test.outcome,
+        probability,
+        threshold=study.evaluation.threshold,
+        bins=study.evaluation.calibration_bins,
+    )

@@ -1,0 +1,317 @@
+"""The study: one federated learning protocol, from a TOML file to a hash.
+
+A study names the outcome and data contract, the model, the strategy, the
+rounds, local training and evaluation. It is loaded once at the boundary
+(:func:`load_study`), checked against the declarations below, and *resolved*:
+every default is made explicit, the contract is inlined and relative paths are
+made absolute. The resolved study is what runs, what is written beside the
+results (``study.resolved.toml``) and what its hash covers: the SHA-256 of its
+canonical JSON, which sites approve and ledgers record.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from lhs_federated.config import build, read_toml, setting, to_plain
+from lhs_federated.data.contract import DataContract, contract_from
+from lhs_federated.data.synthetic import SyntheticCohort
+from lhs_federated.errors import ConfigError
+
+DEFAULT_DESCRIPTION = (
+    "Ten-year cardiovascular risk, logistic regression, FedAvg over four synthetic sites"
+)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the sites' data come from and how each site splits it."""
+
+    source: Literal["synthetic", "uci-heart", "folder"] = setting(
+        "synthetic",
+        doc="synthetic (built-in generator), uci-heart (the four hospitals' files) "
+        "or folder (one CSV/Parquet file per site)",
+    )
+    path: str | None = setting(None, doc="folder holding the files (uci-heart, folder)")
+    contract: DataContract | str | None = setting(
+        None,
+        doc="built-in contract name, a contract TOML path, or the contract inline; "
+        "default: the source's own (folder: contract.toml in the folder)",
+    )
+    sites: tuple[str, ...] | None = setting(None, doc="use only these sites, in this order")
+    test_fraction: float = setting(0.3, doc="share of each site's rows held out", gt=0, lt=1)
+    split_seed: int | None = setting(None, doc="seed of the train/test splits (default: seed)")
+    synthetic: SyntheticCohort = setting(
+        default_factory=SyntheticCohort, doc="knobs of the synthetic cohort"
+    )
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """How encoded features are imputed and scaled."""
+
+    scaling: Literal["federated", "site", "none"] = setting(
+        "federated",
+        doc="federated: global means and scales from a federated-statistics round; "
+        "site: each site's own (FLamby's protocol); none: inputs used as encoded",
+    )
+    one_hot: Literal["all-levels", "drop-first"] = setting(
+        "all-levels", doc="one indicator per contract level, or without the first level"
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model family and its hyperparameters."""
+
+    name: str = setting("logistic", doc="model family: logistic or mlp")
+    hidden_layers: tuple[int, ...] = setting((32,), doc="mlp: width of each hidden layer", ge=1)
+    dropout: float = setting(0.0, doc="mlp: dropout after each hidden layer", ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """The Flower strategy that samples sites and aggregates their updates."""
+
+    name: str = setting("fedavg", doc="strategy name from the registry (see `lhs-fed strategies`)")
+    fraction_train: float = setting(
+        1.0, doc="share of connected sites asked to train each round", gt=0, le=1
+    )
+    params: dict[str, Any] = setting(
+        default_factory=dict,
+        doc="keyword arguments of the Flower strategy (e.g. proximal_mu for fedprox)",
+    )
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Local training at each site, each round."""
+
+    epochs: int | None = setting(None, doc="passes over the site's training rows (default 1)", ge=1)
+    steps: int | None = setting(None, doc="optimiser steps instead of epochs", ge=1)
+    batch_size: int = setting(32, doc="rows per optimiser step", ge=1)
+    optimizer: Literal["sgd", "adam"] = setting("sgd", doc="local optimiser")
+    learning_rate: float = setting(0.2, doc="local learning rate", gt=0)
+    momentum: float = setting(0.0, doc="sgd momentum", ge=0, lt=1)
+    weight_decay: float = setting(0.0, doc="L2 penalty", ge=0)
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError(f"set either epochs ({self.epochs}) or steps ({self.steps}), not both")
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """How each site's test split is scored every round."""
+
+    threshold: float = setting(
+        0.5, doc="probability above which a case is called positive", gt=0, lt=1
+    )
+    calibration_bins: int = setting(10, doc="equal-width bins of the ECE", ge=2, le=100)
+
+
+@dataclass(frozen=True)
+class FederationSpec:
+    """What the coordinator tolerates: slow, missing and failing sites."""
+
+    min_sites: int | None = setting(
+        None, doc="fewest training replies a round needs (default: every site)", ge=1
+    )
+    round_timeout: float = setting(600.0, doc="seconds to wait for the sites in each stage", gt=0)
+    connect_timeout: float = setting(120.0, doc="seconds to wait for sites to connect", gt=0)
+
+
+@dataclass(frozen=True)
+class SitesSpec:
+    """Settings simulated sites apply (in deployment each site sets its own)."""
+
+    min_cell_size: int = setting(10, doc="smallest count of people a site reports", ge=1)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One federated learning protocol; see the module docstring."""
+
+    name: str = setting("default", doc="short name of the study, used for result folders")
+    description: str = setting("", doc="what the study asks")
+    seed: int = setting(42, doc="seed of model initialisation, splits and training")
+    rounds: int = setting(10, doc="federated rounds", ge=1)
+    data: DataSpec = setting(default_factory=DataSpec, doc="data sources and splits")
+    preprocessing: PreprocessingSpec = setting(
+        default_factory=PreprocessingSpec, doc="imputation and scaling"
+    )
+    model: ModelSpec = setting(default_factory=ModelSpec, doc="the model")
+    strategy: StrategySpec = setting(default_factory=StrategySpec, doc="the Flower strategy")
+    training: TrainingSpec = setting(default_factory=TrainingSpec, doc="local training")
+    evaluation: EvaluationSpec = setting(default_factory=EvaluationSpec, doc="evaluation")
+    federation: FederationSpec = setting(default_factory=FederationSpec, doc="fault tolerance")
+    sites: SitesSpec = setting(default_factory=SitesSpec, doc="simulated sites' settings")
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ValueError(
+                "name must be letters, digits, '-', '_' or '.' (it names folders); "
+                f"got {self.name!r}"
+            )
+
+    @property
+    def contract(self) -> DataContract:
+        """The inlined contract of a resolved study."""
+        if not isinstance(self.data.contract, DataContract):
+            raise ConfigError("the study is not resolved: call resolve_study() first")
+        return self.data.contract
+
+    def to_plain(self) -> dict[str, Any]:
+        """The study as plain TOML/JSON-ready data."""
+        return to_plain(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no spaces, UTF-8; what the hash covers."""
+        return json.dumps(
+            self.to_plain(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the canonical JSON (hex)."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    def to_toml(self) -> str:
+        """TOML text that loads back into this very study (same hash)."""
+        header = f"# Resolved study {self.name!r}; study hash {self.hash}\n"
+        return header + tomli_w.dumps(self.to_plain())
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Study:
+        """A copy with dotted keys replaced (``{"training.learning_rate": 0.1}``).
+
+        Overrides edit the study as it was written (before defaults were
+        resolved), so that changing ``data.source`` also changes the default
+        contract; the result is checked and resolved like a study read from a
+        file.
+
+        Raises
+        ------
+        ConfigError
+            If a key does not exist or a value is invalid.
+        """
+        written, base_dir = getattr(self, "_written", (self.to_plain(), Path.cwd()))
+        plain = copy.deepcopy(written)
+        for dotted, value in overrides.items():
+            table = plain
+            *parents, last = dotted.split(".")
+            for part in parents:
+                table = table.setdefault(part, {})
+                if not isinstance(table, dict):
+                    raise ConfigError(f"override {dotted!r}: {part!r} is not a table")
+            table[last] = value
+        return finalise_study(plain, source="overrides", base_dir=base_dir)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str) -> Study:
+        """Rebuild a resolved study from its canonical JSON."""
+        try:
+            plain = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: the study is not valid JSON ({exc})") from exc
+        return build(cls, plain, source=source)
+
+
+def load_study(path: str | Path | None = None) -> Study:
+    """Read, check and resolve a study TOML file (``None``: the default study).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or not TOML, or any key is unknown, of the wrong
+        type or out of range; the message names the file and the key.
+    """
+    if path is None:
+        return finalise_study(
+            {"description": DEFAULT_DESCRIPTION}, source="the default study", base_dir=Path.cwd()
+        )
+    path = Path(path)
+    return finalise_study(read_toml(path, what="study"), source=str(path), base_dir=path.parent)
+
+
+def finalise_study(table: dict[str, Any], *, source: str, base_dir: Path) -> Study:
+    """Build, resolve and check a study from a parsed table."""
+    study = build(Study, table, source=source)
+    study = check_study(resolve_study(study, base_dir=base_dir, source=source), source=source)
+    # Remember the study as written, for with_overrides (not part of the study).
+    object.__setattr__(study, "_written", (copy.deepcopy(table), base_dir))
+    return study
+
+
+def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
+    """Make every default explicit: contract inline, absolute paths, seeds, epochs."""
+    data = study.data
+    path = data.path
+    if path is not None:
+        path = str((base_dir / path).resolve()) if not Path(path).is_absolute() else path
+    contract = data.contract
+    if contract is None:
+        contract = {"synthetic": "cardio-risk", "uci-heart": "uci-heart"}.get(data.source)
+        if contract is None:
+            if path is None:
+                raise ConfigError(f"{source}: data.source = 'folder' needs data.path (the folder)")
+            contract = str(Path(path) / "contract.toml")
+    try:
+        contract = contract_from(contract, base_dir=base_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: data.contract: {exc.message}") from exc
+    data = dataclasses.replace(
+        data,
+        path=path,
+        contract=contract,
+        split_seed=study.seed if data.split_seed is None else data.split_seed,
+    )
+    training = study.training
+    if training.epochs is None and training.steps is None:
+        training = dataclasses.replace(training, epochs=1)
+    return dataclasses.replace(study, data=data, training=training)
+
+
+def check_study(study: Study, *, source: str) -> Study:
+    """Cross-field checks that need the resolved study and the registries.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and the key at fault.
+    """
+    from lhs_federated.apps.strategies import check_strategy
+    from lhs_federated.models import MODEL_FAMILIES
+
+    if study.model.name not in MODEL_FAMILIES:
+        raise ConfigError(
+            f"{source}: model.name {study.model.name!r} is not a model family; "
+            f"choose one of {', '.join(sorted(MODEL_FAMILIES))}."
+        )
+    check_strategy(study.strategy, source=source)
+    if study.data.source in ("uci-heart", "folder") and study.data.path is None:
+        raise ConfigError(
+            f"{source}: data.source = {study.data.source!r} needs data.path, the folder "
+            "holding the files."
+        )
+    if study.preprocessing.scaling == "none" and study.contract.missing == "impute":
+        raise ConfigError(
+            f"{source}: preprocessing.scaling = 'none' cannot impute missing values "
+            f"(contract {study.contract.name!r} has missing = 'impute'): use scaling "
+            "'federated' or 'site', whose statistics give the imputed means."
+        )
+    return study
+
+
+def write_study(study: Study, path: Path) -> None:
+    """Write the resolved study as TOML, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(study.to_toml(), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,34 @@
+"""Shared fixtures: small studies and the real UCI Heart Disease files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lhs_federated import Study, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def uci_folder() -> Path:
+    """The four processed UCI files shipped beside the repository (never downloaded)."""
+    folder = SHARED_DATA / "uci-heart-disease"
+    if not (folder / "processed.cleveland.data").is_file():
+        pytest.fail(f"UCI Heart Disease files expected in {folder} (../shared/data)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_study() -> Study:
+    """Three synthetic sites, two rounds: an end-to-end federation in about a second."""
+    return load_study(None).with_overrides(
+        {
+            "name": "small",
+            "rounds": 2,
+            "data.synthetic.sites": 3,
+            "data.synthetic.rows_per_site": 200,
+        }
+    )
