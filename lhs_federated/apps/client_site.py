@@ -17,6 +17,7 @@ from lhs_federated.errors import ConfigError
 from lhs_federated.study import Study
 
 PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,11 @@ def resolve_site(study: Study, context: Context) -> SiteRuntime:
             "simulated sites are numbered by Flower's simulation engine."
         )
     sites = load_sites(study)
-    if not 0 <= int(partition) < len(sites):
+    n_nodes = int(context.node_config.get(NUM_PARTITIONS, len(sites)))
+    if n_nodes != len(sites) or not 0 <= int(partition) < len(sites):
         raise ConfigError(
-            f"node {context.node_id} is partition {partition}, but study {study.name!r} "
-            f"has {len(sites)} sites; start the simulation with {len(sites)} nodes."
+            f"study {study.name!r} has {len(sites)} simulated sites but the simulation "
+            f"started {n_nodes} nodes (this is partition {partition}); start it with "
+            f"{len(sites)} nodes (flwr: options.num-supernodes = {len(sites)})."
         )
     return SiteRuntime(sites[int(partition)], study.sites.min_cell_size, threads=1)

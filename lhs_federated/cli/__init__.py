@@ -6,6 +6,7 @@ Exit codes: 0 done, 2 bad input (a one-paragraph message, no traceback),
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -33,6 +34,9 @@ _errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (the console script's entry point)."""
+    # A clinical tool does not phone home unless its operator asks it to.
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="lhs-fed", standalone_mode=False)
