@@ -125,17 +125,22 @@ def load_sites(study: Study) -> list[SiteData]:
 @lru_cache(maxsize=4)
 def _load_sites_cached(study_hash: str, study_json: str) -> tuple[SiteData, ...]:
     study = Study.from_json(study_json, source=f"study {study_hash[:12]}")
-    result = []
-    for raw in raw_sites(study):
-        table = prepare_table(
-            raw.table,
-            study.contract,
-            site=raw.name,
-            source=raw.source,
-            one_hot=study.preprocessing.one_hot,
-        )
-        train, test = split_site(
-            table, test_fraction=study.data.test_fraction, seed=study.data.split_seed or 0
-        )
-        result.append(SiteData(raw.name, train, test))
-    return tuple(result)
+    return tuple(prepare_site(raw, study) for raw in raw_sites(study))
+
+
+def prepare_site(raw: RawSite, study: Study) -> SiteData:
+    """Validate, encode and split one site's raw table for ``study``.
+
+    Simulated and deployed sites both go through here, so a deployed site's
+    split is exactly the one a simulation of the same files would use.
+    """
+    table = prepare_table(
+        raw.table,
+        study.contract,
+        site=raw.name,
+        source=raw.source,
+        one_hot=study.preprocessing.one_hot,
+    )
+    seed = study.data.split_seed if study.data.split_seed is not None else study.seed
+    train, test = split_site(table, test_fraction=study.data.test_fraction, seed=seed)
+    return SiteData(raw.name, train, test)
