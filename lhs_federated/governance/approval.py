@@ -1,0 +1,297 @@
+"""A site's approvals registry: which studies, with which code, the site agreed to run.
+
+The registry is a ledger (role ``approvals``) the site owns and signs with its
+own key, so an approval cannot be added or a revocation removed without the
+site's key, and the file's history cannot be rewritten unnoticed. Each
+approval names:
+
+- the study hash (the SHA-256 of the resolved study, ``lhs-fed study hash``);
+- the code hash: in deployment the SHA-256 of the Flower App bundle (FAB) that
+  will run the study, in simulation the hash of the installed lhs-federated
+  package (:func:`~lhs_federated.governance.code.installed_code_hash`);
+- who approved it, when and why.
+
+A revocation withdraws the approval of a study (for one code version or for
+all). :meth:`ApprovalRegistry.check` is what a site runs before any study
+code: it verifies the registry with the site's public key, replays it, and
+either returns the approval in force or raises
+:class:`~lhs_federated.errors.SiteRefusal` with a reason the coordinator can
+act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from lhs_federated.errors import ConfigError, SiteRefusal
+from lhs_federated.governance.ledger import Entry, Ledger
+from lhs_federated.governance.verify import verify_ledger
+
+APPROVAL = "approval"
+REVOCATION = "revocation"
+ROLE = "approvals"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """An approval in force at a site.
+
+    Attributes
+    ----------
+    site : str
+        The approving site.
+    study_hash, code_hash : str
+        What was approved: this study, run by this code.
+    study_name : str
+        The study's name, for people reading the registry.
+    approved_by, approved_at, reason : str
+        Who approved it, when (UTC) and why.
+    preapproved : bool
+        Whether a simulated site approved it because the study declared its
+        simulated sites pre-approved (``[governance] preapproved = true``).
+    record_hash : str
+        Hash of the approval record in the registry; site ledger records cite it.
+    """
+
+    site: str
+    study_hash: str
+    code_hash: str
+    study_name: str
+    approved_by: str
+    approved_at: str
+    reason: str
+    preapproved: bool
+    record_hash: str
+
+    @classmethod
+    def from_entry(cls, site: str, entry: Entry) -> Approval:
+        """The approval an ``approval`` record states."""
+        data = entry.data
+        return cls(
+            site=site,
+            study_hash=str(data["study_hash"]),
+            code_hash=str(data["code_hash"]),
+            study_name=str(data.get("study_name", "")),
+            approved_by=str(data["by"]),
+            approved_at=entry.time,
+            reason=str(data["reason"]),
+            preapproved=bool(data.get("preapproved", False)),
+            record_hash=entry.hash,
+        )
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A withdrawn approval: of one code version, or of every version (``code_hash`` None)."""
+
+    study_hash: str
+    code_hash: str | None
+    revoked_by: str
+    revoked_at: str
+    reason: str
+    record_hash: str
+
+
+class ApprovalRegistry:
+    """One site's approvals, stored in a ledger signed by the site's key.
+
+    Parameters
+    ----------
+    path : Path
+        The registry file (``approvals.jsonl`` in a site folder).
+    site : str
+        The site's name; the registry's header must name it.
+    public_key : Ed25519PublicKey
+        The site's public key; checks trust nothing else.
+    key : Ed25519PrivateKey, optional
+        The site's private key, needed only to approve or revoke.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        site: str,
+        public_key: Ed25519PublicKey,
+        key: Ed25519PrivateKey | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.site = site
+        self.public_key = public_key
+        self._key = key
+
+    def approve(
+        self,
+        study_hash: str,
+        code_hash: str,
+        *,
+        study_name: str,
+        by: str,
+        reason: str,
+        preapproved: bool = False,
+    ) -> Approval:
+        """Record that the site approves ``study_hash`` run by ``code_hash``.
+
+        Raises
+        ------
+        ConfigError
+            If a hash is not 64 hex digits, ``by`` or ``reason`` is empty, or
+            the registry is not intact (approving on top of a damaged registry
+            would hide the damage).
+        """
+        _check_hash(study_hash, "study hash")
+        _check_hash(code_hash, "code hash")
+        for name, value in (("by", by), ("reason", reason)):
+            if not value.strip():
+                raise ConfigError(f"an approval needs a non-empty {name!r}: who approves, and why.")
+        if self.path.is_file():
+            self._replay()  # never approve on top of a damaged registry
+        entry = self._ledger().append(
+            APPROVAL,
+            {
+                "study_hash": study_hash,
+                "code_hash": code_hash,
+                "study_name": study_name,
+                "by": by,
+                "reason": reason,
+                "preapproved": preapproved,
+            },
+        )
+        return Approval.from_entry(self.site, entry)
+
+    def revoke(
+        self, study_hash: str, *, code_hash: str | None = None, by: str, reason: str
+    ) -> Revocation:
+        """Withdraw the approval of ``study_hash`` (one code version, or all).
+
+        Raises
+        ------
+        ConfigError
+            If no approval of that study (and code) is in force.
+        """
+        state = self._replay()
+        in_force = [
+            approval
+            for (study, code), approval in state.items()
+            if study == study_hash and isinstance(approval, Approval) and code_hash in (None, code)
+        ]
+        if not in_force:
+            which = "" if code_hash is None else f" with code {code_hash[:12]}…"
+            raise ConfigError(
+                f"site {self.site!r} has no approval of study {study_hash[:12]}…{which} in force "
+                f"({self.path}); `lhs-fed site approvals` lists those that are."
+            )
+        if not by.strip() or not reason.strip():
+            raise ConfigError("a revocation needs a non-empty 'by' and 'reason'.")
+        entry = self._ledger().append(
+            REVOCATION,
+            {"study_hash": study_hash, "code_hash": code_hash, "by": by, "reason": reason},
+        )
+        return Revocation(study_hash, code_hash, by, entry.time, reason, entry.hash)
+
+    def approvals(self) -> list[Approval]:
+        """The approvals in force, oldest first."""
+        return [value for value in self._replay().values() if isinstance(value, Approval)]
+
+    def check(self, study_hash: str, code_hash: str) -> Approval:
+        """The approval of ``study_hash`` run by ``code_hash`` in force at this site.
+
+        Raises
+        ------
+        SiteRefusal
+            If the registry is missing or not intact, or the study is not
+            approved, was approved for other code, or was revoked. The reason
+            says which, and what the site's data steward can do.
+        """
+        try:
+            state = self._replay()
+        except ConfigError as error:
+            raise SiteRefusal(self.site, error.message) from error
+        found = state.get((study_hash, code_hash))
+        if isinstance(found, Approval):
+            return found
+        if isinstance(found, Revocation):
+            raise SiteRefusal(
+                self.site,
+                f"the approval of study {study_hash[:12]}… was revoked at {found.revoked_at} "
+                f"by {found.revoked_by}: {found.reason}",
+            )
+        other_code = [
+            code
+            for (study, code), value in state.items()
+            if study == study_hash and isinstance(value, Approval)
+        ]
+        if other_code:
+            raise SiteRefusal(
+                self.site,
+                f"study {study_hash[:12]}… is approved here only with code "
+                f"{', '.join(c[:12] + '…' for c in other_code)}, not with the code "
+                f"{code_hash[:12]}… that would run it; the site must approve that code first",
+            )
+        raise SiteRefusal(
+            self.site,
+            f"study {study_hash[:12]}… (code {code_hash[:12]}…) is not approved at this site; "
+            "its data steward approves a study with `lhs-fed site approve STUDY.toml`",
+        )
+
+    def _replay(self) -> dict[tuple[str, str], Approval | Revocation]:
+        """The registry's state: the last word on each (study, code) pair.
+
+        Raises
+        ------
+        ConfigError
+            If the registry does not exist or does not verify.
+        """
+        if not self.path.is_file():
+            raise ConfigError(
+                f"no study is approved at site {self.site!r} yet: there is no approvals "
+                f"registry at {str(self.path)!r}"
+            )
+        verification = verify_ledger(self.path, self.public_key)
+        if not verification.ok:
+            raise ConfigError(
+                f"the approvals registry {str(self.path)!r} of site {self.site!r} failed "
+                f"verification ({verification.problem.describe()}); the site refuses every "
+                "study until its data steward restores it"
+            )
+        header = verification.entries[0].data
+        if header.get("role") != ROLE or header.get("owner") != self.site:
+            raise ConfigError(
+                f"{str(self.path)!r} is the {header.get('role')} ledger of "
+                f"{header.get('owner')!r}, not the approvals registry of site {self.site!r}"
+            )
+        state: dict[tuple[str, str], Approval | Revocation] = {}
+        for entry in verification.entries[1:]:
+            data = entry.data
+            if entry.kind == APPROVAL:
+                state[(data["study_hash"], data["code_hash"])] = Approval.from_entry(
+                    self.site, entry
+                )
+            elif entry.kind == REVOCATION:
+                revocation = Revocation(
+                    data["study_hash"],
+                    data.get("code_hash"),
+                    str(data["by"]),
+                    entry.time,
+                    str(data["reason"]),
+                    entry.hash,
+                )
+                for study, code in list(state):
+                    if study == revocation.study_hash and revocation.code_hash in (None, code):
+                        state[(study, code)] = revocation
+        return state
+
+    def _ledger(self) -> Ledger:
+        if self._key is None:
+            raise ConfigError(
+                f"changing the approvals of site {self.site!r} needs the site's private key."
+            )
+        return Ledger.open(self.path, self._key, role=ROLE, owner=self.site)
+
+
+def _check_hash(value: str, what: str) -> None:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ConfigError(f"the {what} must be 64 lowercase hex digits (a SHA-256); got {value!r}.")

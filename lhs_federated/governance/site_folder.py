@@ -1,0 +1,337 @@
+"""A site's governance folder: its signing key, approvals registry and ledger.
+
+A site folder holds::
+
+    site.key         the site's Ed25519 private key (mode 0600)
+    site.pub         its public key, for auditors
+    approvals.jsonl  the approvals registry (studies and code the site agreed to run)
+    ledger.jsonl     the site ledger: approvals, revocations, refusals, every
+                     message the site sent (hash and size, epsilon if reported)
+                     and the coordinator's final hash of every study it took part in
+
+The site's runtime calls :meth:`SiteFolder.check` before any study code runs
+(in deployment from the site's launcher, in simulation from the ClientApp's
+governance mod) and :meth:`SiteFolder.record_sent` for every reply. None of
+this imports Flower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lhs_federated.errors import ConfigError, SiteRefusal
+from lhs_federated.governance.approval import (
+    APPROVAL,
+    REVOCATION,
+    Approval,
+    ApprovalRegistry,
+    Revocation,
+)
+from lhs_federated.governance.approval import ROLE as APPROVALS_ROLE
+from lhs_federated.governance.keys import (
+    fingerprint,
+    load_private_key,
+    load_public_key,
+    write_key_pair,
+)
+from lhs_federated.governance.ledger import Entry, Ledger, canonical_json, read_header
+
+KEY_FILE = "site.key"
+PUBLIC_FILE = "site.pub"
+APPROVALS_FILE = "approvals.jsonl"
+LEDGER_FILE = "ledger.jsonl"
+ROLE = "site"
+
+# Kinds of site ledger records (approvals and revocations use the registry's kinds).
+REFUSAL = "refusal"
+MESSAGE_SENT = "message-sent"
+STUDY_CLOSED = "study-closed"
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """What a site sent in reply to one message: recorded in the site ledger.
+
+    The coordinator records the same fields for the reply it received, so
+    ``lhs-fed audit crosscheck`` can match the two records by ``reply_to``.
+
+    Attributes
+    ----------
+    run_id : int
+        Flower's run id.
+    reply_to : str
+        Id of the message this one answers.
+    message_type : str
+        ``query``, ``train``, ``evaluate`` (with an action suffix if any).
+    server_round : int
+        The round (0 for the discovery query).
+    study_hash : str
+        The study the message belonged to.
+    status : str
+        ``ok``, ``refused``, ``error`` (a deliberate error reply) or
+        ``crashed`` (the ClientApp raised; Flower builds that reply).
+    content_hash : str or None
+        SHA-256 of the reply's content (or of its error), None if crashed.
+    size : int or None
+        Bytes of the serialised content (or of the error).
+    arrays_hash : str or None
+        Hash of the reply's model arrays, for replies that carry them.
+    error_code : int or None
+        The error code of an error reply.
+    epsilon : float or None
+        Privacy budget spent so far, when the reply reports it.
+    approval : str or None
+        Hash of the approval record that allowed the site to answer.
+    detail : str or None
+        The error reason (refusals, errors, crashes).
+    """
+
+    run_id: int
+    reply_to: str
+    message_type: str
+    server_round: int
+    study_hash: str
+    status: str
+    content_hash: str | None
+    size: int | None
+    arrays_hash: str | None = None
+    error_code: int | None = None
+    epsilon: float | None = None
+    approval: str | None = None
+    detail: str | None = None
+
+
+def error_digest(code: int, reason: str) -> tuple[str, int]:
+    """Hash and size of an error reply, computed the same way at site and coordinator."""
+    payload = canonical_json({"error": {"code": int(code), "reason": reason}})
+    return hashlib.sha256(payload).hexdigest(), len(payload)
+
+
+class SiteFolder:
+    """One site's governance folder (see the module docstring).
+
+    Use :meth:`init` to create one and :meth:`open` to use it.
+
+    Attributes
+    ----------
+    folder : Path
+        The folder.
+    site : str
+        The site's name, as its ledgers' headers state it.
+    """
+
+    def __init__(self, folder: Path, site: str, key: Ed25519PrivateKey | None) -> None:
+        self.folder = folder
+        self.site = site
+        self._key = key
+        self.public_key = load_public_key(folder / PUBLIC_FILE)
+        self.registry = ApprovalRegistry(
+            folder / APPROVALS_FILE, site=site, public_key=self.public_key, key=key
+        )
+
+    @classmethod
+    def init(cls, folder: str | Path, site: str) -> SiteFolder:
+        """Create a site folder: a new key pair and both ledgers.
+
+        Raises
+        ------
+        ConfigError
+            If ``site`` is not a valid name or the folder already holds a
+            site's key or ledgers.
+        """
+        folder = Path(folder)
+        if not site or not all(c.isalnum() or c in "-_." for c in site):
+            raise ConfigError(
+                f"a site name must be letters, digits, '-', '_' or '.'; got {site!r}."
+            )
+        names = (KEY_FILE, APPROVALS_FILE, LEDGER_FILE)
+        taken = [name for name in names if (folder / name).exists()]
+        if taken:
+            raise ConfigError(
+                f"{str(folder)!r} is already a site folder (it has {', '.join(taken)}); "
+                "a site keeps one folder, and a new key would orphan its ledgers."
+            )
+        write_key_pair(folder / KEY_FILE)
+        key = load_private_key(folder / KEY_FILE)
+        Ledger.open(folder / APPROVALS_FILE, key, role=APPROVALS_ROLE, owner=site)
+        Ledger.open(folder / LEDGER_FILE, key, role=ROLE, owner=site)
+        return cls(folder, site, key)
+
+    @classmethod
+    def open(
+        cls, folder: str | Path, *, site: str | None = None, with_key: bool = True
+    ) -> SiteFolder:
+        """Open an existing site folder.
+
+        Parameters
+        ----------
+        folder : str or Path
+            The site folder.
+        site : str, optional
+            The site it must belong to.
+        with_key : bool
+            Load the private key (needed to approve, revoke and record);
+            auditing needs only the public key.
+
+        Raises
+        ------
+        ConfigError
+            If the folder is not a site folder, belongs to another site, or its
+            key does not match its ledgers.
+        """
+        folder = Path(folder)
+        if not (folder / LEDGER_FILE).is_file():
+            raise ConfigError(
+                f"{str(folder)!r} is not a site folder (no {LEDGER_FILE}); create one with "
+                "`lhs-fed site init FOLDER --name SITE`."
+            )
+        header = read_header(folder / LEDGER_FILE).data
+        owner = str(header.get("owner"))
+        if site is not None and owner != site:
+            raise ConfigError(
+                f"site folder {str(folder)!r} belongs to site {owner!r}, not to {site!r}."
+            )
+        key = load_private_key(folder / KEY_FILE) if with_key else None
+        opened = cls(folder, owner, key)
+        if header.get("key_fingerprint") != fingerprint(opened.public_key):
+            raise ConfigError(
+                f"the site ledger in {str(folder)!r} is signed with key "
+                f"{header.get('key_fingerprint')}, but {PUBLIC_FILE} holds "
+                f"{fingerprint(opened.public_key)}; the folder's key was replaced."
+            )
+        return opened
+
+    @property
+    def ledger(self) -> Ledger:
+        """The site ledger, open for appending."""
+        if self._key is None:
+            raise ConfigError(f"recording in site {self.site!r}'s ledger needs its private key.")
+        return Ledger.open(self.folder / LEDGER_FILE, self._key, role=ROLE, owner=self.site)
+
+    def approve(
+        self,
+        study_hash: str,
+        code_hash: str,
+        *,
+        study_name: str,
+        by: str,
+        reason: str,
+        preapproved: bool = False,
+    ) -> Approval:
+        """Approve a study run by some code; recorded in the registry and the site ledger."""
+        approval = self.registry.approve(
+            study_hash,
+            code_hash,
+            study_name=study_name,
+            by=by,
+            reason=reason,
+            preapproved=preapproved,
+        )
+        self.ledger.append(
+            APPROVAL, {**_approval_data(approval), "registry_record": approval.record_hash}
+        )
+        return approval
+
+    def revoke(
+        self, study_hash: str, *, code_hash: str | None = None, by: str, reason: str
+    ) -> Revocation:
+        """Withdraw an approval; recorded in the registry and the site ledger."""
+        revocation = self.registry.revoke(study_hash, code_hash=code_hash, by=by, reason=reason)
+        self.ledger.append(
+            REVOCATION,
+            {
+                "study_hash": study_hash,
+                "code_hash": code_hash,
+                "by": by,
+                "reason": reason,
+                "registry_record": revocation.record_hash,
+            },
+        )
+        return revocation
+
+    def check(
+        self, study_hash: str, code_hash: str, *, context: Mapping[str, Any] | None = None
+    ) -> Approval:
+        """The approval that lets this site run ``study_hash`` with ``code_hash``.
+
+        What a site runs before any study code. A refusal is recorded in the
+        site ledger (with ``context``: run id, message id and type) before it
+        is raised.
+
+        Raises
+        ------
+        SiteRefusal
+            If the study and code are not approved here (the reason says why).
+        """
+        try:
+            return self.registry.check(study_hash, code_hash)
+        except SiteRefusal as refusal:
+            self.ledger.append(
+                REFUSAL,
+                {
+                    **dict(context or {}),
+                    "study_hash": study_hash,
+                    "code_hash": code_hash,
+                    "reason": refusal.reason,
+                },
+            )
+            raise
+
+    def is_approved(self, study_hash: str, code_hash: str) -> bool:
+        """Whether an approval is in force (no refusal is recorded)."""
+        try:
+            self.registry.check(study_hash, code_hash)
+        except SiteRefusal:
+            return False
+        return True
+
+    def record_sent(self, sent: SentMessage) -> Entry:
+        """Record a reply the site sent."""
+        return self.ledger.append(MESSAGE_SENT, asdict(sent))
+
+    def record_closed(
+        self,
+        *,
+        run_id: int,
+        study_hash: str,
+        ledger_id: str,
+        final_seq: int,
+        final_hash: str,
+        status: str,
+    ) -> Entry:
+        """Record the coordinator's final ledger hash of a study the site took part in.
+
+        With it, cutting records off the end of the coordinator's ledger is
+        caught by ``lhs-fed audit crosscheck`` even if the coordinator re-signs
+        its ledger and rewrites its ``summary.json``.
+        """
+        return self.ledger.append(
+            STUDY_CLOSED,
+            {
+                "run_id": run_id,
+                "study_hash": study_hash,
+                "coordinator_ledger": {
+                    "ledger_id": ledger_id,
+                    "final_seq": final_seq,
+                    "final_hash": final_hash,
+                    "status": status,
+                },
+            },
+        )
+
+
+def _approval_data(approval: Approval) -> dict[str, Any]:
+    return {
+        "study_hash": approval.study_hash,
+        "code_hash": approval.code_hash,
+        "study_name": approval.study_name,
+        "by": approval.approved_by,
+        "reason": approval.reason,
+        "preapproved": approval.preapproved,
+    }
