@@ -24,9 +24,11 @@ from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 
 from lhs_federated.apps import client_app, server_app
+from lhs_federated.apps.coordinator_audit import LEDGER_KEY
 from lhs_federated.apps.inprocess import InProcessGrid
 from lhs_federated.data.sources import load_sites
 from lhs_federated.errors import ConfigError
+from lhs_federated.governance.keys import load_private_key
 from lhs_federated.results import RunResults, read_results
 from lhs_federated.study import Study, load_study
 
@@ -39,6 +41,7 @@ def simulate(
     *,
     backend: Backend = "inprocess",
     out_dir: str | Path | None = None,
+    coordinator_key: str | Path | None = None,
 ) -> RunResults:
     """Run a study on its simulated sites and return its results.
 
@@ -51,6 +54,10 @@ def simulate(
     out_dir : str or Path, optional
         Results folder (default ``runs/<study>-<time>``); must not exist or be
         empty.
+    coordinator_key : str or Path, optional
+        The coordinator's private key file (``lhs-fed keys init``) signing the
+        run's ledger; default: a key made for this run only (its public key
+        is written into the results, the private key is never stored).
 
     Returns
     -------
@@ -79,6 +86,9 @@ def simulate(
         server_app.OUT_DIR_KEY: str(out),
         server_app.ENGINE_KEY: backend,
     }
+    if coordinator_key is not None:
+        load_private_key(coordinator_key)  # a bad key fails here, before anything is written
+        run_config[LEDGER_KEY] = str(Path(coordinator_key).resolve())
     if backend == "inprocess":
         run_inprocess(run_config, n_sites)
     else:

@@ -138,6 +138,29 @@ class SitesSpec:
 
 
 @dataclass(frozen=True)
+class GovernanceSpec:
+    """How simulated sites approve the study (deployed sites keep their own approvals)."""
+
+    preapproved: bool = setting(
+        False,
+        doc="simulation: the simulated sites approve this study by its declaration, "
+        "recorded as such in their ledgers; deployed sites ignore it",
+    )
+    site_folders: str | None = setting(
+        None,
+        doc="simulation: folder with one site folder per simulated site (`lhs-fed site "
+        "init`), whose approvals decide; default: new folders under the run's governance/sites",
+    )
+
+    def __post_init__(self) -> None:
+        if self.preapproved and self.site_folders is not None:
+            raise ValueError(
+                "set either preapproved = true or site_folders (whose own approvals then "
+                "decide), not both"
+            )
+
+
+@dataclass(frozen=True)
 class Study:
     """One federated learning protocol; see the module docstring."""
 
@@ -155,6 +178,9 @@ class Study:
     evaluation: EvaluationSpec = setting(default_factory=EvaluationSpec, doc="evaluation")
     federation: FederationSpec = setting(default_factory=FederationSpec, doc="fault tolerance")
     sites: SitesSpec = setting(default_factory=SitesSpec, doc="simulated sites' settings")
+    governance: GovernanceSpec = setting(
+        default_factory=GovernanceSpec, doc="approval of the study at simulated sites"
+    )
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -241,7 +267,9 @@ def load_study(path: str | Path | None = None) -> Study:
     """
     if path is None:
         return finalise_study(
-            {"description": DEFAULT_DESCRIPTION}, source="the default study", base_dir=Path.cwd()
+            {"description": DEFAULT_DESCRIPTION, "governance": {"preapproved": True}},
+            source="the default study",
+            base_dir=Path.cwd(),
         )
     path = Path(path)
     return finalise_study(read_toml(path, what="study"), source=str(path), base_dir=path.parent)
@@ -282,7 +310,12 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
     training = study.training
     if training.epochs is None and training.steps is None:
         training = dataclasses.replace(training, epochs=1)
-    return dataclasses.replace(study, data=data, training=training)
+    governance = study.governance
+    if governance.site_folders is not None:
+        governance = dataclasses.replace(
+            governance, site_folders=str((base_dir / governance.site_folders).resolve())
+        )
+    return dataclasses.replace(study, data=data, training=training, governance=governance)
 
 
 def check_study(study: Study, *, source: str) -> Study:

@@ -17,6 +17,11 @@ from flwr.clientapp import ClientApp
 
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import resolve_site
+from lhs_federated.apps.site_governance import (
+    CLOSE_ACTION,
+    acknowledge_close,
+    site_governance_mod,
+)
 from lhs_federated.errors import LhsError, SiteRefusal
 from lhs_federated.site import evaluate_at_site, site_standardizer, summarise_site, train_at_site
 
@@ -37,7 +42,10 @@ def site_errors_mod(message: Message, context: Context, call_next) -> Message:
         return Message(Error(code=records.SITE_ERROR, reason=error.message), reply_to=message)
 
 
-app = ClientApp(mods=[site_errors_mod])
+# The governance mod is outermost: it checks approval before anything else runs and
+# records exactly the reply that leaves the site.
+app = ClientApp(mods=[site_governance_mod, site_errors_mod])
+app.query(CLOSE_ACTION)(acknowledge_close)
 
 
 @app.query()

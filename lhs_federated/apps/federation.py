@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import Strategy
 
 from lhs_federated.apps import records
 from lhs_federated.apps.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import ColumnSums, Standardizer
@@ -51,7 +52,13 @@ class RoundOutcome:
 
 
 def run_study(
-    grid: Grid, study: Study, out_dir: Path, *, engine: str, resume: bool = False
+    grid: Grid,
+    study: Study,
+    out_dir: Path,
+    *,
+    engine: str,
+    resume: bool = False,
+    audit_options: AuditOptions | None = None,
 ) -> dict[str, Any]:
     """Run ``study`` on ``grid`` and write its results folder.
 
@@ -67,6 +74,9 @@ def run_study(
         Name of the engine, recorded in ``versions.json``.
     resume : bool
         Continue the run in ``out_dir`` from its last checkpoint.
+    audit_options : AuditOptions, optional
+        The coordinator's ledger key and the simulated sites' governance
+        folders (default: a key made for this run, folders under the run).
 
     Returns
     -------
@@ -81,7 +91,8 @@ def run_study(
     started = time.monotonic()
     random.seed(study.seed)  # Flower strategies sample sites with `random`
     checkpoint = load_checkpoint(out_dir, study) if resume else None
-    summaries, site_grid = discover_sites(grid, study)
+    audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
+    summaries, site_grid = discover_sites(audit.grid, study)
     if checkpoint is None:
         standardizer = global_standardizer(study, summaries.values())
         strategy = build_strategy(study, n_sites=len(summaries))
@@ -94,10 +105,15 @@ def run_study(
     done = checkpoint.round if checkpoint else 0
     writer = RunWriter(out_dir, study, engine=engine, resume_after=done if checkpoint else None)
     try:
+        audit.open(
+            {node: s.name for node, s in summaries.items()},
+            engine=engine,
+            resumed_after=done if checkpoint else None,
+        )
         writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
         for server_round in range(done + 1, study.rounds + 1):
             arrays, final_reports = _run_round(
-                site_grid, strategy, study, arrays, standardizer, server_round, writer
+                site_grid, strategy, study, arrays, standardizer, server_round, writer, audit
             )
             save_checkpoint(
                 out_dir,
@@ -110,9 +126,11 @@ def run_study(
         summary = _summary(
             study, summaries, final_reports, arrays, model_files, time.monotonic() - started
         )
+        summary["ledger"] = audit.finish(arrays)
         writer.finish(summary)
     except Exception as error:
         writer.fail(error)
+        audit.fail(error)
         raise
     return summary
 
@@ -219,6 +237,7 @@ def _run_round(
     standardizer: Standardizer | None,
     server_round: int,
     writer: RunWriter,
+    audit: CoordinatorAudit,
 ) -> tuple[dict[str, np.ndarray], dict[str, MetricReport]]:
     started = time.monotonic()
     federation = study.federation
@@ -241,9 +260,14 @@ def _run_round(
             f"training update; the study needs {needed} (federation.min_sites). "
             f"Failures: {failures}."
         )
-    new_arrays, _ = strategy.aggregate_train(server_round, [reply for _, reply in trained.ok])
+    new_arrays, train_metrics = strategy.aggregate_train(
+        server_round, [reply for _, reply in trained.ok]
+    )
     if new_arrays is not None:
         arrays = records.from_array_record(new_arrays)
+    audit.aggregated(
+        server_round, arrays, train_metrics, [s for s, _ in trained.ok], trained.failed
+    )
     rows: list[tuple[int, str, str, str, float, str]] = []
     for site, reply in trained.ok:
         metrics = reply.content[records.METRICS]
@@ -264,6 +288,7 @@ def _run_round(
     if evaluated.ok:
         strategy.aggregate_evaluate(server_round, [reply for _, reply in evaluated.ok])
     reports = {site: records.report_from_record(reply.content) for site, reply in evaluated.ok}
+    audit.evaluated(server_round, reports, evaluated.failed)
     for site, report in reports.items():
         for metric in METRIC_NAMES:
             rows.append(

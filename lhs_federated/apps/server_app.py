@@ -7,7 +7,11 @@ with ``flwr run --run-config``):
   built-in default study;
 - ``out-dir``: the results folder (default ``runs/<study>-<time>``);
 - ``engine``: a label recorded with the results;
-- ``resume``: continue the run in ``out-dir`` from its last checkpoint.
+- ``resume``: continue the run in ``out-dir`` from its last checkpoint;
+- ``ledger-key``: the coordinator's private key file (``lhs-fed keys init``);
+  empty: a key made for this run only, its public key written into the results;
+- ``simulated-sites``: where simulated sites keep their governance folders
+  (empty: ``<out-dir>/governance/sites``); deployed sites ignore it.
 
 The study itself reaches the sites inside every message, checked against its
 hash there; the run config only tells the coordinator which study to run.
@@ -20,6 +24,7 @@ from pathlib import Path
 from flwr.app import Context, UserConfig
 from flwr.serverapp import Grid, ServerApp
 
+from lhs_federated.apps.coordinator_audit import AuditOptions
 from lhs_federated.apps.federation import run_study
 from lhs_federated.study import Study, check_study, load_study
 
@@ -74,6 +79,7 @@ def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
             out_dir,
             engine=str(config.get(ENGINE_KEY) or "flower"),
             resume=bool(config.get(RESUME_KEY, False)),
+            audit_options=AuditOptions.from_run_config(config),
         )
 
     return server_app

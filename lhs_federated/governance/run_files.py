@@ -1,8 +1,9 @@
 """Where governance files live in a run folder, and the hashes of its result files.
 
 A run folder's ``governance/`` holds the coordinator's ledger
-(``coordinator.jsonl``), its public key (``coordinator.pub``) and, in
-simulation, one site folder per simulated site (``sites/<site>/``). The
+(``coordinator.jsonl``), its public key (``coordinator.pub``), the ledgers of
+earlier attempts when the run was resumed (``coordinator.segment-N.jsonl``)
+and, in simulation, one site folder per simulated site (``sites/<site>/``). The
 ``study-finished`` record lists every result file with its SHA-256, so an
 auditor can tell whether metrics, rounds or the released model were changed
 after the study ended.
@@ -17,8 +18,15 @@ GOVERNANCE_DIR = "governance"
 COORDINATOR_LEDGER = "coordinator.jsonl"
 COORDINATOR_PUBLIC_KEY = "coordinator.pub"
 SIMULATED_SITES_DIR = "sites"
+#: Ledgers of interrupted runs that were resumed: coordinator.segment-1.jsonl, -2, ...
+SEGMENT_GLOB = "coordinator.segment-*.jsonl"
 #: Files written after the study-finished record, so not covered by it.
 WRITTEN_AFTER = ("summary.json", "failure.json")
+
+
+def segment_name(number: int) -> str:
+    """File name of the ``number``-th set-aside coordinator ledger."""
+    return f"coordinator.segment-{number}.jsonl"
 
 
 def hash_result_files(run_dir: str | Path) -> dict[str, str]:
