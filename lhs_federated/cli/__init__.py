@@ -14,7 +14,7 @@ import click
 import typer
 from rich.console import Console
 
-from lhs_federated.cli import certs, data, server, simulate, site_runtime, study
+from lhs_federated.cli import audit, certs, data, keys, server, simulate, site, site_runtime, study
 from lhs_federated.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, LhsError
 
 app = typer.Typer(
@@ -29,10 +29,11 @@ app.add_typer(data.app, name="data")
 app.add_typer(study.app, name="study")
 app.command("strategies")(study.strategies_command)
 app.add_typer(server.app, name="server")
-site_app = typer.Typer(help="A site's node, approvals and policy.", no_args_is_help=True)
-site_runtime.register(site_app)
-app.add_typer(site_app, name="site")
+site_runtime.register(site.app)  # a site's node (start/stop/check) beside its approvals
+app.add_typer(site.app, name="site")
 app.add_typer(certs.app, name="certs")
+app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
 
 _errors = Console(stderr=True, highlight=False, soft_wrap=True)
 

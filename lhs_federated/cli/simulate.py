@@ -165,13 +165,25 @@ def simulate_command(
         typer.Option("--set", help="Override a study key, e.g. --set rounds=20 (repeatable)."),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    coordinator_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--coordinator-key",
+            help="Private key signing the run's ledger (default: a key for this run only).",
+        ),
+    ] = None,
 ) -> None:
     """Run a study on its simulated sites and print the per-site results."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
     resolved = load_with_overrides(study, set_ or [])
     with round_progress(resolved, enabled=not quiet):
-        results = simulate(resolved, backend=backend, out_dir=out)  # type: ignore[arg-type]
+        results = simulate(
+            resolved,
+            backend=backend,  # type: ignore[arg-type]
+            out_dir=out,
+            coordinator_key=coordinator_key,
+        )
     console.print(results_table(results))
     console.print("slope: calibration slope; CITL: calibration-in-the-large (intercept)")
     for site, reasons in results.summary["final"]["undefined"].items():
@@ -179,3 +191,8 @@ def simulate_command(
             console.print(f"  — {site} {metric}: {reason}")
     console.print(f"study hash {results.summary['study_hash']}")
     console.print(f"results in [bold]{results.out_dir}[/]")
+    ledger = results.summary["ledger"]
+    console.print(
+        f"ledger {ledger['file']} (final hash {ledger['final_hash'][:16]}…); "
+        f"audit it with: lhs-fed audit report {results.out_dir}"
+    )

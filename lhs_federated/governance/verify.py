@@ -146,7 +146,9 @@ def read_records(path: str | Path) -> tuple[list[Entry | _Unreadable], bool]:
     ------
     LedgerError
         If the file is missing, empty, or its first line is not a ledger
-        record (the file is not a ledger: exit 2 at the command line).
+        record (the file is not a ledger: exit 2 at the command line). A
+        file holding only part of its first line is a ledger whose creation
+        was cut short: its torn line is reported, not raised.
     """
     path = Path(path)
     if not path.is_file():
@@ -166,7 +168,7 @@ def read_records(path: str | Path) -> tuple[list[Entry | _Unreadable], bool]:
             items.append(parse_line(raw, number))
         except ValueError as exc:
             items.append(_Unreadable(number, str(exc)))
-    if isinstance(items[0], _Unreadable):
+    if isinstance(items[0], _Unreadable) and not (torn and len(items) == 1):
         raise LedgerError(
             f"{str(path)!r} is not an lhs-federated ledger (JSON Lines of signed records): "
             f"line 1 is {items[0].reason}."
@@ -281,10 +283,6 @@ def _check_record(
                 "wrong public key, or a forged ledger"
             )
         return Problem("bad signature", item.line, item.seq, detail)
-    if item.seq != expected or item.prev_hash != previous:
-        return _misplaced(item, items, index, entries, expected, positions)
-    if expected == 0 and (item.kind != HEADER or item.data.get("format") != FORMAT):
-        return Problem("modified", item.line, 0, f"record 0 is not a {HEADER!r} header of {FORMAT}")
     if entries and entries[-1].kind in _closing_kinds(entries):
         return Problem(
             "inserted",
@@ -292,6 +290,10 @@ def _check_record(
             item.seq,
             f"it comes after the closing record {entries[-1].seq} ({entries[-1].kind})",
         )
+    if item.seq != expected or item.prev_hash != previous:
+        return _misplaced(item, items, index, entries, previous, positions)
+    if expected == 0 and (item.kind != HEADER or item.data.get("format") != FORMAT):
+        return Problem("modified", item.line, 0, f"record 0 is not a {HEADER!r} header of {FORMAT}")
     return item
 
 
@@ -300,10 +302,15 @@ def _misplaced(
     items: list[Entry | _Unreadable],
     index: int,
     entries: list[Entry],
-    expected: int,
+    previous: str,
     positions: dict[int, list[int]],
 ) -> Problem:
-    seq, line = item.seq, item.line
+    """Say what a validly signed record in the wrong place is doing there."""
+    seq, line, expected = item.seq, item.line, len(entries)
+    foreign = (
+        "it does not chain to any record of this ledger: a record of another ledger "
+        "signed with the same key"
+    )
     if seq < expected:
         original = entries[max(seq, 0)]
         if original.hash == item.hash:
@@ -317,13 +324,20 @@ def _misplaced(
             f"record {seq} is already at line {original.line}; this one belongs to another "
             "ledger signed with the same key",
         )
-    if seq == expected:
+    if seq == expected:  # right number, wrong chain
+        following = items[index + 1] if index + 1 < len(items) else None
+        if (
+            isinstance(following, Entry)
+            and following.seq == expected
+            and following.prev_hash == previous
+        ):
+            return Problem("inserted", line, seq, f"{foreign}, before the genuine record {seq}")
         return Problem(
             "modified",
             line,
             seq,
-            f"it does not chain to record {expected - 1} (its prev_hash differs): it was "
-            "taken from another ledger signed with the same key",
+            f"record {seq} was replaced: this one does not chain to record {expected - 1} "
+            "(a record of another ledger signed with the same key)",
         )
     copies = [i for i in positions[seq] if i != index and _hash_of(items[i]) == item.hash]
     if copies:
@@ -334,6 +348,9 @@ def _misplaced(
             f"a copy of record {seq}, which also appears at line {items[copies[0]].line}",
         )
     later = [i for i in positions.get(expected, []) if i > index]
+    chains = any(_hash_of(items[i]) == item.prev_hash for i in positions.get(seq - 1, []))
+    if later and not chains:
+        return Problem("inserted", line, seq, foreign)
     if later:
         return Problem(
             "reordered",

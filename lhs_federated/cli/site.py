@@ -1,0 +1,162 @@
+"""``lhs-fed site``: a site's own governance (its folder, approvals and revocations).
+
+Run by a site's data steward on the site's machine; nothing here talks to the
+coordinator. The site's launcher (deployment) checks these approvals before
+any study code runs.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lhs_federated.cli.simulate import load_with_overrides
+from lhs_federated.errors import ConfigError
+from lhs_federated.governance.code import fab_hash, installed_code_hash
+from lhs_federated.governance.keys import fingerprint
+from lhs_federated.governance.site_folder import SiteFolder
+
+app = typer.Typer(help="A site's node, approvals and policy.", no_args_is_help=True)
+console = Console(highlight=False)
+
+SiteFolderOption = Annotated[
+    Path, typer.Option("--site-folder", help="The site's governance folder (`lhs-fed site init`).")
+]
+StudyPath = Annotated[Path, typer.Argument(help="The study TOML file to approve.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a study key, as the run will (repeatable)."),
+]
+FabOption = Annotated[
+    Path | None, typer.Option("--fab", help="The Flower App bundle (.fab) that will run the study.")
+]
+CodeHashOption = Annotated[
+    str | None, typer.Option("--code-hash", help="SHA-256 of the code that will run it (hex).")
+]
+InstalledOption = Annotated[
+    bool,
+    typer.Option("--installed", help="The installed lhs-federated package (for simulated sites)."),
+]
+ByOption = Annotated[
+    str | None, typer.Option("--by", help="Who decides (default: the current user).")
+]
+ReasonOption = Annotated[
+    str, typer.Option("--reason", help="Why: e.g. the ethics approval reference.")
+]
+
+
+@app.command("init")
+def init_command(
+    folder: Annotated[Path, typer.Argument(help="The folder to create.")],
+    name: Annotated[str, typer.Option("--name", help="The site's name, as studies know it.")],
+) -> None:
+    """Create a site's governance folder: its key, approvals registry and ledger."""
+    site = SiteFolder.init(folder, name)
+    console.print(f"site folder {folder} for site {name!r}")
+    console.print(f"public key  {folder / 'site.pub'}  ({fingerprint(site.public_key)})")
+
+
+@app.command("approve")
+def approve_command(
+    study: StudyPath,
+    site_folder: SiteFolderOption,
+    reason: ReasonOption,
+    fab: FabOption = None,
+    code_hash: CodeHashOption = None,
+    installed: InstalledOption = False,
+    by: ByOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Approve a study, run by one version of the code, at this site."""
+    resolved = load_with_overrides(study, set_ or [])
+    code = _code_hash(fab, code_hash, installed, required=True)
+    site = SiteFolder.open(site_folder)
+    approval = site.approve(
+        resolved.hash, code, study_name=resolved.name, by=by or getpass.getuser(), reason=reason
+    )
+    console.print(
+        f"site {site.site!r} approved study {resolved.name!r} {approval.study_hash} "
+        f"with code {approval.code_hash} (by {approval.approved_by}, {approval.approved_at})"
+    )
+
+
+@app.command("revoke")
+def revoke_command(
+    site_folder: SiteFolderOption,
+    reason: ReasonOption,
+    study: Annotated[
+        Path | None, typer.Argument(help="The study TOML file (or give --study-hash).")
+    ] = None,
+    study_hash: Annotated[
+        str | None, typer.Option("--study-hash", help="The study hash to revoke.")
+    ] = None,
+    fab: FabOption = None,
+    code_hash: CodeHashOption = None,
+    installed: InstalledOption = False,
+    by: ByOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Withdraw an approval (of one code version, or of every version by default)."""
+    if (study is None) == (study_hash is None):
+        raise ConfigError("name the study to revoke: a STUDY.toml file or --study-hash, not both.")
+    target = study_hash or load_with_overrides(study, set_ or []).hash
+    code = _code_hash(fab, code_hash, installed, required=False)
+    site = SiteFolder.open(site_folder)
+    revocation = site.revoke(target, code_hash=code, by=by or getpass.getuser(), reason=reason)
+    which = "every code version" if code is None else f"code {code}"
+    console.print(f"site {site.site!r} revoked study {target} ({which}) at {revocation.revoked_at}")
+
+
+@app.command("approvals")
+def approvals_command(site_folder: SiteFolderOption) -> None:
+    """List the approvals in force at this site."""
+    site = SiteFolder.open(site_folder, with_key=False)
+    table = Table(title=f"approvals in force at site {site.site!r}")
+    for column in ("study", "study hash", "code hash", "by", "when", "why"):
+        table.add_column(column, overflow="fold")
+    for approval in site.registry.approvals():
+        table.add_row(
+            approval.study_name,
+            approval.study_hash[:16] + "…",
+            approval.code_hash[:16] + "…",
+            approval.approved_by + (" (pre-approved)" if approval.preapproved else ""),
+            approval.approved_at,
+            approval.reason,
+        )
+    console.print(table)
+
+
+def _code_hash(
+    fab: Path | None, code_hash: str | None, installed: bool, *, required: bool
+) -> str | None:
+    given = [
+        option
+        for option, value in (
+            ("--fab", fab),
+            ("--code-hash", code_hash),
+            ("--installed", installed),
+        )
+        if value
+    ]
+    if len(given) > 1:
+        raise ConfigError(f"give one of --fab, --code-hash or --installed; got {', '.join(given)}.")
+    if not given:
+        if required:
+            raise ConfigError(
+                "an approval names the code that will run the study: give --fab FILE (the "
+                "Flower App bundle), --code-hash HEX, or --installed (simulated sites)."
+            )
+        return None
+    if fab is not None:
+        return fab_hash(fab)
+    if installed:
+        return installed_code_hash()
+    value = str(code_hash).strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ConfigError(f"--code-hash must be 64 hex digits (a SHA-256); got {code_hash!r}.")
+    return value

@@ -1,0 +1,207 @@
+"""Cross-checking the coordinator's ledger against one site's ledger.
+
+Each side records every reply independently: the site what it sent
+(``message-sent``), the coordinator what it received (``site-reply``), both
+with the id of the message answered, the content hash, the size and the
+arrays hash. :func:`crosscheck` matches the two for one study run and reports:
+
+- a reply the coordinator records but the site never sent (fabricated, or
+  removed from the site's ledger);
+- a reply the site sent that the coordinator does not record (left out, or
+  it arrived after the coordinator stopped waiting, which the coordinator
+  then records as a failure of that site: reported as a note);
+- a reply whose hash, size or status differs (altered in transit or in a
+  ledger);
+- a site whose record of the coordinator's final hash (``study-closed``)
+  disagrees with the coordinator's ledger: the ledger was cut short or
+  rewritten after the study ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lhs_federated.errors import ConfigError
+from lhs_federated.governance.ledger import Entry
+from lhs_federated.governance.site_folder import MESSAGE_SENT, REFUSAL, STUDY_CLOSED
+
+_COMPARED = ("status", "content_hash", "size", "arrays_hash")
+
+
+@dataclass
+class CrossCheck:
+    """The outcome of :func:`crosscheck`.
+
+    Attributes
+    ----------
+    site : str
+        The site whose ledger was compared.
+    run_id : int
+        The study run compared.
+    matched : int
+        Replies both ledgers record identically.
+    problems : list of str
+        Disagreements; the ledgers are consistent when it is empty.
+    notes : list of str
+        Facts worth knowing that are not disagreements (refusals, late replies).
+    """
+
+    site: str
+    run_id: int
+    matched: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the two ledgers agree."""
+        return not self.problems
+
+    def describe(self) -> str:
+        """A verdict paragraph with every problem and note."""
+        verdict = "CONSISTENT" if self.ok else "INCONSISTENT"
+        lines = [
+            f"{verdict}: coordinator and site {self.site!r} (run {self.run_id}): "
+            f"{self.matched} replies match"
+            + (f", {len(self.problems)} problem(s)" if self.problems else "")
+        ]
+        lines += [f"  problem: {problem}" for problem in self.problems]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
+    """Match a site's ``message-sent`` records with the coordinator's ``site-reply`` records.
+
+    Parameters
+    ----------
+    coordinator : list of Entry
+        The coordinator ledger's records (verified beforehand, ideally).
+    site : list of Entry
+        The site ledger's records.
+
+    Raises
+    ------
+    ConfigError
+        If the first ledger is not a coordinator ledger with a
+        ``study-started`` record, or the second is not a site ledger.
+    """
+    if not coordinator or coordinator[0].data.get("role") != "coordinator":
+        raise ConfigError("the first ledger is not a coordinator ledger.")
+    if not site or site[0].data.get("role") != "site":
+        raise ConfigError("the second ledger is not a site ledger (role 'site').")
+    started = next((e for e in coordinator if e.kind == "study-started"), None)
+    if started is None:
+        raise ConfigError("the coordinator ledger has no 'study-started' record.")
+    name = str(site[0].data["owner"])
+    run_id = int(started.data["run_id"])
+    result = CrossCheck(name, run_id)
+    received = {
+        str(e.data["message_id"]): e
+        for e in coordinator
+        if e.kind == "site-reply" and e.data.get("site") == name
+    }
+    sent = {
+        str(e.data["reply_to"]): e
+        for e in site
+        if e.kind == MESSAGE_SENT and int(e.data.get("run_id", -1)) == run_id
+    }
+    if not any(p.get("site") == name for p in started.data.get("participants", [])) and not sent:
+        result.problems.append(
+            f"site {name!r} neither took part in run {run_id} nor sent anything in it: "
+            "these ledgers belong to different studies or sites"
+        )
+        return result
+    late = _late_sites(coordinator, name)
+    for message_id, reply in received.items():
+        mine = sent.get(message_id)
+        where = _where(reply.data.get("stage"), reply.data.get("round"), message_id)
+        if mine is None:
+            result.problems.append(
+                f"the coordinator records a reply to {where} that the site's ledger does not "
+                "hold: recorded by the coordinator without the site sending it, or removed "
+                "from the site's ledger"
+            )
+            continue
+        differing = [key for key in _COMPARED if reply.data.get(key) != mine.data.get(key)]
+        if differing:
+            result.problems.append(
+                f"reply to {where}: "
+                + "; ".join(
+                    f"{key} is {reply.data.get(key)!r} at the coordinator, "
+                    f"{mine.data.get(key)!r} at the site"
+                    for key in differing
+                )
+            )
+        else:
+            result.matched += 1
+    for message_id, mine in sent.items():
+        if message_id in received:
+            continue
+        where = _where(mine.data.get("message_type"), mine.data.get("server_round"), message_id)
+        if int(mine.data.get("server_round", 0)) in late:
+            result.notes.append(
+                f"the site replied to {where}, but the coordinator had stopped waiting "
+                "(it records the site as not replying in that round)"
+            )
+        else:
+            result.problems.append(
+                f"the site sent a reply to {where} that the coordinator's ledger does not "
+                "record: left out of the coordinator's ledger"
+            )
+    refusals = [e for e in site if e.kind == REFUSAL and int(e.data.get("run_id", -1)) == run_id]
+    if refusals:
+        result.notes.append(
+            f"the site refused {len(refusals)} message(s) of this run: "
+            f"{refusals[0].data.get('reason')}"
+        )
+    _check_close(coordinator, site, run_id, result)
+    return result
+
+
+def _check_close(
+    coordinator: list[Entry], site: list[Entry], run_id: int, result: CrossCheck
+) -> None:
+    closed = [e for e in site if e.kind == STUDY_CLOSED and int(e.data.get("run_id", -1)) == run_id]
+    if not closed:
+        if coordinator[-1].kind == "study-finished":
+            result.notes.append(
+                "the site holds no final hash of this run (it was not told the study closed), "
+                "so truncation of the coordinator's ledger cannot be checked against it"
+            )
+        return
+    final = closed[-1].data["coordinator_ledger"]
+    seq, digest = int(final["final_seq"]), str(final["final_hash"])
+    last = coordinator[-1]
+    if seq < len(coordinator) and coordinator[seq].hash == digest:
+        if last.seq != seq:
+            result.problems.append(
+                f"the coordinator's ledger goes on after record {seq}, which the site was "
+                "told is its final record: records were appended after the study closed"
+            )
+        return
+    if last.seq < seq:
+        result.problems.append(
+            f"the coordinator's ledger ends at record {last.seq}, but the site was told the "
+            f"final record is {seq} (hash {digest[:16]}…): the ledger was cut short"
+        )
+    else:
+        result.problems.append(
+            f"the site was told record {seq} has hash {digest[:16]}…, the coordinator's "
+            f"ledger has {coordinator[seq].hash[:16]}…: the ledger was rewritten"
+        )
+
+
+def _late_sites(coordinator: list[Entry], site: str) -> set[int]:
+    """Rounds in which the coordinator records ``site`` as not replying in time."""
+    rounds = set()
+    for entry in coordinator:
+        if entry.kind in ("round-aggregated", "evaluation"):
+            reason = str(entry.data.get("failed", {}).get(site, ""))
+            if "no reply" in reason:
+                rounds.add(int(entry.data["round"]))
+    return rounds
+
+
+def _where(stage: object, server_round: object, message_id: str) -> str:
+    return f"message {message_id} ({stage}, round {server_round})"
