@@ -26,6 +26,7 @@ message with its ledger's final hash, which the site records
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
@@ -38,6 +39,7 @@ from lhs_federated.governance.approval import Approval
 from lhs_federated.governance.code import installed_code_hash
 from lhs_federated.governance.simulated import simulated_site_folder
 from lhs_federated.governance.site_folder import SentMessage, SiteFolder
+from lhs_federated.study import Study
 
 #: Record the coordinator adds to messages for simulated sites, and its key.
 SIMULATION = "lhs-simulation"
@@ -120,7 +122,8 @@ def governed_site(message: Message, context: Context) -> tuple[SiteFolder, str]:
         If the message carries no valid study.
     """
     if PARTITION_ID in context.node_config:
-        study = records.study_from_config(message.content[records.CONFIG])
+        config = message.content[records.CONFIG]
+        study = _study(str(config[records.STUDY]), str(config[records.STUDY_HASH]))
         site = resolve_site(study, context).data.name
         simulation = message.content.get(SIMULATION)
         if not isinstance(simulation, ConfigRecord) or SITE_FOLDERS not in simulation:
@@ -151,6 +154,14 @@ def governed_site(message: Message, context: Context) -> tuple[SiteFolder, str]:
         return SiteFolder.open(str(folder_path)), str(code_hash)
     except LhsError as error:
         raise SiteRefusal(node, error.message) from error
+
+
+@lru_cache(maxsize=8)
+def _study(text: str, stated_hash: str) -> Study:
+    """The study a message carries, checked against its hash; parsed once per study."""
+    return records.study_from_config(
+        ConfigRecord({records.STUDY: text, records.STUDY_HASH: stated_hash})
+    )
 
 
 def _error(message: Message, code: int, reason: str) -> Message:
