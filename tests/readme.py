@@ -25,8 +25,25 @@ def shell_commands(block: str) -> list[str]:
     return commands
 
 
+#: First line of a bash block whose commands build on each other (run in order, in one folder).
+IN_ORDER = "# run in order"
+
+
 def lhs_fed_commands() -> list[str]:
-    """Every ``lhs-fed`` command of the README's bash blocks."""
+    """Every ``lhs-fed`` command of the README's bash blocks that runs on its own."""
     return [
-        c for block in code_blocks("bash") for c in shell_commands(block) if c.startswith("lhs-fed")
+        c
+        for block in code_blocks("bash")
+        if not block.startswith(IN_ORDER)
+        for c in shell_commands(block)
+        if c.startswith("lhs-fed")
+    ]
+
+
+def ordered_blocks() -> list[list[str]]:
+    """The ``lhs-fed`` commands of each block marked :data:`IN_ORDER`, in order."""
+    return [
+        [c for c in shell_commands(block) if c.startswith("lhs-fed")]
+        for block in code_blocks("bash")
+        if block.startswith(IN_ORDER)
     ]

@@ -26,7 +26,6 @@ message with its ledger's final hash, which the site records
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
@@ -39,7 +38,6 @@ from lhs_federated.governance.approval import Approval
 from lhs_federated.governance.code import installed_code_hash
 from lhs_federated.governance.simulated import simulated_site_folder
 from lhs_federated.governance.site_folder import SentMessage, SiteFolder
-from lhs_federated.study import Study
 
 #: Record the coordinator adds to messages for simulated sites, and its key.
 SIMULATION = "lhs-simulation"
@@ -54,12 +52,17 @@ LEDGER_ID = "ledger-id"
 FINAL_SEQ = "ledger-final-seq"
 FINAL_HASH = "ledger-final-hash"
 STUDY_STATUS = "study-status"
+SIMULATED_REFUSAL_HINT = (
+    " (in a simulation, a simulated site approves a study the study declares pre-approved "
+    "([governance] preapproved = true), or the approvals in its own site folder "
+    "([governance] site_folders))"
+)
 
 
 def site_governance_mod(message: Message, context: Context, call_next) -> Message:
     """Check approval before the handler; record the reply that leaves the site."""
     try:
-        folder, code_hash = governed_site(message, context)
+        folder, code_hash, hint = governed_site(message, context)
         study_hash = str(message.content[records.CONFIG][records.STUDY_HASH])
     except SiteRefusal as refusal:
         return _error(message, records.SITE_REFUSED, refusal.message)
@@ -90,7 +93,7 @@ def site_governance_mod(message: Message, context: Context, call_next) -> Messag
     try:
         approval = folder.check(study_hash, code_hash, context=where)
     except SiteRefusal as refusal:
-        reply = _error(message, records.SITE_REFUSED, refusal.message)
+        reply = _error(message, records.SITE_REFUSED, refusal.message + hint)
     else:
         try:
             reply = call_next(message, context)
@@ -108,8 +111,11 @@ def acknowledge_close(message: Message, context: Context) -> Message:
     return Message(RecordDict(), reply_to=message)
 
 
-def governed_site(message: Message, context: Context) -> tuple[SiteFolder, str]:
-    """The site folder that governs this node, and the hash of the code it runs.
+def governed_site(message: Message, context: Context) -> tuple[SiteFolder, str, str]:
+    """The site folder that governs this node, the hash of its code, and a refusal hint.
+
+    The hint tells a researcher how a simulated site comes to approve a study;
+    it is empty for deployed sites, whose data stewards decide.
 
     Raises
     ------
@@ -122,8 +128,7 @@ def governed_site(message: Message, context: Context) -> tuple[SiteFolder, str]:
         If the message carries no valid study.
     """
     if PARTITION_ID in context.node_config:
-        config = message.content[records.CONFIG]
-        study = _study(str(config[records.STUDY]), str(config[records.STUDY_HASH]))
+        study = records.study_from_config(message.content[records.CONFIG])
         site = resolve_site(study, context).data.name
         simulation = message.content.get(SIMULATION)
         if not isinstance(simulation, ConfigRecord) or SITE_FOLDERS not in simulation:
@@ -140,7 +145,8 @@ def governed_site(message: Message, context: Context) -> tuple[SiteFolder, str]:
             )
         except LhsError as error:
             raise SiteRefusal(site, error.message) from error
-        return folder, code_hash
+        hint = "" if study.governance.site_folders else SIMULATED_REFUSAL_HINT
+        return folder, code_hash, hint
     folder_path = context.node_config.get(SITE_FOLDER_KEY)
     code_hash = context.node_config.get(CODE_HASH_KEY)
     node = f"node {context.node_id}"
@@ -151,17 +157,9 @@ def governed_site(message: Message, context: Context) -> tuple[SiteFolder, str]:
             "runs ClientApps through its gated launcher, which sets both",
         )
     try:
-        return SiteFolder.open(str(folder_path)), str(code_hash)
+        return SiteFolder.open(str(folder_path)), str(code_hash), ""
     except LhsError as error:
         raise SiteRefusal(node, error.message) from error
-
-
-@lru_cache(maxsize=8)
-def _study(text: str, stated_hash: str) -> Study:
-    """The study a message carries, checked against its hash; parsed once per study."""
-    return records.study_from_config(
-        ConfigRecord({records.STUDY: text, records.STUDY_HASH: stated_hash})
-    )
 
 
 def _error(message: Message, code: int, reason: str) -> Message:

@@ -11,7 +11,7 @@ from rich.console import Console
 from lhs_federated.governance.keys import fingerprint, load_private_key, write_key_pair
 
 app = typer.Typer(help="Signing keys of ledgers.", no_args_is_help=True)
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 
 
 @app.command("init")

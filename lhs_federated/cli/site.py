@@ -22,7 +22,9 @@ from lhs_federated.governance.keys import fingerprint
 from lhs_federated.governance.site_folder import SiteFolder
 
 app = typer.Typer(help="A site's node, approvals and policy.", no_args_is_help=True)
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+if not console.is_terminal:  # pipes and CI logs: room for hashes
+    console.width = max(console.width, 140)
 
 SiteFolderOption = Annotated[
     Path, typer.Option("--site-folder", help="The site's governance folder (`lhs-fed site init`).")
