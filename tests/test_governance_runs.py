@@ -9,8 +9,17 @@ import shutil
 
 import pandas as pd
 import pytest
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
 
 from lhs_federated import StudyRunError, simulate
+from lhs_federated.apps import client_app, records, server_app
+from lhs_federated.apps.client_app import site_errors_mod
+from lhs_federated.apps.site_governance import (
+    CLOSE_ACTION,
+    acknowledge_close,
+    site_governance_mod,
+)
 from lhs_federated.governance.code import installed_code_hash
 from lhs_federated.governance.crosscheck import crosscheck
 from lhs_federated.governance.keys import load_private_key, load_public_key, write_key_pair
@@ -21,6 +30,7 @@ from lhs_federated.governance.run_audit import audit_run
 from lhs_federated.governance.site_folder import SiteFolder
 from lhs_federated.governance.verify import Anchor, load_entries, verify_ledger
 from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
+from lhs_federated.simulation import run_inprocess
 
 SITES = ("site-01", "site-02", "site-03")
 
@@ -267,3 +277,35 @@ def test_site_folders_decide_and_a_site_can_withdraw_mid_study(tmp_path, small_s
     audit = audit_run(results.out_dir)
     assert audit.ok, audit.problems
     assert [s.path.parent for s in audit.sites] == [folders / s for s in SITES]
+
+
+def private_client() -> ClientApp:
+    """The real ClientApp whose training replies also report epsilon, as DP-SGD sites do."""
+    app = ClientApp(mods=[site_governance_mod, site_errors_mod])
+    app.query()(client_app.describe)
+    app.evaluate()(client_app.evaluate)
+    app.query(CLOSE_ACTION)(acknowledge_close)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        reply = client_app.train(message, context)
+        spent = 0.5 * int(message.content[records.CONFIG][records.ROUND])
+        reply.content[records.METRICS]["epsilon"] = spent
+        return reply
+
+    return app
+
+
+def test_epsilon_reported_by_sites_reaches_both_ledgers_and_the_report(tmp_path, small_study):
+    out = tmp_path / "run"
+    config = {server_app.STUDY_KEY: small_study.to_json(), server_app.OUT_DIR_KEY: str(out)}
+    run_inprocess(config, 3, client=private_client())
+    view = StudyView.from_entries(load_entries(coordinator(out)))
+    assert view.epsilon() == {site: {1: 0.5, 2: 1.0} for site in SITES}
+    sent = [e for e in load_entries(site_ledger(out, "site-02")) if e.kind == "message-sent"]
+    assert [e.data["epsilon"] for e in sent if e.data["message_type"] == "train"] == [0.5, 1.0]
+    audit = audit_run(out)
+    assert audit.ok, audit.problems
+    html = render_report(audit)
+    assert "Privacy spent per site (epsilon, cumulative" in html
+    assert "<td>final</td><td>1</td><td>1</td><td>1</td>" in html

@@ -195,9 +195,8 @@ class CoordinatorAudit:
                 **({"resumed_from": resumed_from} if resumed_from else {}),
             },
         )
-        for kind, data in self._pending:
-            self._append(kind, data)
-        self._pending.clear()
+        pending, self._pending = self._pending, []
+        self._append_many(pending)
 
     def sent(self, messages: list[Message]) -> None:
         """Note what each site was sent; a training batch starts a round."""
@@ -224,8 +223,9 @@ class CoordinatorAudit:
         )
 
     def received(self, replies: Iterable[Message]) -> None:
-        """Record one ``site-reply`` per reply."""
-        for reply in replies:
+        """Record one ``site-reply`` per reply (one fsync for the whole batch)."""
+        batch = []
+        for reply in sorted(replies, key=lambda r: self._site(r.metadata.src_node_id)):
             meta = reply.metadata
             digest = digest_reply(reply)
             sent = self._sent.get((meta.src_node_id, meta.message_type), _Sent(0, None))
@@ -233,25 +233,24 @@ class CoordinatorAudit:
             if digest.status == "ok" and sent.arrays and records.ARRAYS in reply.content:
                 returned = records.from_array_record(reply.content[records.ARRAYS])
                 norm = update_norm(sent.arrays, returned)
-            self._append(
-                "site-reply",
-                {
-                    "stage": _STAGES.get(meta.message_type, meta.message_type),
-                    "round": sent.round,
-                    "node_id": meta.src_node_id,
-                    "message_id": meta.reply_to_message_id,
-                    "status": digest.status,
-                    "content_hash": digest.content_hash,
-                    "size": digest.size,
-                    "arrays_hash": digest.arrays_hash,
-                    "sent_arrays_hash": sent.arrays_hash,
-                    "examples": digest.examples,
-                    "update_norm": norm,
-                    "epsilon": digest.epsilon,
-                    "error_code": digest.error_code,
-                    "detail": digest.detail,
-                },
-            )
+            data = {
+                "stage": _STAGES.get(meta.message_type, meta.message_type),
+                "round": sent.round,
+                "node_id": meta.src_node_id,
+                "message_id": meta.reply_to_message_id,
+                "status": digest.status,
+                "content_hash": digest.content_hash,
+                "size": digest.size,
+                "arrays_hash": digest.arrays_hash,
+                "sent_arrays_hash": sent.arrays_hash,
+                "examples": digest.examples,
+                "update_norm": norm,
+                "epsilon": digest.epsilon,
+                "error_code": digest.error_code,
+                "detail": digest.detail,
+            }
+            batch.append(("site-reply", data))
+        self._append_many(batch)
 
     def aggregated(
         self,
@@ -352,12 +351,17 @@ class CoordinatorAudit:
         return sorted(notified), dict(sorted(not_notified.items()))
 
     def _append(self, kind: str, data: dict[str, Any]) -> None:
+        self._append_many([(kind, data)])
+
+    def _append_many(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         if self._ledger is None:  # before the run folder exists: discovery replies
-            self._pending.append((kind, data))
+            self._pending += batch
             return
-        if "node_id" in data:
-            data = {"site": self._site(data["node_id"]), **data}
-        self._ledger.append(kind, data)
+        named = [
+            (kind, {"site": self._site(data["node_id"]), **data} if "node_id" in data else data)
+            for kind, data in batch
+        ]
+        self._ledger.append_many(named)
 
     def _require(self) -> Ledger:
         if self._ledger is None:

@@ -27,12 +27,16 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lhs_federated.errors import ConfigError, SiteRefusal
+from lhs_federated.governance.keys import fingerprint
 from lhs_federated.governance.ledger import Entry, Ledger
 from lhs_federated.governance.verify import verify_ledger
 
 APPROVAL = "approval"
 REVOCATION = "revocation"
 ROLE = "approvals"
+
+# Registries verified by this process: path -> (file identity, state); see _replay.
+_VERIFIED: dict[str, tuple[tuple, dict]] = {}
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,26 @@ class ApprovalRegistry:
                 f"no study is approved at site {self.site!r} yet: there is no approvals "
                 f"registry at {str(self.path)!r}"
             )
+        # A state verified earlier in this process is reused while the file is unchanged
+        # (same inode, size and mtime). Approving or revoking appends, which changes the
+        # size; any other change forces a new verification. A reused state was verified,
+        # so the cache can never grant what the file does not.
+        info = self.path.stat()
+        identity = (
+            fingerprint(self.public_key),
+            info.st_dev,
+            info.st_ino,
+            info.st_size,
+            info.st_mtime_ns,
+        )
+        cached = _VERIFIED.get(str(self.path.resolve()))
+        if cached is not None and cached[0] == identity:
+            return dict(cached[1])
+        state = self._verified_state()
+        _VERIFIED[str(self.path.resolve())] = (identity, dict(state))
+        return state
+
+    def _verified_state(self) -> dict[tuple[str, str], Approval | Revocation]:
         verification = verify_ledger(self.path, self.public_key)
         if not verification.ok:
             raise ConfigError(
