@@ -279,21 +279,46 @@ def test_site_folders_decide_and_a_site_can_withdraw_mid_study(tmp_path, small_s
     assert [s.path.parent for s in audit.sites] == [folders / s for s in SITES]
 
 
-def private_client() -> ClientApp:
-    """The real ClientApp whose training replies also report epsilon, as DP-SGD sites do."""
+def client_with(train) -> ClientApp:
+    """The real ClientApp, governance mod included, with another training handler."""
     app = ClientApp(mods=[site_governance_mod, site_errors_mod])
     app.query()(client_app.describe)
     app.evaluate()(client_app.evaluate)
     app.query(CLOSE_ACTION)(acknowledge_close)
+    app.train()(train)
+    return app
 
-    @app.train()
+
+def private_client() -> ClientApp:
+    """Training replies also report epsilon, as DP-SGD sites do."""
+
     def train(message: Message, context: Context) -> Message:
         reply = client_app.train(message, context)
         spent = 0.5 * int(message.content[records.CONFIG][records.ROUND])
         reply.content[records.METRICS]["epsilon"] = spent
         return reply
 
-    return app
+    return client_with(train)
+
+
+def test_site_whose_code_crashes_is_recorded_on_both_sides(tmp_path, small_study):
+    def train(message: Message, context: Context) -> Message:
+        first_round = message.content[records.CONFIG][records.ROUND] == 1
+        if context.node_config["partition-id"] == 2 and first_round:
+            raise RuntimeError("out of memory")
+        return client_app.train(message, context)
+
+    out = tmp_path / "run"
+    study = small_study.with_overrides({"federation.min_sites": 2})
+    config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(out)}
+    run_inprocess(config, 3, client=client_with(train))
+    sent = [e.data for e in load_entries(site_ledger(out, "site-03")) if e.kind == "message-sent"]
+    assert sent[1]["status"] == "crashed" and sent[1]["detail"] == "RuntimeError: out of memory"
+    view = StudyView.from_entries(load_entries(coordinator(out)))
+    assert view.rounds[0].status_of("site-03") == "error"
+    check = crosscheck(load_entries(coordinator(out)), load_entries(site_ledger(out, "site-03")))
+    assert check.ok and check.matched == 5, check.describe()
+    assert any("ClientApp raised" in note and "out of memory" in note for note in check.notes)
 
 
 def test_epsilon_reported_by_sites_reaches_both_ledgers_and_the_report(tmp_path, small_study):

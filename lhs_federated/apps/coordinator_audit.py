@@ -128,9 +128,10 @@ class CoordinatorAudit:
             if options.key_path is not None
             else Ed25519PrivateKey.generate()
         )
-        self._simulated_sites = options.simulated_sites or (
-            self.out_dir / GOVERNANCE_DIR / SIMULATED_SITES_DIR
-        )
+        # Absolute: simulated sites may run in other processes (Ray) with another cwd.
+        self._simulated_sites = (
+            options.simulated_sites or self.out_dir / GOVERNANCE_DIR / SIMULATED_SITES_DIR
+        ).resolve()
         self._ledger: Ledger | None = None
         self._closed = False
         self._pending: list[tuple[str, dict[str, Any]]] = []

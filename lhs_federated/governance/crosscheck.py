@@ -123,6 +123,14 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
                 "from the site's ledger"
             )
             continue
+        if mine.data.get("status") == "crashed" and reply.data.get("status") == "error":
+            # The site's handler raised; Flower, not the site's code, built the error reply.
+            result.matched += 1
+            result.notes.append(
+                f"the site's ClientApp raised on {where} ({mine.data.get('detail')}); the "
+                "coordinator received Flower's error reply"
+            )
+            continue
         differing = [key for key in _COMPARED if reply.data.get(key) != mine.data.get(key)]
         if differing:
             result.problems.append(
