@@ -102,8 +102,8 @@ def governance_timer():
         (CoordinatorAudit, name)
         for name in ("open", "sent", "received", "aggregated", "evaluated", "finish")
     ]
-    targets += [(site_governance, "governed_site"), (site_governance, "_sent")]
-    targets += [(SiteFolder, "check"), (SiteFolder, "record_sent"), (SiteFolder, "record_closed")]
+    targets += [(site_governance, "simulated_governance"), (site_governance, "record_task")]
+    targets += [(SiteFolder, "check")]
     originals = [(owner, name, getattr(owner, name)) for owner, name in targets]
 
     def wrap(function):

@@ -217,7 +217,7 @@ def test_study_without_approval_is_refused_and_logged(tmp_path, small_study):
     study = small_study.with_overrides({"governance.preapproved": False})
     with pytest.raises(
         StudyRunError,
-        match=r"sites could not join the study: node \d+: site 'site-01' refused: study \w{12}… "
+        match=r"sites could not join the study: node \d+: site 'site-0\d' refused: study \w{12}… "
         r"\(code \w{12}…\) is not approved at this site; .* a simulated site approves a study "
         r"the study declares pre-approved \(\[governance\] preapproved = true\)",
     ):
@@ -334,3 +334,33 @@ def test_epsilon_reported_by_sites_reaches_both_ledgers_and_the_report(tmp_path,
     html = render_report(audit)
     assert "Privacy spent per site (epsilon, cumulative" in html
     assert "<td>final</td><td>1</td><td>1</td><td>1</td>" in html
+
+
+def test_resumed_run_chains_its_ledgers(tmp_path, small_study):
+    study = small_study.with_overrides({"rounds": 3})
+
+    def train(message: Message, context: Context) -> Message:
+        if message.content[records.CONFIG][records.ROUND] == 2:
+            raise RuntimeError("power cut")  # the coordinator cannot go on without this site
+        return client_app.train(message, context)
+
+    out = tmp_path / "run"
+    config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(out)}
+    with pytest.raises(StudyRunError, match="round 2"):
+        run_inprocess(config, 3, client=client_with(train))
+    run_inprocess({**config, server_app.RESUME_KEY: True}, 3)
+    governance = out / "governance"
+    first = load_entries(governance / "coordinator.segment-1.jsonl")
+    assert first[-1].kind == "study-failed"
+    started = load_entries(governance / "coordinator.jsonl")[1]
+    link = started.data["resumed_from"]
+    assert (link["final_hash"], link["after_round"]) == (first[-1].hash, 1)
+    audit = audit_run(out)
+    assert audit.ok, audit.problems
+    assert [c.owner for c in audit.segments] == ["coordinator, before round 2"]
+    assert [r.round for r in audit.view.rounds] == [1, 2, 3]
+    assert audit.view.status == "completed"
+    # Cutting the first attempt's ledger short is caught through the resumed ledger's link.
+    lines = (governance / "coordinator.segment-1.jsonl").read_bytes().splitlines(keepends=True)
+    (governance / "coordinator.segment-1.jsonl").write_bytes(b"".join(lines[:-1]))
+    assert any("before round 2: " in p and "truncated" in p for p in audit_run(out).problems)

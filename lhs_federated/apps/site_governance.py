@@ -1,27 +1,28 @@
-"""The site's governance in the ClientApp: approval before any handler, a ledger of every reply.
+"""A site's governance around the ClientApp: approval before any handler, a ledger of replies.
 
-:func:`site_governance_mod` is the ClientApp's outermost mod. For each message
-it finds the site's governance folder, checks that the site approved the
-study and the code running it (refusing with code ``SITE_REFUSED`` and the
-reason otherwise, before any handler runs), and records in the site ledger
-every reply that leaves the site: its hash and size, the epsilon it reports,
-and the approval that allowed it. All the decisions are made by the
-Flower-free :class:`~lhs_federated.governance.site_folder.SiteFolder`; this
-module only reads Flower messages.
+For a **simulated** site, :func:`site_governance_mod` (the ClientApp's
+outermost mod) does it all: it finds the site's governance folder, checks
+that the site approved the study and the code running it (refusing with code
+``SITE_REFUSED`` and the reason otherwise, before any handler runs), and
+records in the site ledger every reply that leaves the site: its hash and
+size, the epsilon it reports, and the approval that allowed it. The folder is
+the one the coordinator's simulation names in the message's
+``lhs-simulation`` record, or the study's ``governance.site_folders`` (see
+:mod:`lhs_federated.governance.simulated`); the code is the installed
+lhs-federated package.
 
-Where the governance folder is:
-
-- a simulated site (``partition-id`` in its node config) uses the folder the
-  coordinator's simulation names in the message's ``lhs-simulation`` record,
-  or the study's ``governance.site_folders`` (see
-  :mod:`lhs_federated.governance.simulated`); its code is the installed
-  lhs-federated package;
-- a deployed site uses the node config's ``site-folder`` and ``code-hash``
-  (the FAB hash its launcher verified) and ignores ``lhs-simulation``.
+A **deployed** site (``site-config`` in its node config) is governed outside
+the ClientApp, by the site's own launcher: its gate checks approval before the
+app bundle is installed or anything of it imported (which this mod, loaded
+from the bundle's components, cannot do), refusals never reach the ClientApp,
+and the launcher records each reply with :func:`record_task`. So for a
+deployed node this mod steps aside rather than record everything twice.
 
 After a study finishes, the coordinator sends each site a ``query.ledger_close``
-message with its ledger's final hash, which the site records
-(:func:`acknowledge_close` answers it).
+message with its ledger's final hash; :func:`record_task` records it as
+``study-closed`` and :func:`acknowledge_close` answers it. All decisions are
+made by the Flower-free :class:`~lhs_federated.governance.site_folder.SiteFolder`;
+this module only reads Flower messages.
 """
 
 from __future__ import annotations
@@ -31,20 +32,18 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
 
 from lhs_federated.apps import records
-from lhs_federated.apps.client_site import PARTITION_ID, resolve_site
+from lhs_federated.apps.client_site import PARTITION_ID, SITE_CONFIG, resolve_site
 from lhs_federated.apps.reply_digest import digest_reply
 from lhs_federated.errors import LhsError, SiteRefusal
 from lhs_federated.governance.approval import Approval
 from lhs_federated.governance.code import installed_code_hash
+from lhs_federated.governance.ledger import Entry
 from lhs_federated.governance.simulated import simulated_site_folder
 from lhs_federated.governance.site_folder import SentMessage, SiteFolder
 
 #: Record the coordinator adds to messages for simulated sites, and its key.
 SIMULATION = "lhs-simulation"
 SITE_FOLDERS = "site-folders"
-#: Node-config keys of a deployed site.
-SITE_FOLDER_KEY = "site-folder"
-CODE_HASH_KEY = "code-hash"
 #: The message that tells a site a study's coordinator ledger is closed.
 CLOSE_ACTION = "ledger_close"
 CLOSE_TYPE = f"{MessageType.QUERY}.{CLOSE_ACTION}"
@@ -61,8 +60,10 @@ SIMULATED_REFUSAL_HINT = (
 
 def site_governance_mod(message: Message, context: Context, call_next) -> Message:
     """Check approval before the handler; record the reply that leaves the site."""
+    if SITE_CONFIG in context.node_config:
+        return call_next(message, context)  # deployed: the site's launcher governs
     try:
-        folder, code_hash, hint = governed_site(message, context)
+        folder, code_hash, hint = simulated_governance(message, context)
         study_hash = str(message.content[records.CONFIG][records.STUDY_HASH])
     except SiteRefusal as refusal:
         return _error(message, records.SITE_REFUSED, refusal.message)
@@ -72,10 +73,68 @@ def site_governance_mod(message: Message, context: Context, call_next) -> Messag
         return _error(
             message, records.SITE_REFUSED, f"the message carries no valid study ({error})"
         )
+    approval = None
+    if message.metadata.message_type != CLOSE_TYPE:  # a closing note asks for no work
+        try:
+            approval = folder.check(study_hash, code_hash, context=message_context(message))
+        except SiteRefusal as refusal:
+            reply = _error(message, records.SITE_REFUSED, refusal.message + hint)
+            record_task(folder, message, reply)
+            return reply
+    try:
+        reply = call_next(message, context)
+    except Exception as exc:
+        record_task(folder, message, None, approval=approval, crash=f"{type(exc).__name__}: {exc}")
+        raise
+    record_task(folder, message, reply, approval=approval)
+    return reply
+
+
+def acknowledge_close(message: Message, context: Context) -> Message:
+    """Answer the coordinator's ledger-close message (the site records it)."""
+    return Message(RecordDict(), reply_to=message)
+
+
+def message_context(message: Message) -> dict[str, object]:
+    """Run id, message id and type: what a site's refusal record cites."""
     meta = message.metadata
+    return {"run_id": meta.run_id, "message_id": meta.message_id, "message_type": meta.message_type}
+
+
+def record_task(
+    folder: SiteFolder,
+    message: Message,
+    reply: Message | None,
+    *,
+    approval: Approval | None = None,
+    crash: str | None = None,
+) -> Entry:
+    """Record in the site ledger what the site sent in answer to ``message``.
+
+    The one call a site's runtime makes per task, in simulation (from the mod)
+    and in deployment (from the launcher, after the reply is pushed): a
+    ``query.ledger_close`` message becomes a ``study-closed`` record with the
+    coordinator's final ledger hash; anything else a ``message-sent`` record.
+
+    Parameters
+    ----------
+    folder : SiteFolder
+        The site's governance folder.
+    message : Message
+        The message the site answered.
+    reply : Message or None
+        The reply it sent; None if the ClientApp raised (see ``crash``).
+    approval : Approval, optional
+        The approval that allowed the site to answer.
+    crash : str, optional
+        What the ClientApp raised, when Flower built the error reply.
+    """
+    meta = message.metadata
+    config = message.content.get(records.CONFIG)
+    config = config if isinstance(config, ConfigRecord) else ConfigRecord()
+    study_hash = str(config.get(records.STUDY_HASH, ""))
     if meta.message_type == CLOSE_TYPE:
-        config = message.content[records.CONFIG]
-        folder.record_closed(
+        return folder.record_closed(
             run_id=meta.run_id,
             study_hash=study_hash,
             ledger_id=str(config[LEDGER_ID]),
@@ -83,118 +142,72 @@ def site_governance_mod(message: Message, context: Context, call_next) -> Messag
             final_hash=str(config[FINAL_HASH]),
             status=str(config[STUDY_STATUS]),
         )
-        return call_next(message, context)
-    where = {
-        "run_id": meta.run_id,
-        "message_id": meta.message_id,
-        "message_type": meta.message_type,
-    }
-    approval = None
-    try:
-        approval = folder.check(study_hash, code_hash, context=where)
-    except SiteRefusal as refusal:
-        reply = _error(message, records.SITE_REFUSED, refusal.message + hint)
-    else:
-        try:
-            reply = call_next(message, context)
-        except Exception as exc:
-            folder.record_sent(
-                _sent(message, study_hash, None, approval, crash=f"{type(exc).__name__}: {exc}")
-            )
-            raise
-    folder.record_sent(_sent(message, study_hash, reply, approval))
-    return reply
-
-
-def acknowledge_close(message: Message, context: Context) -> Message:
-    """Answer the coordinator's ledger-close message (the mod records it)."""
-    return Message(RecordDict(), reply_to=message)
-
-
-def governed_site(message: Message, context: Context) -> tuple[SiteFolder, str, str]:
-    """The site folder that governs this node, the hash of its code, and a refusal hint.
-
-    The hint tells a researcher how a simulated site comes to approve a study;
-    it is empty for deployed sites, whose data stewards decide.
-
-    Raises
-    ------
-    SiteRefusal
-        If the node has no governance folder, or it cannot be opened: a site
-        that cannot check approval refuses.
-    LhsError
-        If a simulated site cannot tell which site it is (its data).
-    KeyError, ValueError
-        If the message carries no valid study.
-    """
-    if PARTITION_ID in context.node_config:
-        study = records.study_from_config(message.content[records.CONFIG])
-        site = resolve_site(study, context).data.name
-        simulation = message.content.get(SIMULATION)
-        if not isinstance(simulation, ConfigRecord) or SITE_FOLDERS not in simulation:
-            raise SiteRefusal(
-                site,
-                f"it was not told where its governance folder is (no {SIMULATION!r} record "
-                "in the message); run simulations with lhs_federated.simulate() or "
-                "`lhs-fed simulate`",
-            )
-        code_hash = installed_code_hash()
-        try:
-            folder = simulated_site_folder(
-                Path(str(simulation[SITE_FOLDERS])), site, study, code_hash
-            )
-        except LhsError as error:
-            raise SiteRefusal(site, error.message) from error
-        hint = "" if study.governance.site_folders else SIMULATED_REFUSAL_HINT
-        return folder, code_hash, hint
-    folder_path = context.node_config.get(SITE_FOLDER_KEY)
-    code_hash = context.node_config.get(CODE_HASH_KEY)
-    node = f"node {context.node_id}"
-    if not folder_path or not code_hash:
-        raise SiteRefusal(
-            node,
-            f"no {SITE_FOLDER_KEY!r} and {CODE_HASH_KEY!r} in its node config: a deployed site "
-            "runs ClientApps through its gated launcher, which sets both",
-        )
-    try:
-        return SiteFolder.open(str(folder_path)), str(code_hash), ""
-    except LhsError as error:
-        raise SiteRefusal(node, error.message) from error
-
-
-def _error(message: Message, code: int, reason: str) -> Message:
-    return Message(Error(code=code, reason=reason), reply_to=message)
-
-
-def _sent(
-    message: Message,
-    study_hash: str,
-    reply: Message | None,
-    approval: Approval | None,
-    *,
-    crash: str | None = None,
-) -> SentMessage:
-    meta = message.metadata
-    config = message.content.get(records.CONFIG)
-    server_round = int(config.get(records.ROUND, 0)) if isinstance(config, ConfigRecord) else 0
     common = {
         "run_id": meta.run_id,
         "reply_to": meta.message_id,
         "message_type": meta.message_type,
-        "server_round": server_round,
+        "server_round": int(config.get(records.ROUND, 0)),
         "study_hash": study_hash,
         "approval": approval.record_hash if approval is not None else None,
     }
     if reply is None:
-        return SentMessage(**common, status="crashed", content_hash=None, size=None, detail=crash)
+        sent = SentMessage(**common, status="crashed", content_hash=None, size=None, detail=crash)
+        return folder.record_sent(sent)
     digest = digest_reply(reply)
-    return SentMessage(
-        **common,
-        status=digest.status,
-        content_hash=digest.content_hash,
-        size=digest.size,
-        arrays_hash=digest.arrays_hash,
-        error_code=digest.error_code,
-        epsilon=digest.epsilon,
-        detail=digest.detail,
+    return folder.record_sent(
+        SentMessage(
+            **common,
+            status=digest.status,
+            content_hash=digest.content_hash,
+            size=digest.size,
+            arrays_hash=digest.arrays_hash,
+            error_code=digest.error_code,
+            epsilon=digest.epsilon,
+            detail=digest.detail,
+        )
     )
+
+
+def simulated_governance(message: Message, context: Context) -> tuple[SiteFolder, str, str]:
+    """A simulated site's governance folder, the hash of its code, and a refusal hint.
+
+    The hint tells a researcher how a simulated site with a folder made for
+    the run comes to approve a study (empty when the study names site folders,
+    whose data stewards decide).
+
+    Raises
+    ------
+    SiteRefusal
+        If the node is not a simulated site, or its folder is unknown or
+        cannot be opened: a site that cannot check approval refuses.
+    LhsError
+        If the simulated site cannot tell which site it is (its data).
+    KeyError, ValueError
+        If the message carries no valid study.
+    """
+    if PARTITION_ID not in context.node_config:
+        raise SiteRefusal(
+            f"node {context.node_id}",
+            f"it is neither a simulated site ({PARTITION_ID!r}) nor a deployed one "
+            f"({SITE_CONFIG!r}) in its node config, so it cannot check approvals",
+        )
+    study = records.study_from_config(message.content[records.CONFIG])
+    site = resolve_site(study, context).data.name
+    simulation = message.content.get(SIMULATION)
+    if not isinstance(simulation, ConfigRecord) or SITE_FOLDERS not in simulation:
+        raise SiteRefusal(
+            site,
+            f"it was not told where its governance folder is (no {SIMULATION!r} record "
+            "in the message); run simulations with lhs_federated.simulate() or "
+            "`lhs-fed simulate`",
+        )
+    code_hash = installed_code_hash()
+    try:
+        folder = simulated_site_folder(Path(str(simulation[SITE_FOLDERS])), site, study, code_hash)
+    except LhsError as error:
+        raise SiteRefusal(site, error.message) from error
+    return folder, code_hash, "" if study.governance.site_folders else SIMULATED_REFUSAL_HINT
+
+
+def _error(message: Message, code: int, reason: str) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=message)

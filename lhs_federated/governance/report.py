@@ -50,8 +50,8 @@ def render_report(audit: RunAudit) -> str:
             _lineage(view),
             _files(audit),
         ]
-    if audit.coordinator.verification is not None:
-        parts.append(_timeline(list(audit.coordinator.verification.entries)))
+    ledgers = [*audit.segments, audit.coordinator]
+    parts.append(_timeline([e for c in ledgers if c.verification for e in c.verification.entries]))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -93,7 +93,8 @@ def _verdict(audit: RunAudit) -> str:
         banner = f"<div class='verdict bad'>NOT INTACT: {len(audit.problems)} problem(s).</div>"
     items = "".join(f"<li>{escape(p)}</li>" for p in audit.problems)
     notes = "".join(f"<li class='muted'>{escape(n)}</li>" for n in audit.notes)
-    rows = [_ledger_row(audit.coordinator)] + [_ledger_row(site) for site in audit.sites]
+    checks = [*audit.segments, audit.coordinator, *audit.sites]
+    rows = [_ledger_row(check) for check in checks]
     ledgers = _table(
         ["ledger", "records", "verification", "public key", "cross-check with coordinator"],
         rows,

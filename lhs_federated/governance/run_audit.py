@@ -21,6 +21,7 @@ from pathlib import Path
 from lhs_federated.errors import ConfigError, LhsError
 from lhs_federated.governance.crosscheck import CrossCheck, crosscheck
 from lhs_federated.governance.keys import load_public_key
+from lhs_federated.governance.ledger import Entry
 from lhs_federated.governance.ledger_view import StudyView
 from lhs_federated.governance.run_files import (
     COORDINATOR_LEDGER,
@@ -80,6 +81,8 @@ class RunAudit:
         The run folder.
     coordinator : LedgerCheck
         The coordinator's ledger.
+    segments : list of LedgerCheck
+        Ledgers of earlier attempts of a resumed run, oldest first.
     sites : list of LedgerCheck
         The site ledgers found.
     view : StudyView or None
@@ -94,6 +97,7 @@ class RunAudit:
 
     run_dir: Path
     coordinator: LedgerCheck
+    segments: list[LedgerCheck] = field(default_factory=list)
     sites: list[LedgerCheck] = field(default_factory=list)
     view: StudyView | None = None
     files: dict[str, str] = field(default_factory=dict)
@@ -144,8 +148,9 @@ def audit_run(run_dir: str | Path, *, public_key: str | Path | None = None) -> R
     verification = audit.coordinator.verification
     if not verification.ok:
         audit.problems.append(f"coordinator ledger: {verification.problem.describe()}")
+    earlier = _check_segments(governance, list(verification.entries), audit)
     try:
-        audit.view = StudyView.from_entries(list(verification.entries))
+        audit.view = StudyView.from_entries(earlier + list(verification.entries))
     except ConfigError as error:
         audit.problems.append(f"coordinator ledger: {error.message}")
         return audit
@@ -153,6 +158,39 @@ def audit_run(run_dir: str | Path, *, public_key: str | Path | None = None) -> R
     _check_files(run_dir, audit.view, audit)
     _check_sites(run_dir, audit)
     return audit
+
+
+def _check_segments(governance: Path, entries: list[Entry], audit: RunAudit) -> list[Entry]:
+    """Verify the ledgers of the attempts a resumed run continued; return their records.
+
+    Each resumed ledger's ``study-started`` names the earlier ledger's file, key
+    and final record; each earlier ledger must verify with its key and end
+    exactly there (a crash may leave it without a closing record).
+    """
+    earlier: list[Entry] = []
+    while True:
+        started = next((e for e in entries if e.kind == "study-started"), None)
+        link = started.data.get("resumed_from") if started is not None else None
+        if not link:
+            return earlier
+        path, key_path = governance / str(link["file"]), governance / str(link["public_key"])
+        check = LedgerCheck(
+            f"coordinator, before round {link['after_round'] + 1}", path, str(key_path)
+        )
+        audit.segments.insert(0, check)
+        anchor = Anchor(int(link["final_seq"]), str(link["final_hash"]), "the resumed ledger")
+        try:
+            check.verification = verify_ledger(
+                path, load_public_key(key_path), anchor=anchor, allow_open=True
+            )
+        except LhsError as error:
+            check.error = error.message
+            audit.problems.append(f"{check.owner}: {error.message}")
+            return earlier
+        if not check.verification.ok:
+            audit.problems.append(f"{check.owner}: {check.verification.problem.describe()}")
+        entries = list(check.verification.entries)
+        earlier = entries + earlier
 
 
 def _read_summary(run_dir: Path) -> dict | None:

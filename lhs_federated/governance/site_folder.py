@@ -12,7 +12,12 @@ A site folder holds::
 The site's runtime calls :meth:`SiteFolder.check` before any study code runs
 (in deployment from the site's launcher, in simulation from the ClientApp's
 governance mod) and :meth:`SiteFolder.record_sent` for every reply. None of
-this imports Flower.
+this imports Flower. In a site's launcher, for example::
+
+    folder = SiteFolder.open(site_folder_path, site=config.site.name)
+    gate = SiteGate(config.site.name, folder.check)      # refusals are recorded
+    ...                                                   # after the reply is pushed:
+    record_task(folder, message, reply)                   # lhs_federated.apps.site_governance
 """
 
 from __future__ import annotations
@@ -272,16 +277,31 @@ class SiteFolder:
         try:
             return self.registry.check(study_hash, code_hash)
         except SiteRefusal as refusal:
-            self.ledger.append(
-                REFUSAL,
-                {
-                    **dict(context or {}),
-                    "study_hash": study_hash,
-                    "code_hash": code_hash,
-                    "reason": refusal.reason,
-                },
-            )
+            self.record_refusal(study_hash, code_hash, refusal.reason, context=context)
             raise
+
+    def record_refusal(
+        self,
+        study_hash: str,
+        code_hash: str,
+        reason: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+    ) -> Entry:
+        """Record a refusal decided elsewhere (a gate check other than approval).
+
+        :meth:`check` records its own refusals; a site's launcher calls this
+        for the others (an altered bundle, a run config that does not match).
+        """
+        return self.ledger.append(
+            REFUSAL,
+            {
+                **dict(context or {}),
+                "study_hash": study_hash,
+                "code_hash": code_hash,
+                "reason": reason,
+            },
+        )
 
     def is_approved(self, study_hash: str, code_hash: str) -> bool:
         """Whether an approval is in force (no refusal is recorded)."""
