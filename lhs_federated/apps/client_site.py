@@ -9,14 +9,17 @@ config instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from flwr.app import Context
 
 from lhs_federated.data.sources import SiteData, load_sites
 from lhs_federated.errors import ConfigError
+from lhs_federated.privacy.budget import SitePrivacy
 from lhs_federated.study import Study
 
 PARTITION_ID = "partition-id"
+LEDGER_FILE = "privacy-ledger.json"
 
 
 @dataclass(frozen=True)
@@ -32,11 +35,14 @@ class SiteRuntime:
     threads : int
         Torch threads for local training (1 per simulated site, so sites
         sharing a machine do not fight over cores).
+    privacy : SitePrivacy
+        The site's privacy budget and ledger.
     """
 
     data: SiteData
     min_cell_size: int
     threads: int
+    privacy: SitePrivacy
 
 
 def resolve_site(study: Study, context: Context) -> SiteRuntime:
@@ -59,4 +65,23 @@ def resolve_site(study: Study, context: Context) -> SiteRuntime:
             f"node {context.node_id} is partition {partition}, but study {study.name!r} "
             f"has {len(sites)} sites; start the simulation with {len(sites)} nodes."
         )
-    return SiteRuntime(sites[int(partition)], study.sites.min_cell_size, threads=1)
+    data = sites[int(partition)]
+    return SiteRuntime(
+        data, study.sites.min_cell_size, threads=1, privacy=simulated_privacy(study, data.name)
+    )
+
+
+def simulated_privacy(study: Study, site: str) -> SitePrivacy:
+    """A simulated site's privacy settings, from the study's ``[sites]`` table.
+
+    Its ledger is ``<sites.state_dir>/<site>/privacy-ledger.json``; its DP
+    noise is seeded from the study, so research runs are reproducible.
+    """
+    state_dir = study.sites.state_dir
+    return SitePrivacy(
+        site=site,
+        epsilon_budget=study.sites.epsilon_budget,
+        budget_delta=study.sites.budget_delta,
+        ledger_path=Path(state_dir) / site / LEDGER_FILE if state_dir else None,
+        seeded_noise=True,
+    )

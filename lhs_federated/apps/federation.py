@@ -28,6 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from lhs_federated.apps import records
+from lhs_federated.apps.privacy_log import PrivacyLog
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import ColumnSums, Standardizer
@@ -81,16 +82,19 @@ def run_study(grid: Grid, study: Study, out_dir: Path, *, engine: str) -> dict[s
     try:
         writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
         strategy = build_strategy(study, n_sites=len(summaries))
+        privacy = PrivacyLog(study, strategy)
         arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
         final_reports: dict[str, MetricReport] = {}
         for server_round in range(1, study.rounds + 1):
             arrays, final_reports = _run_round(
-                site_grid, strategy, study, arrays, standardizer, server_round, writer
+                site_grid, strategy, study, arrays, standardizer, server_round, writer, privacy
             )
         model_files = save_model(out_dir / "model", study, arrays, standardizer)
         summary = _summary(
             study, summaries, final_reports, arrays, model_files, time.monotonic() - started
         )
+        if privacy.active:
+            summary["privacy"] = privacy.summary()
         writer.finish(summary)
     except Exception as error:
         writer.fail(error)
@@ -200,6 +204,7 @@ def _run_round(
     standardizer: Standardizer | None,
     server_round: int,
     writer: RunWriter,
+    privacy: PrivacyLog,
 ) -> tuple[dict[str, np.ndarray], dict[str, MetricReport]]:
     started = time.monotonic()
     federation = study.federation
@@ -230,6 +235,7 @@ def _run_round(
         metrics = reply.content[records.METRICS]
         rows.append((server_round, site, "train", "n", float(metrics[records.NUM_EXAMPLES]), ""))
         rows.append((server_round, site, "train", "loss", float(metrics[records.TRAIN_LOSS]), ""))
+    rows += privacy.round_rows(server_round, trained.ok)
 
     grid.wait_for_sites(
         needed, timeout=federation.connect_timeout, stage=f"round {server_round} evaluation"
