@@ -128,15 +128,15 @@ def train_private(
     loader = DataLoader(
         _Rows(x, y), batch_size=min(spec.batch_size, n), generator=sampler, collate_fn=_as_batch
     )
-    engine = PrivacyEngine(accountant=plan.accountant, secure_mode=SECURE_RNG)
-    engine.accountant.load_state_dict(
-        {"history": [tuple(h) for h in private.history], "mechanism": plan.accountant}
-    )
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # Results state that Opacus ran without a secure RNG; the hook warning is
         # about inputs that need no gradient, which is how DP-SGD uses them.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        engine = PrivacyEngine(accountant=plan.accountant, secure_mode=SECURE_RNG)
+        engine.accountant.load_state_dict(
+            {"history": [tuple(h) for h in private.history], "mechanism": plan.accountant}
+        )
         torch.manual_seed(seed)
         private_model, optimizer, private_loader = engine.make_private(
             module=model,
