@@ -142,6 +142,22 @@ def test_ledger_state_round_trips_and_continues(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]  # no temporary file left
 
 
+def test_a_crash_while_saving_keeps_the_previous_ledger(tmp_path, monkeypatch):
+    privacy, study = site(tmp_path), dp_study(rounds=3)
+    spend_round(privacy, study, 1)
+    before = privacy.ledger_path.read_text()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("lhs_federated.privacy.ledger.json.dump", crash)
+    with pytest.raises(OSError, match="disk full"):
+        spend_round(privacy, study, 2)
+    assert privacy.ledger_path.read_text() == before
+    monkeypatch.undo()
+    assert len(PrivacyLedger.load(privacy.ledger_path, "site-a").studies[study.hash].rounds) == 1
+
+
 def _edit(state, change):
     """Apply ``change`` to a ledger state and give it a digest that matches again."""
     body = {k: v for k, v in state.items() if k != "digest"}

@@ -147,6 +147,16 @@ CLIENT_DP = {"privacy.mode": "client-dp"}
             r"noise_multiplier = 0\.5 spends epsilon \d+\.\d+ over the study's 2 rounds",
         ),
         (CLIENT_DP, r"fixed clipping needs privacy\.epsilon"),
+        (
+            {
+                **CLIENT_DP,
+                "privacy.client.clipping": "server-adaptive",
+                "privacy.client.noise_multiplier": 1.0,
+                "privacy.client.clipped_count_stddev": 2.0,
+                "federation.min_sites": 2,
+            },
+            r"adaptive clipping with federation\.min_sites would aggregate rounds",
+        ),
     ],
 )
 def test_bad_privacy_settings_are_refused_at_load(small_study, overrides, match):

@@ -236,8 +236,7 @@ def _parse(state: Any, site: str) -> dict[str, StudySpend]:
     if state.get("digest") != _digest(body):
         raise LedgerError(
             "its digest does not match its content: the file was changed outside "
-            "lhs-federated or damaged. Restore it from a backup; the site will not train "
-            "on a ledger it cannot trust."
+            "lhs-federated or damaged. Restore it from a backup."
         )
     if body["site"] != site:
         raise LedgerError(f"it belongs to site {body['site']!r}, not {site!r}.")

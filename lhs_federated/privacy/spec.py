@@ -157,6 +157,14 @@ def check_privacy(study: Any, *, source: str) -> None:
                 "privacy.client.noise_multiplier; adaptive clipping has no accountant to "
                 "calibrate it from an epsilon."
             )
+        if study.federation.min_sites is not None:
+            raise ConfigError(
+                f"{source}: adaptive clipping with federation.min_sites would aggregate rounds "
+                "in which fewer sites answered than were sampled, with noise calibrated for "
+                "all of them (too little noise per site). Remove federation.min_sites (every "
+                "sampled site must answer) or use fixed clipping, whose accountant skips such "
+                "rounds."
+            )
         if privacy.epsilon is not None:
             raise ConfigError(
                 f"{source}: privacy.epsilon cannot be enforced with adaptive clipping (Flower "
