@@ -136,7 +136,7 @@ def test_an_update_from_fewer_rows_than_the_cell_size_is_blocked(small_study):
 
 def test_privacy_metrics_pass_only_for_studies_that_send_them(small_study):
     dp = small_study.with_overrides({"privacy.mode": "sample-dp", "privacy.epsilon": 1.0})
-    content = train_content(dp, **{records.DP_EPSILON: 0.4})
+    content = train_content(dp, **{records.DP_EPSILON: 0.4, records.TRAIN_LOSS: float("nan")})
     guard_reply(MessageType.TRAIN, content, dp, "site-01", 10)
     with pytest.raises(EgressBlocked, match="unexpected metric"):
         guard_reply(
@@ -146,6 +146,15 @@ def test_privacy_metrics_pass_only_for_studies_that_send_them(small_study):
             "site-01",
             10,
         )
+
+
+def test_an_unnoised_training_loss_is_blocked_under_sample_dp(small_study):
+    dp = small_study.with_overrides({"privacy.mode": "sample-dp", "privacy.epsilon": 1.0})
+    content = train_content(dp, **{records.DP_EPSILON: 0.4})
+    with pytest.raises(EgressBlocked, match="training loss outside the DP guarantee"):
+        guard_reply(MessageType.TRAIN, content, dp, "site-01", 10)
+    content[records.METRICS][records.TRAIN_LOSS] = float("nan")
+    guard_reply(MessageType.TRAIN, content, dp, "site-01", 10)
 
 
 def test_small_query_counts_are_withheld(small_study):

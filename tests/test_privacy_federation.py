@@ -32,6 +32,8 @@ def test_epsilon_per_site_per_round_is_reported(dp_run):
     assert list(table.columns) == ["site-01", "site-02", "site-03"] and list(table.index) == [1, 2]
     assert (table.loc[1] > 0).all() and (table.loc[2] > table.loc[1]).all()
     assert (table.loc[2] <= 1.0).all() and (table.loc[2] > 0.9).all()  # the plan spends the target
+    losses = dp_run.metrics.query("split == 'train' and metric == 'loss'")
+    assert losses["value"].isna().all() and losses["reason"].str.startswith("withheld").all()
     summary = dp_run.summary["privacy"]
     assert summary["epsilon"] == pytest.approx(table.loc[2].to_dict())
     assert summary["secure_rng"] is False and "without a secure RNG" in summary["note"]
@@ -147,6 +149,10 @@ CLIENT_DP = {"privacy.mode": "client-dp"}
             r"noise_multiplier = 0\.5 spends epsilon \d+\.\d+ over the study's 2 rounds",
         ),
         (CLIENT_DP, r"fixed clipping needs privacy\.epsilon"),
+        (
+            {"privacy.mode": "sample-dp", "privacy.epsilon": 1.0, "strategy.name": "qfedavg"},
+            r"'qfedavg' weights sites by their training loss",
+        ),
         (
             {
                 **CLIENT_DP,

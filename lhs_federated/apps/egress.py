@@ -14,6 +14,7 @@ kinds of problem. The rules themselves are Flower-free, in
 from __future__ import annotations
 
 import logging
+import math
 
 from flwr.app import (
     ConfigRecord,
@@ -133,6 +134,9 @@ def _guard_train(content: RecordDict, study: Study, site: str, k: int) -> Record
         got = {name: (tuple(a.shape), str(a.dtype)) for name, a in arrays.items()}
         problems += array_problems(model_array_specs(study), got)
         problems += metric_problems(records.train_metric_keys(study), metrics, what="train metric")
+        loss = metrics.get(records.TRAIN_LOSS)
+        if study.privacy.sample_dp and isinstance(loss, float) and not math.isnan(loss):
+            problems.append(Problem("training loss outside the DP guarantee", "train_loss"))
         if float(metrics.get(records.NUM_EXAMPLES, 0)) < k:
             problems.append(
                 Problem("update from fewer rows than the minimum cell size", f"k = {k}")

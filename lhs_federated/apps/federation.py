@@ -234,7 +234,9 @@ def _run_round(
     for site, reply in trained.ok:
         metrics = reply.content[records.METRICS]
         rows.append((server_round, site, "train", "n", float(metrics[records.NUM_EXAMPLES]), ""))
-        rows.append((server_round, site, "train", "loss", float(metrics[records.TRAIN_LOSS]), ""))
+        loss = float(metrics[records.TRAIN_LOSS])
+        withheld = "withheld: outside the sample-level DP guarantee" if np.isnan(loss) else ""
+        rows.append((server_round, site, "train", "loss", loss, withheld))
     rows += privacy.round_rows(server_round, trained.ok)
 
     grid.wait_for_sites(

@@ -86,7 +86,13 @@ def evaluate_metric_keys(study: Study) -> frozenset[str]:
 def train_reply(
     study: Study, arrays: dict[str, np.ndarray], n_examples: int, loss: float, epsilon: float | None
 ) -> RecordDict:
-    """A train reply: the update and its metrics (the privacy keys the study needs)."""
+    """A train reply: the update and its metrics (the privacy keys the study needs).
+
+    Under sample-level DP the training loss is sent as NaN: it is computed from
+    the site's rows without noise, so it is not covered by the DP guarantee.
+    """
+    if study.privacy.sample_dp:
+        loss = float("nan")
     metrics = MetricRecord({NUM_EXAMPLES: n_examples, TRAIN_LOSS: loss})
     if epsilon is not None:
         metrics[DP_EPSILON] = epsilon

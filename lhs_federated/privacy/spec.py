@@ -128,6 +128,12 @@ def check_privacy(study: Any, *, source: str) -> None:
             "'none', so the study would run without any privacy guarantee. Set privacy.mode "
             "= 'sample-dp' (or 'client-dp'), or remove privacy.epsilon."
         )
+    if privacy.sample_dp and study.strategy.name == "qfedavg":
+        raise ConfigError(
+            f"{source}: strategy 'qfedavg' weights sites by their training loss, which sites "
+            "do not send under sample-level DP (it is not covered by the guarantee); choose "
+            "another strategy."
+        )
     if privacy.sample_dp and privacy.epsilon is None:
         raise ConfigError(
             f"{source}: privacy.mode = 'sample-dp' needs privacy.epsilon, each site's target "
