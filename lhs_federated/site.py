@@ -18,6 +18,7 @@ from lhs_federated.data.split import site_seed
 from lhs_federated.data.statistics import ColumnSums, Standardizer
 from lhs_federated.metrics import MetricReport, clinical_metrics
 from lhs_federated.models import build_model, set_arrays
+from lhs_federated.privacy.dp_sgd import PrivateTraining, train_private
 from lhs_federated.study import Study
 from lhs_federated.training import LocalUpdate, predict_proba, train_local
 
@@ -86,17 +87,30 @@ def train_at_site(
     server_round: int,
     standardizer: Standardizer,
     proximal_mu: float = 0.0,
+    private: PrivateTraining | None = None,
 ) -> LocalUpdate:
-    """One round of local training from the global ``arrays``."""
+    """One round of local training from the global ``arrays``.
+
+    With ``private`` (sample-dp studies) the round runs DP-SGD at the plan's
+    noise; callers go through :func:`lhs_federated.privacy.site_round.train_site_round`,
+    which checks and records the site's budget around it.
+    """
     model = build_model(study.model, n_features(study), seed=study.seed)
     set_arrays(model, arrays)
+    features = standardizer.transform(site.train.features)
+    seed = site_seed(study.seed, site.name, server_round)
+    if private is not None:
+        return train_private(
+            model,
+            features,
+            site.train.outcome,
+            study.training,
+            private,
+            seed=seed,
+            proximal_mu=proximal_mu,
+        )
     return train_local(
-        model,
-        standardizer.transform(site.train.features),
-        site.train.outcome,
-        study.training,
-        seed=site_seed(study.seed, site.name, server_round),
-        proximal_mu=proximal_mu,
+        model, features, site.train.outcome, study.training, seed=seed, proximal_mu=proximal_mu
     )
 
 

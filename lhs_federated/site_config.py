@@ -73,6 +73,12 @@ class PolicySection:
     """What the site allows, whatever the coordinator asks."""
 
     min_cell_size: int = setting(10, doc="smallest count of people the site reports", ge=1)
+    epsilon_budget: float = setting(
+        10.0, doc="the site's total epsilon over all studies (sample-level DP)", gt=0
+    )
+    budget_delta: float = setting(
+        1e-5, doc="delta at which the site's total epsilon is stated", gt=0, lt=1
+    )
 
 
 @dataclass(frozen=True)

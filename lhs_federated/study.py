@@ -26,6 +26,7 @@ from lhs_federated.config import build, read_toml, setting, to_plain
 from lhs_federated.data.contract import DataContract, contract_from
 from lhs_federated.data.synthetic import SyntheticCohort
 from lhs_federated.errors import ConfigError
+from lhs_federated.privacy.spec import PrivacySpec
 
 DEFAULT_DESCRIPTION = (
     "Ten-year cardiovascular risk, logistic regression, FedAvg over four synthetic sites"
@@ -135,6 +136,17 @@ class SitesSpec:
     """Settings simulated sites apply (in deployment each site sets its own)."""
 
     min_cell_size: int = setting(10, doc="smallest count of people a site reports", ge=1)
+    epsilon_budget: float = setting(
+        10.0, doc="sample-dp: each site's total epsilon over all studies", gt=0
+    )
+    budget_delta: float = setting(
+        1e-5, doc="delta at which each site's total epsilon is stated", gt=0, lt=1
+    )
+    state_dir: str | None = setting(
+        None,
+        doc="folder of the sites' privacy ledgers, one subfolder per site; name one to "
+        "keep budgets across studies (default: site-state/ in the run folder)",
+    )
 
 
 @dataclass(frozen=True)
@@ -181,6 +193,7 @@ class Study:
     governance: GovernanceSpec = setting(
         default_factory=GovernanceSpec, doc="approval of the study at simulated sites"
     )
+    privacy: PrivacySpec = setting(default_factory=PrivacySpec, doc="differential privacy")
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -315,7 +328,12 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
         governance = dataclasses.replace(
             governance, site_folders=str((base_dir / governance.site_folders).resolve())
         )
-    return dataclasses.replace(study, data=data, training=training, governance=governance)
+    sites = study.sites
+    if sites.state_dir is not None and not Path(sites.state_dir).is_absolute():
+        sites = dataclasses.replace(sites, state_dir=str((base_dir / sites.state_dir).resolve()))
+    return dataclasses.replace(
+        study, data=data, training=training, governance=governance, sites=sites
+    )
 
 
 def check_study(study: Study, *, source: str) -> Study:
@@ -326,8 +344,10 @@ def check_study(study: Study, *, source: str) -> Study:
     ConfigError
         Naming the file and the key at fault.
     """
+    from lhs_federated.apps.client_dp import check_client_dp
     from lhs_federated.apps.strategies import check_strategy
     from lhs_federated.models import MODEL_FAMILIES
+    from lhs_federated.privacy.spec import check_privacy
 
     if study.model.name not in MODEL_FAMILIES:
         raise ConfigError(
@@ -335,6 +355,8 @@ def check_study(study: Study, *, source: str) -> Study:
             f"choose one of {', '.join(sorted(MODEL_FAMILIES))}."
         )
     check_strategy(study.strategy, source=source)
+    check_privacy(study, source=source)
+    check_client_dp(study, source=source)
     if study.data.source in ("uci-heart", "folder") and study.data.path is None:
         raise ConfigError(
             f"{source}: data.source = {study.data.source!r} needs data.path, the folder "

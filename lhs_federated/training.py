@@ -36,12 +36,15 @@ class LocalUpdate:
         Mean training loss over the steps (without the proximal term).
     steps : int
         Optimiser steps taken.
+    privacy_history : tuple
+        DP-SGD only: the study's Opacus accountant history after this round.
     """
 
     arrays: dict[str, np.ndarray]
     n_examples: int
     loss: float
     steps: int
+    privacy_history: tuple[tuple[float, float, int], ...] = ()
 
 
 def make_optimizer(model: nn.Module, spec: TrainingSpec) -> torch.optim.Optimizer:

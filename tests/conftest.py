@@ -12,7 +12,11 @@ import pytest
 from lhs_federated import Study, load_study
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ../shared beside the repository; a worktree nested one level deeper finds it higher up.
+SHARED_DATA = next(
+    (p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()),
+    REPO.parent / "shared" / "data",
+)
 
 # Flower must not phone home from tests.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -13,8 +13,10 @@ while saving leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ CHECKPOINT_FILE = "checkpoint.pkl"
 
 @dataclass
 class Checkpoint:
-    """The coordinator's state after ``round`` completed rounds."""
+    """The coordinator's state after ``round`` completed rounds (and epsilon spent so far)."""
 
     study_hash: str
     round: int
@@ -41,6 +43,20 @@ class Checkpoint:
     standardizer: Standardizer | None
     random_state: Any
     reports: dict[str, MetricReport]
+    privacy_spent: dict[str, float]
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles module references by name.
+
+    Flower's ``RdpAccountant`` (inside the client-level DP wrappers) keeps the
+    modules it imported lazily as attributes; a module is restored by import.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.ModuleType):
+            return importlib.import_module, (obj.__name__,)
+        return NotImplemented
 
 
 def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> None:
@@ -48,7 +64,7 @@ def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> None:
     path = out_dir / CHECKPOINT_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as handle:
-        pickle.dump(checkpoint, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        _Pickler(handle, protocol=pickle.HIGHEST_PROTOCOL).dump(checkpoint)
         handle.flush()
         os.fsync(handle.fileno())
     tmp.replace(path)

@@ -6,24 +6,29 @@ Three message types: ``query`` (who the site is, its counts and column sums),
 Every message carries the study, checked against its hash. A site that cannot
 or will not do what is asked replies with an error whose reason names the site
 (:func:`site_errors_mod`), so the coordinator records why, rather than
-waiting for a timeout or seeing an anonymous crash.
+waiting for a timeout or seeing an anonymous crash. Every reply passes the
+egress guard (:func:`~lhs_federated.apps.egress.egress_guard_mod`) before it
+leaves; client-side clipping (client-level DP) is applied before the guard.
 """
 
 from __future__ import annotations
 
 import torch
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from lhs_federated.apps import records
+from lhs_federated.apps.client_dp import client_clipping_mod
 from lhs_federated.apps.client_site import resolve_site
+from lhs_federated.apps.egress import egress_guard_mod
 from lhs_federated.apps.site_governance import (
     CLOSE_ACTION,
     acknowledge_close,
     site_governance_mod,
 )
 from lhs_federated.errors import LhsError, SiteRefusal
-from lhs_federated.site import evaluate_at_site, site_standardizer, summarise_site, train_at_site
+from lhs_federated.privacy.site_round import train_site_round
+from lhs_federated.site import evaluate_at_site, site_standardizer, summarise_site
 
 
 def site_errors_mod(message: Message, context: Context, call_next) -> Message:
@@ -42,9 +47,11 @@ def site_errors_mod(message: Message, context: Context, call_next) -> Message:
         return Message(Error(code=records.SITE_ERROR, reason=error.message), reply_to=message)
 
 
-# The governance mod is outermost: it checks approval before anything else runs and
-# records exactly the reply that leaves the site.
-app = ClientApp(mods=[site_governance_mod, site_errors_mod])
+# Outermost first. Governance checks approval before anything else runs and records
+# exactly the reply that leaves the site (after the guard); errors become replies;
+# the egress guard sees what client-side clipping leaves.
+SITE_MODS = [site_governance_mod, site_errors_mod, egress_guard_mod, client_clipping_mod]
+app = ClientApp(mods=SITE_MODS)
 app.query(CLOSE_ACTION)(acknowledge_close)
 
 
@@ -64,21 +71,19 @@ def train(message: Message, context: Context) -> Message:
     study = records.study_from_config(config)
     site = resolve_site(study, context)
     torch.set_num_threads(site.threads)
-    update = train_at_site(
+    result = train_site_round(
         study,
         site.data,
-        records.from_array_record(message.content[records.ARRAYS]),
+        site.privacy,
+        min_cell_size=site.min_cell_size,
+        arrays=records.from_array_record(message.content[records.ARRAYS]),
         server_round=int(config[records.ROUND]),
         standardizer=site_standardizer(study, site.data, records.standardizer_from_config(config)),
         proximal_mu=float(config.get(records.PROXIMAL_MU, 0.0)),
     )
-    content = RecordDict(
-        {
-            records.ARRAYS: records.to_array_record(update.arrays),
-            records.METRICS: MetricRecord(
-                {records.NUM_EXAMPLES: update.n_examples, records.TRAIN_LOSS: update.loss}
-            ),
-        }
+    update = result.update
+    content = records.train_reply(
+        study, update.arrays, update.n_examples, update.loss, result.epsilon
     )
     return Message(content, reply_to=message)
 
@@ -96,4 +101,5 @@ def evaluate(message: Message, context: Context) -> Message:
         records.from_array_record(message.content[records.ARRAYS]),
         standardizer=site_standardizer(study, site.data, records.standardizer_from_config(config)),
     )
-    return Message(records.report_to_record(report), reply_to=message)
+    content = records.report_to_record(report, unit_weight=study.privacy.client_dp)
+    return Message(content, reply_to=message)

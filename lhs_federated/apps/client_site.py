@@ -18,12 +18,14 @@ from flwr.app import Context
 from lhs_federated.data.io import read_table
 from lhs_federated.data.sources import RawSite, SiteData, load_sites, prepare_site
 from lhs_federated.errors import ConfigError
+from lhs_federated.privacy.budget import SitePrivacy
 from lhs_federated.site_config import SiteConfig, load_site_config
 from lhs_federated.study import Study
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 SITE_CONFIG = "site-config"
+LEDGER_FILE = "privacy-ledger.json"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class SiteRuntime:
     threads : int
         Torch threads for local training (1 per simulated site, so sites
         sharing a machine do not fight over cores).
+    privacy : SitePrivacy
+        The site's privacy budget and ledger.
     config : SiteConfig or None
         A deployed site's own configuration (None in simulation).
     """
@@ -46,6 +50,7 @@ class SiteRuntime:
     data: SiteData
     min_cell_size: int
     threads: int
+    privacy: SitePrivacy
     config: SiteConfig | None = None
 
 
@@ -76,11 +81,34 @@ def resolve_site(study: Study, context: Context) -> SiteRuntime:
             f"started {n_nodes} nodes (this is partition {partition}); start it with "
             f"{len(sites)} nodes (flwr: options.num-supernodes = {len(sites)})."
         )
-    return SiteRuntime(sites[int(partition)], study.sites.min_cell_size, threads=1)
+    data = sites[int(partition)]
+    return SiteRuntime(
+        data, study.sites.min_cell_size, threads=1, privacy=simulated_privacy(study, data.name)
+    )
+
+
+def simulated_privacy(study: Study, site: str) -> SitePrivacy:
+    """A simulated site's privacy settings, from the study's ``[sites]`` table.
+
+    Its ledger is ``<sites.state_dir>/<site>/privacy-ledger.json``; its DP
+    noise is seeded from the study, so research runs are reproducible.
+    """
+    state_dir = study.sites.state_dir
+    return SitePrivacy(
+        site=site,
+        epsilon_budget=study.sites.epsilon_budget,
+        budget_delta=study.sites.budget_delta,
+        ledger_path=Path(state_dir) / site / LEDGER_FILE if state_dir else None,
+        seeded_noise=True,
+    )
 
 
 def deployed_site(config_path: str, study: Study) -> SiteRuntime:
-    """A deployed site: its own config and table, prepared for ``study``."""
+    """A deployed site: its own config, table and budget, prepared for ``study``.
+
+    Its privacy ledger lives in its state folder and persists across studies;
+    its DP noise is never seeded (a known seed would let anyone remove it).
+    """
     config = load_site_config(config_path)
     table_path = Path(config.resolve(config.data.file) or config.data.file)
     # Keyed on the file's modification time: a site that updates its table is re-read.
@@ -89,7 +117,16 @@ def deployed_site(config_path: str, study: Study) -> SiteRuntime:
         table = read_table(table_path, na_values=study.contract.na_values)
         _PREPARED.clear()  # one site, one study at a time: keep memory flat
         _PREPARED[key] = prepare_site(RawSite(config.site.name, table, str(table_path)), study)
-    return SiteRuntime(_PREPARED[key], config.policy.min_cell_size, config.runtime.threads, config)
+    privacy = SitePrivacy(
+        site=config.site.name,
+        epsilon_budget=config.policy.epsilon_budget,
+        budget_delta=config.policy.budget_delta,
+        ledger_path=config.state_dir / LEDGER_FILE,
+        seeded_noise=False,
+    )
+    return SiteRuntime(
+        _PREPARED[key], config.policy.min_cell_size, config.runtime.threads, privacy, config
+    )
 
 
 _PREPARED: dict[tuple[str, int, str, str], SiteData] = {}

@@ -46,8 +46,6 @@ from lhs_federated.apps.site_governance import (
     FINAL_HASH,
     FINAL_SEQ,
     LEDGER_ID,
-    SIMULATION,
-    SITE_FOLDERS,
     STUDY_STATUS,
 )
 from lhs_federated.governance.code import FAB, INSTALLED, installed_code_hash
@@ -141,7 +139,7 @@ class CoordinatorAudit:
 
     def stamp(self, message: Message) -> None:
         """Tell simulated sites where their governance folders are (deployed sites ignore it)."""
-        message.content[SIMULATION] = ConfigRecord({SITE_FOLDERS: str(self._simulated_sites)})
+        message.content[records.CONFIG][records.SIMULATED_SITE_FOLDERS] = str(self._simulated_sites)
 
     def open(
         self, sites: Mapping[int, str], *, engine: str, resumed_after: int | None = None

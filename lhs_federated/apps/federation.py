@@ -30,6 +30,7 @@ from flwr.serverapp.strategy import Strategy
 from lhs_federated.apps import records
 from lhs_federated.apps.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
+from lhs_federated.apps.privacy_log import PrivacyLog
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import ColumnSums, Standardizer
@@ -102,6 +103,9 @@ def run_study(
         standardizer, strategy = checkpoint.standardizer, checkpoint.strategy
         arrays, final_reports = checkpoint.arrays, checkpoint.reports
         random.setstate(checkpoint.random_state)
+    privacy = PrivacyLog(study, strategy)
+    if checkpoint is not None:
+        privacy.latest.update(checkpoint.privacy_spent)
     done = checkpoint.round if checkpoint else 0
     writer = RunWriter(out_dir, study, engine=engine, resume_after=done if checkpoint else None)
     try:
@@ -113,19 +117,29 @@ def run_study(
         writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
         for server_round in range(done + 1, study.rounds + 1):
             arrays, final_reports = _run_round(
-                site_grid, strategy, study, arrays, standardizer, server_round, writer, audit
+                site_grid,
+                strategy,
+                study,
+                arrays,
+                standardizer,
+                server_round,
+                writer,
+                audit,
+                privacy,
             )
             save_checkpoint(
                 out_dir,
                 Checkpoint(
                     study.hash, server_round, arrays, strategy, standardizer,
-                    random.getstate(), final_reports,
+                    random.getstate(), final_reports, dict(privacy.latest),
                 ),
             )  # fmt: skip
         model_files = save_model(out_dir / "model", study, arrays, standardizer)
         summary = _summary(
             study, summaries, final_reports, arrays, model_files, time.monotonic() - started
         )
+        if privacy.active:
+            summary["privacy"] = privacy.summary()
         summary["ledger"] = audit.finish(arrays)
         writer.finish(summary)
     except Exception as error:
@@ -238,6 +252,7 @@ def _run_round(
     server_round: int,
     writer: RunWriter,
     audit: CoordinatorAudit,
+    privacy: PrivacyLog,
 ) -> tuple[dict[str, np.ndarray], dict[str, MetricReport]]:
     started = time.monotonic()
     federation = study.federation
@@ -272,7 +287,10 @@ def _run_round(
     for site, reply in trained.ok:
         metrics = reply.content[records.METRICS]
         rows.append((server_round, site, "train", "n", float(metrics[records.NUM_EXAMPLES]), ""))
-        rows.append((server_round, site, "train", "loss", float(metrics[records.TRAIN_LOSS]), ""))
+        loss = float(metrics[records.TRAIN_LOSS])
+        withheld = "withheld: outside the sample-level DP guarantee" if np.isnan(loss) else ""
+        rows.append((server_round, site, "train", "loss", loss, withheld))
+    rows += privacy.round_rows(server_round, trained.ok)
 
     grid.wait_for_sites(
         needed, timeout=federation.connect_timeout, stage=f"round {server_round} evaluation"

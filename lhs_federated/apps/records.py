@@ -1,8 +1,10 @@
 """The message contract between the ServerApp and the ClientApp.
 
 Every key that travels, and how our objects become Flower records and back,
-is defined here once, so both apps (and, later, the site's egress guard)
-agree on exactly what a message may hold.
+is defined here once, so both apps and the site's egress guard agree on
+exactly what a message may hold: the guard lets out nothing that
+:func:`reply_records`, :func:`train_metric_keys` and
+:func:`evaluate_metric_keys` do not declare.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import functools
 import hashlib
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
+from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from lhs_federated.data.statistics import ColumnSums, Standardizer
 from lhs_federated.metrics import METRIC_NAMES, MetricReport
@@ -25,6 +28,9 @@ STUDY_HASH = "study-hash"
 PREP_MEAN = "preprocessing-mean"
 PREP_SCALE = "preprocessing-scale"
 PROXIMAL_MU = "proximal-mu"
+# Simulation only: where the simulated sites' governance folders are. In the one
+# ConfigRecord, because Flower's DP clipping mods accept no second one.
+SIMULATED_SITE_FOLDERS = "simulated-site-folders"
 
 # Record names in messages.
 ARRAYS = "arrays"
@@ -38,10 +44,70 @@ SUMS = "sums"
 # Keys of the MetricRecords sites send.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train_loss"
+DP_EPSILON = "dp-epsilon"  # sample-dp: the study's cumulative epsilon at the site
+UNIT_WEIGHT = "unit-weight"  # client-dp: every site weighs the same in the mean
+NORM_BIT = KEY_NORM_BIT  # client-side adaptive clipping: whether the update was clipped
+COUNT_KEYS = ("n-train", "n-test", "positives-train", "positives-test")  # query counts
+SUMS_KEYS = ("count", "sum", "sum-of-squares")  # query column sums
+SITE_KEYS = ("name",)
+UNDEFINED_REASON_MAX = 200  # characters of a reason a metric is undefined
 
 # Error codes of replies a site sends on purpose (Flower's own codes are < 100).
 SITE_REFUSED = 4031
 SITE_ERROR = 4220
+EGRESS_BLOCKED = 4032  # the site's egress guard stopped a reply
+
+
+# The coordinator's "your ledger is closed" message; its reply is empty.
+LEDGER_CLOSE_ACTION = "ledger_close"
+LEDGER_CLOSE = f"{MessageType.QUERY}.{LEDGER_CLOSE_ACTION}"
+
+
+def reply_records(message_type: str) -> dict[str, type]:
+    """The records a reply of each message type may hold (name -> record type)."""
+    return {
+        MessageType.QUERY: {SITE: ConfigRecord, COUNTS: MetricRecord, SUMS: MetricRecord},
+        MessageType.TRAIN: {ARRAYS: ArrayRecord, METRICS: MetricRecord},
+        MessageType.EVALUATE: {METRICS: MetricRecord, UNDEFINED: ConfigRecord},
+    }.get(message_type, {})
+
+
+def train_metric_keys(study: Study) -> frozenset[str]:
+    """Keys a train reply's MetricRecord may hold under ``study``."""
+    keys = {NUM_EXAMPLES, TRAIN_LOSS}
+    if study.privacy.sample_dp:
+        keys.add(DP_EPSILON)
+    if study.privacy.client_dp:
+        keys.add(UNIT_WEIGHT)
+        if study.privacy.client.clipping == "client-adaptive":
+            keys.add(NORM_BIT)
+    return frozenset(keys)
+
+
+def evaluate_metric_keys(study: Study) -> frozenset[str]:
+    """Keys an evaluate reply's MetricRecord may hold under ``study``."""
+    keys = {*METRIC_NAMES, NUM_EXAMPLES}
+    if study.privacy.client_dp:
+        keys.add(UNIT_WEIGHT)
+    return frozenset(keys)
+
+
+def train_reply(
+    study: Study, arrays: dict[str, np.ndarray], n_examples: int, loss: float, epsilon: float | None
+) -> RecordDict:
+    """A train reply: the update and its metrics (the privacy keys the study needs).
+
+    Under sample-level DP the training loss is sent as NaN: it is computed from
+    the site's rows without noise, so it is not covered by the DP guarantee.
+    """
+    if study.privacy.sample_dp:
+        loss = float("nan")
+    metrics = MetricRecord({NUM_EXAMPLES: n_examples, TRAIN_LOSS: loss})
+    if epsilon is not None:
+        metrics[DP_EPSILON] = epsilon
+    if study.privacy.client_dp:
+        metrics[UNIT_WEIGHT] = 1
+    return RecordDict({ARRAYS: to_array_record(arrays), METRICS: metrics})
 
 
 def study_config(study: Study) -> ConfigRecord:
@@ -150,15 +216,18 @@ def summary_from_record(record: RecordDict) -> SiteSummary:
     )
 
 
-def report_to_record(report: MetricReport) -> RecordDict:
+def report_to_record(report: MetricReport, *, unit_weight: bool = False) -> RecordDict:
     """Evaluation metrics (NaN where undefined) plus the reasons as config.
 
     Every reply carries every metric key, because Flower's reply validation
     requires the same keys from all sites; undefined ones are NaN and the
-    aggregation skips them.
+    aggregation skips them. ``unit_weight`` adds the equal weight client-level
+    DP aggregates with.
     """
     metrics = MetricRecord({name: float(report.values[name]) for name in METRIC_NAMES})
     metrics[NUM_EXAMPLES] = int(report.values["n"])
+    if unit_weight:
+        metrics[UNIT_WEIGHT] = 1
     return RecordDict({METRICS: metrics, UNDEFINED: ConfigRecord(dict(report.undefined))})
 
 

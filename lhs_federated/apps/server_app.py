@@ -19,6 +19,7 @@ hash there; the run config only tells the coordinator which study to run.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from flwr.app import Context, UserConfig
@@ -59,6 +60,20 @@ def default_out_dir(study: Study) -> Path:
     return candidate
 
 
+def with_site_state(study: Study, out_dir: Path) -> Study:
+    """The study with its simulated sites' ledger folder made explicit.
+
+    A sample-dp study without ``sites.state_dir`` keeps the sites' privacy
+    ledgers in ``<out_dir>/site-state``: budgets then hold within the run
+    only. The folder becomes part of the resolved study (and so of its hash),
+    which is what the sites receive and what the run folder records.
+    """
+    if not study.privacy.sample_dp or study.sites.state_dir is not None:
+        return study
+    state_dir = str((out_dir / "site-state").resolve())
+    return dataclasses.replace(study, sites=dataclasses.replace(study.sites, state_dir=state_dir))
+
+
 def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
     """A ServerApp whose run config is the engine's, updated with ``run_config``.
 
@@ -73,6 +88,7 @@ def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
         config = {**context.run_config, **overrides}
         study = study_from_run_config(config)
         out_dir = Path(str(config.get(OUT_DIR_KEY) or default_out_dir(study)))
+        study = with_site_state(study, out_dir)
         run_study(
             grid,
             study,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import PARTITION_ID, SITE_CONFIG, resolve_site
@@ -42,11 +42,9 @@ from lhs_federated.governance.simulated import simulated_site_folder
 from lhs_federated.governance.site_folder import SentMessage, SiteFolder
 
 #: Record the coordinator adds to messages for simulated sites, and its key.
-SIMULATION = "lhs-simulation"
-SITE_FOLDERS = "site-folders"
 #: The message that tells a site a study's coordinator ledger is closed.
-CLOSE_ACTION = "ledger_close"
-CLOSE_TYPE = f"{MessageType.QUERY}.{CLOSE_ACTION}"
+CLOSE_ACTION = records.LEDGER_CLOSE_ACTION
+CLOSE_TYPE = records.LEDGER_CLOSE
 LEDGER_ID = "ledger-id"
 FINAL_SEQ = "ledger-final-seq"
 FINAL_HASH = "ledger-final-hash"
@@ -193,17 +191,17 @@ def simulated_governance(message: Message, context: Context) -> tuple[SiteFolder
         )
     study = records.study_from_config(message.content[records.CONFIG])
     site = resolve_site(study, context).data.name
-    simulation = message.content.get(SIMULATION)
-    if not isinstance(simulation, ConfigRecord) or SITE_FOLDERS not in simulation:
+    folders = message.content[records.CONFIG].get(records.SIMULATED_SITE_FOLDERS)
+    if not folders:
         raise SiteRefusal(
             site,
-            f"it was not told where its governance folder is (no {SIMULATION!r} record "
-            "in the message); run simulations with lhs_federated.simulate() or "
-            "`lhs-fed simulate`",
+            f"it was not told where its governance folder is (no "
+            f"{records.SIMULATED_SITE_FOLDERS!r} in the message); run simulations with "
+            "lhs_federated.simulate() or `lhs-fed simulate`",
         )
     code_hash = installed_code_hash()
     try:
-        folder = simulated_site_folder(Path(str(simulation[SITE_FOLDERS])), site, study, code_hash)
+        folder = simulated_site_folder(Path(str(folders)), site, study, code_hash)
     except LhsError as error:
         raise SiteRefusal(site, error.message) from error
     return folder, code_hash, "" if study.governance.site_folders else SIMULATED_REFUSAL_HINT

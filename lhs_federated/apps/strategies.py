@@ -31,7 +31,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from lhs_federated.apps.records import ARRAYS, CONFIG, NUM_EXAMPLES, TRAIN_LOSS
+from lhs_federated.apps.client_dp import wrap_client_dp
+from lhs_federated.apps.records import ARRAYS, CONFIG, NUM_EXAMPLES, TRAIN_LOSS, UNIT_WEIGHT
 from lhs_federated.errors import ConfigError
 from lhs_federated.metrics import nan_weighted_mean
 from lhs_federated.study import Study
@@ -128,7 +129,12 @@ def aggregate_metrics(records: list[RecordDict], weighting_key: str) -> MetricRe
 
 
 def build_strategy(study: Study, *, n_sites: int) -> Strategy:
-    """Instantiate the study's Flower strategy for ``n_sites`` connected sites."""
+    """Instantiate the study's Flower strategy for ``n_sites`` connected sites.
+
+    Under client-level DP every site weighs the same (Flower's noise is
+    calibrated to an unweighted mean) and the strategy is wrapped in the
+    Flower DP wrapper the study asks for.
+    """
     spec = study.strategy
     cls = STRATEGIES[spec.name]
     min_sites = study.federation.min_sites or n_sites
@@ -138,16 +144,19 @@ def build_strategy(study: Study, *, n_sites: int) -> Strategy:
         kwargs["client_learning_rate"] = study.training.learning_rate
     if "train_loss_key" in inspect.signature(cls.__init__).parameters:
         kwargs["train_loss_key"] = TRAIN_LOSS
-    return cls(
+    strategy = cls(
         fraction_train=spec.fraction_train,
         fraction_evaluate=1.0,
         min_train_nodes=min(min_sites, n_sites),
         min_evaluate_nodes=min(min_sites, n_sites),
         min_available_nodes=min(min_sites, n_sites),
-        weighted_by_key=NUM_EXAMPLES,
+        weighted_by_key=UNIT_WEIGHT if study.privacy.client_dp else NUM_EXAMPLES,
         arrayrecord_key=ARRAYS,
         configrecord_key=CONFIG,
         train_metrics_aggr_fn=aggregate_metrics,
         evaluate_metrics_aggr_fn=aggregate_metrics,
         **kwargs,
     )
+    if study.privacy.client_dp:
+        return wrap_client_dp(strategy, study, n_sites)
+    return strategy

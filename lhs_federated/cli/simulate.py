@@ -131,24 +131,36 @@ def round_progress(study: Study, *, enabled: bool):
 
 
 def results_table(results: RunResults) -> Table:
-    """The final round's metrics per site, with the federation's means."""
+    """The final round's metrics per site, with the federation's means.
+
+    A study with differential privacy gets a last column: the epsilon each
+    site has spent on the study.
+    """
     final = results.summary["final"]
+    privacy = results.summary.get("privacy")
     table = Table(
         title=f"{results.summary['study']}: final round, test splits", box=box.SIMPLE_HEAD
     )
     table.add_column("site", no_wrap=True)
     for metric in METRIC_NAMES:
         table.add_column(SHORT_LABELS[metric], justify="right", no_wrap=True)
+    epsilon: dict[str, float | None] = {}
+    if privacy:
+        table.add_column("ε", justify="right", no_wrap=True)
+        epsilon = privacy["epsilon"]
 
     def cell(value: float | None, metric: str) -> str:
         if value is None:
             return "—"
         return f"{value:.0f}" if metric == "n" else f"{value:.3f}"
 
-    for site, values in final["per_site"].items():
-        table.add_row(site, *(cell(values.get(m), m) for m in METRIC_NAMES))
+    spent = [cell(epsilon.get(site), "ε") for site in final["per_site"]] if privacy else []
+    for k, (site, values) in enumerate(final["per_site"].items()):
+        extra = [spent[k]] if privacy else []
+        table.add_row(site, *(cell(values.get(m), m) for m in METRIC_NAMES), *extra)
     for label, values in (("mean", final["mean"]), ("weighted mean", final["weighted_mean"])):
-        table.add_row(f"[bold]{label}[/]", "", *(cell(values.get(m), m) for m in METRIC_NAMES[1:]))
+        cells = [cell(values.get(m), m) for m in METRIC_NAMES[1:]]
+        table.add_row(f"[bold]{label}[/]", "", *cells, *([""] if privacy else []))
     return table
 
 
@@ -186,6 +198,12 @@ def simulate_command(
         )
     console.print(results_table(results))
     console.print("slope: calibration slope; CITL: calibration-in-the-large (intercept)")
+    privacy = results.summary.get("privacy")
+    if privacy:
+        console.print(
+            f"ε: {privacy['mode']} epsilon spent on this study (delta {privacy['delta']:g}, "
+            f"target {privacy['target_epsilon']}); {privacy['note']}"
+        )
     for site, reasons in results.summary["final"]["undefined"].items():
         for metric, reason in reasons.items():
             console.print(f"  — {site} {metric}: {reason}")
