@@ -49,6 +49,22 @@ class DataSpec:
     sites: tuple[str, ...] | None = setting(None, doc="use only these sites, in this order")
     test_fraction: float = setting(0.3, doc="share of each site's rows held out", gt=0, lt=1)
     split_seed: int | None = setting(None, doc="seed of the train/test splits (default: seed)")
+    split_seeding: Literal["per-site", "shared"] = setting(
+        "per-site",
+        doc="per-site: each site's split seeded from split_seed and its name (adding a site "
+        "changes no other split); shared: every site split with split_seed itself (FLamby)",
+    )
+    evaluate_on: Literal["test", "validation"] = setting(
+        "test",
+        doc="what models are scored on: each site's test split, or a validation split carved "
+        "from its training split (to choose hyperparameters without touching test)",
+    )
+    validation_fraction: float = setting(
+        0.2,
+        doc="share of each site's training rows held out when evaluate_on = 'validation'",
+        gt=0,
+        lt=1,
+    )
     synthetic: SyntheticCohort = setting(
         default_factory=SyntheticCohort, doc="knobs of the synthetic cohort"
     )
@@ -65,6 +81,9 @@ class PreprocessingSpec:
     )
     one_hot: Literal["all-levels", "drop-first"] = setting(
         "all-levels", doc="one indicator per contract level, or without the first level"
+    )
+    std_divisor: Literal["n", "n-1"] = setting(
+        "n", doc="divisor of the variance behind each scale: n (population) or n-1 (sample; FLamby)"
     )
 
 
@@ -119,6 +138,29 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class BaselineSpec:
+    """The pooled and local-only models a simulated study is compared with.
+
+    By default each baseline gets the optimisation the federation gave its
+    rows (see :mod:`lhs_federated.baselines`); ``epochs``, ``optimizer`` and
+    ``learning_rate`` replace that budget with a fixed protocol.
+    """
+
+    enabled: bool = setting(True, doc="train and report the baselines after a simulated run")
+    epochs: int | None = setting(
+        None,
+        doc="passes over its rows for each baseline model (default: the federation's budget)",
+        ge=1,
+    )
+    optimizer: Literal["sgd", "adam"] | None = setting(
+        None, doc="optimiser of the baselines (default: training.optimizer)"
+    )
+    learning_rate: float | None = setting(
+        None, doc="learning rate of the baselines (default: training.learning_rate)", gt=0
+    )
+
+
+@dataclass(frozen=True)
 class FederationSpec:
     """What the coordinator tolerates: slow, missing and failing sites."""
 
@@ -154,6 +196,9 @@ class Study:
     evaluation: EvaluationSpec = setting(default_factory=EvaluationSpec, doc="evaluation")
     federation: FederationSpec = setting(default_factory=FederationSpec, doc="fault tolerance")
     sites: SitesSpec = setting(default_factory=SitesSpec, doc="simulated sites' settings")
+    baselines: BaselineSpec = setting(
+        default_factory=BaselineSpec, doc="pooled and local-only baselines (simulation only)"
+    )
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -295,7 +340,7 @@ def check_study(study: Study, *, source: str) -> Study:
             f"{source}: model.name {study.model.name!r} is not a model family; "
             f"choose one of {', '.join(sorted(MODEL_FAMILIES))}."
         )
-    check_strategy(study.strategy, source=source)
+    check_strategy(study.strategy, source=source, training=study.training)
     if study.data.source in ("uci-heart", "folder") and study.data.path is None:
         raise ConfigError(
             f"{source}: data.source = {study.data.source!r} needs data.path, the folder "

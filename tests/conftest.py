@@ -9,7 +9,11 @@ import pytest
 from lhs_federated import Study, load_study
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ../shared beside the repository; a git worktree sits one level deeper (wt/NAME).
+SHARED_DATA = next(
+    (p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()),
+    REPO.parent / "shared" / "data",
+)
 
 
 @pytest.fixture(scope="session")

@@ -30,14 +30,14 @@ from flwr.serverapp.strategy import Strategy
 from lhs_federated.apps import records
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
-from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.data.statistics import Standardizer
 from lhs_federated.errors import StudyRunError
 from lhs_federated.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
 from lhs_federated.models import build_model, get_arrays
 from lhs_federated.models.export import save_model
 from lhs_federated.progress import RoundProgress, report_progress
 from lhs_federated.results import RunWriter, utc_now
-from lhs_federated.site import SiteSummary, n_features
+from lhs_federated.site import SiteSummary, federated_standardizer, n_features
 from lhs_federated.study import Study
 
 
@@ -76,7 +76,7 @@ def run_study(grid: Grid, study: Study, out_dir: Path, *, engine: str) -> dict[s
     started = time.monotonic()
     random.seed(study.seed)  # Flower strategies sample sites with `random`
     summaries, site_grid = discover_sites(grid, study)
-    standardizer = global_standardizer(study, summaries.values())
+    standardizer = federated_standardizer(study, summaries.values())
     writer = RunWriter(out_dir, study, engine=engine)
     try:
         writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
@@ -143,25 +143,6 @@ def discover_sites(grid: Grid, study: Study) -> tuple[dict[int, SiteSummary], Si
         )
     ordered = dict(sorted(summaries.items(), key=lambda item: item[1].name))
     return ordered, SiteGrid(grid, {node: s.name for node, s in ordered.items()})
-
-
-def global_standardizer(study: Study, summaries: Any) -> Standardizer | None:
-    """Global means and scales from the sites' column sums (federated scaling).
-
-    Raises
-    ------
-    StudyRunError
-        If no site could send its sums (all below the minimum cell size).
-    """
-    if study.preprocessing.scaling != "federated":
-        return None
-    parts = [s.sums for s in summaries if s.sums is not None]
-    if not parts:
-        raise StudyRunError(
-            "federated scaling needs column sums from at least one site, but every "
-            "site withheld them (each has fewer rows than its minimum cell size)."
-        )
-    return Standardizer.from_sums(ColumnSums.combine(parts))
 
 
 def _round_config(study: Study, standardizer: Standardizer | None) -> ConfigRecord:

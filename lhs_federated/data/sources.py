@@ -134,8 +134,19 @@ def _load_sites_cached(study_hash: str, study_json: str) -> tuple[SiteData, ...]
             source=raw.source,
             one_hot=study.preprocessing.one_hot,
         )
+        shared = study.data.split_seeding == "shared"
+        seed = study.data.split_seed or 0
         train, test = split_site(
-            table, test_fraction=study.data.test_fraction, seed=study.data.split_seed or 0
+            table, test_fraction=study.data.test_fraction, seed=seed, shared_seed=shared
         )
+        if study.data.evaluate_on == "validation":
+            # The test rows are set aside untouched; a second split, seeded
+            # differently, carves the validation rows out of the training rows.
+            train, test = split_site(
+                train,
+                test_fraction=study.data.validation_fraction,
+                seed=seed + 1,
+                shared_seed=shared,
+            )
         result.append(SiteData(raw.name, train, test))
     return tuple(result)
