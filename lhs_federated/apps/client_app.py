@@ -17,7 +17,10 @@ from flwr.clientapp import ClientApp
 
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import resolve_site
+from lhs_federated.apps.fine_tuning import fine_tuning_from_config
+from lhs_federated.apps.scaffold import SiteControl
 from lhs_federated.errors import LhsError, SiteRefusal
+from lhs_federated.personalisation import personalise
 from lhs_federated.site import evaluate_at_site, site_standardizer, summarise_site, train_at_site
 
 
@@ -56,17 +59,24 @@ def train(message: Message, context: Context) -> Message:
     study = records.study_from_config(config)
     site = resolve_site(study, context)
     torch.set_num_threads(site.threads)
+    arrays, control = SiteControl.receive(
+        records.from_array_record(message.content[records.ARRAYS]), context
+    )
     update = train_at_site(
         study,
         site.data,
-        records.from_array_record(message.content[records.ARRAYS]),
+        arrays,
         server_round=int(config[records.ROUND]),
         standardizer=site_standardizer(study, site.data, records.standardizer_from_config(config)),
         proximal_mu=float(config.get(records.PROXIMAL_MU, 0.0)),
+        correction=None if control is None else control.correction,
     )
+    sent = update.arrays
+    if control is not None:  # SCAFFOLD: the control variate's change travels too
+        sent = {**sent, **control.finish(arrays, update, study.training.learning_rate, context)}
     content = RecordDict(
         {
-            records.ARRAYS: records.to_array_record(update.arrays),
+            records.ARRAYS: records.to_array_record(sent),
             records.METRICS: MetricRecord(
                 {records.NUM_EXAMPLES: update.n_examples, records.TRAIN_LOSS: update.loss}
             ),
@@ -82,10 +92,14 @@ def evaluate(message: Message, context: Context) -> Message:
     study = records.study_from_config(config)
     site = resolve_site(study, context)
     torch.set_num_threads(site.threads)
-    report = evaluate_at_site(
+    standardizer = site_standardizer(study, site.data, records.standardizer_from_config(config))
+    arrays = personalise(  # fedavg-ft: local steps first; the result never leaves the site
         study,
         site.data,
         records.from_array_record(message.content[records.ARRAYS]),
-        standardizer=site_standardizer(study, site.data, records.standardizer_from_config(config)),
+        standardizer=standardizer,
+        fine_tuning=fine_tuning_from_config(config),
+        server_round=int(config[records.ROUND]),
     )
+    report = evaluate_at_site(study, site.data, arrays, standardizer=standardizer)
     return Message(records.report_to_record(report), reply_to=message)

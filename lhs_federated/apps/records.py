@@ -24,6 +24,15 @@ STUDY_HASH = "study-hash"
 PREP_MEAN = "preprocessing-mean"
 PREP_SCALE = "preprocessing-scale"
 PROXIMAL_MU = "proximal-mu"
+FINE_TUNE_STEPS = "fine-tune-steps"
+FINE_TUNE_LEARNING_RATE = "fine-tune-learning-rate"
+
+# SCAFFOLD's control variates travel inside the one ArrayRecord of a message
+# (Flower validates exactly one per reply), named with these prefixes; a site
+# keeps its own control variate in its node state under CLIENT_CONTROL.
+SERVER_CONTROL_PREFIX = "scaffold-c:"
+CONTROL_DELTA_PREFIX = "scaffold-delta-c:"
+CLIENT_CONTROL = "scaffold-client-control"
 
 # Record names in messages.
 ARRAYS = "arrays"
