@@ -23,10 +23,12 @@ from typing import Literal
 from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 
+from lhs_federated.analysis import analyse_run
 from lhs_federated.apps import client_app, server_app
 from lhs_federated.apps.inprocess import InProcessGrid
 from lhs_federated.data.sources import load_sites
 from lhs_federated.errors import ConfigError
+from lhs_federated.report import write_run_report
 from lhs_federated.results import RunResults, read_results
 from lhs_federated.study import Study, load_study
 
@@ -39,8 +41,13 @@ def simulate(
     *,
     backend: Backend = "inprocess",
     out_dir: str | Path | None = None,
+    report: bool = True,
 ) -> RunResults:
     """Run a study on its simulated sites and return its results.
+
+    After the federation, the run is analysed (:mod:`lhs_federated.analysis`:
+    pooled and local-only baselines unless ``[baselines] enabled = false``,
+    calibration) and, with ``report``, ``report.html`` is written.
 
     Parameters
     ----------
@@ -51,6 +58,8 @@ def simulate(
     out_dir : str or Path, optional
         Results folder (default ``runs/<study>-<time>``); must not exist or be
         empty.
+    report : bool
+        Write the HTML report (sweeps skip it per run and report the sweep).
 
     Returns
     -------
@@ -83,6 +92,9 @@ def simulate(
         run_inprocess(run_config, n_sites)
     else:
         _run_ray(run_config, n_sites)
+    analyse_run(study, out)
+    if report:
+        write_run_report(out)
     return read_results(out)
 
 
