@@ -13,7 +13,7 @@ import click
 import typer
 from rich.console import Console
 
-from lhs_federated.cli import data, simulate, study
+from lhs_federated.cli import data, report, simulate, study, sweep
 from lhs_federated.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, LhsError
 
 app = typer.Typer(
@@ -27,6 +27,8 @@ app.command("simulate")(simulate.simulate_command)
 app.add_typer(data.app, name="data")
 app.add_typer(study.app, name="study")
 app.command("strategies")(study.strategies_command)
+app.command("sweep")(sweep.sweep_command)
+app.command("report")(report.report_command)
 
 _errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
