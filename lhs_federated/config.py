@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import tomllib
 import types
 import typing
@@ -108,7 +109,7 @@ def build(cls: type[T], table: Any, *, source: str, section: str = "") -> T:
             f"{source}: {section or 'the file'} must be a table; got {_describe(table)}."
         )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     unknown = [key for key in table if key not in fields]
     if unknown:
         key = unknown[0]
@@ -138,6 +139,11 @@ def build(cls: type[T], table: Any, *, source: str, section: str = "") -> T:
         return cls(**values)
     except ValueError as exc:
         raise ConfigError(f"{source}: in {where}: {exc}") from exc
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def to_plain(obj: Any) -> Any:

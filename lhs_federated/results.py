@@ -71,30 +71,49 @@ class RunWriter:
         The resolved study.
     """
 
-    def __init__(self, out_dir: Path, study: Study, *, engine: str) -> None:
+    def __init__(
+        self, out_dir: Path, study: Study, *, engine: str, resume_after: int | None = None
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.study = study
-        if (self.out_dir / "study.resolved.toml").exists():
-            raise FileExistsError(
-                f"{self.out_dir} already holds a run; choose another --out folder"
+        if resume_after is None:
+            if (self.out_dir / "study.resolved.toml").exists():
+                raise FileExistsError(
+                    f"{self.out_dir} already holds a run; choose another --out folder"
+                )
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_study(study, self.out_dir / "study.resolved.toml")
+            write_json(
+                self.out_dir / "versions.json",
+                {
+                    **versions(),
+                    "engine": engine,
+                    "seed": study.seed,
+                    "split_seed": study.data.split_seed,
+                },
             )
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_study(study, self.out_dir / "study.resolved.toml")
-        write_json(
-            self.out_dir / "versions.json",
-            {
-                **versions(),
-                "engine": engine,
-                "seed": study.seed,
-                "split_seed": study.data.split_seed,
-            },
-        )
-        self._metrics = self._open_csv("metrics.csv", METRICS_COLUMNS)
-        self._rounds = self._open_csv("rounds.csv", ROUNDS_COLUMNS)
+        else:
+            (self.out_dir / "failure.json").unlink(missing_ok=True)
+        self._metrics = self._open_csv("metrics.csv", METRICS_COLUMNS, resume_after)
+        self._rounds = self._open_csv("rounds.csv", ROUNDS_COLUMNS, resume_after)
 
-    def _open_csv(self, name: str, columns: tuple[str, ...]) -> Any:
-        handle = (self.out_dir / name).open("w", newline="", encoding="utf-8")
-        csv.writer(handle).writerow(columns)
+    def _open_csv(self, name: str, columns: tuple[str, ...], resume_after: int | None) -> Any:
+        """Open a table for appending; on resume keep only rows up to ``resume_after``.
+
+        Rows of a round that was under way when the run stopped are dropped,
+        since that round runs again.
+        """
+        path = self.out_dir / name
+        kept: list[list[str]] = []
+        if resume_after is not None and path.is_file():
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.reader(handle))[1:]
+            kept = [row for row in rows if row and int(row[0]) <= resume_after]
+        handle = path.open("w", newline="", encoding="utf-8")
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(kept)
+        _sync(handle)
         return handle
 
     def write_sites(self, rows: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -220,11 +221,16 @@ class Study:
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no spaces, UTF-8; what the hash covers."""
+        return self._canonical_json
+
+    @functools.cached_property
+    def _canonical_json(self) -> str:
+        # Computed once: a study is immutable, and every message carries it.
         return json.dumps(
             self.to_plain(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         )
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         """SHA-256 of the canonical JSON (hex)."""
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()

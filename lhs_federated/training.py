@@ -111,7 +111,7 @@ def train_local(
     losses = []
     model.train()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: manual_seed also seeds CUDA
         while len(losses) < total_steps:
             order = torch.randperm(n)
             for start in range(0, n, batch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,10 @@ SHARED_DATA = next(
     (p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()),
     REPO.parent / "shared" / "data",
 )
+
+# Flower must not phone home from tests.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +43,23 @@ def small_study() -> Study:
             "data.synthetic.rows_per_site": 200,
         }
     )
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def http_folder():
+    """A loopback HTTP server; yields (base URL of /heart/, state dict whose "dir" it serves)."""
+    state: dict[str, str] = {}
+
+    def handler(*args, **kwargs):
+        return _QuietHandler(*args, directory=state["dir"], **kwargs)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/heart/", state
+    server.shutdown()

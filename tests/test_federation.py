@@ -184,3 +184,31 @@ def test_results_folder_is_never_overwritten(tmp_path, small_study):
 
     with pytest.raises(ConfigError, match="already exists and is not empty"):
         simulate(small_study, out_dir=tmp_path / "run")
+
+
+def test_resume_after_a_coordinator_crash_gives_the_uninterrupted_model(tmp_path, small_study):
+    study = small_study.with_overrides({"rounds": 4, "strategy.name": "fedadam"})
+    uninterrupted = simulate(study, out_dir=tmp_path / "whole")
+    # The coordinator "dies" in round 3: a site crash the study cannot tolerate stops it.
+    with pytest.raises(StudyRunError, match="round 3"):
+        run_with(faulty_client(0, 3, RuntimeError("power cut")), study, tmp_path / "run")
+    assert pd.read_csv(tmp_path / "run" / "rounds.csv")["round"].tolist() == [1, 2]
+    config = {
+        server_app.STUDY_KEY: study.to_json(),
+        server_app.OUT_DIR_KEY: str(tmp_path / "run"),
+        server_app.RESUME_KEY: True,
+    }
+    run_inprocess(config, 3)
+    resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert resumed["model"]["arrays_sha256"] == uninterrupted.summary["model"]["arrays_sha256"]
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")["round"].tolist()
+    assert rounds == [1, 2, 3, 4]  # no round duplicated or missing
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    pd.testing.assert_frame_equal(
+        metrics.drop(columns="reason"),
+        uninterrupted.metrics.drop(columns="reason"),
+        check_dtype=False,
+    )
+    assert not (tmp_path / "run" / "failure.json").exists()
+    with pytest.raises(StudyRunError, match="holds a completed run"):
+        run_inprocess(config, 3)

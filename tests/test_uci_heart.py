@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import http.server
 import shutil
-import threading
 
 import pytest
 
@@ -55,22 +53,6 @@ def test_changed_or_missing_files_are_refused(tmp_path, uci_folder):
         DataError, match=r"lacks processed\.cleveland\.data.*lhs-fed data download-uci"
     ):
         load_uci_heart(tmp_path / "uci")
-
-
-@pytest.fixture
-def http_folder():
-    """Serve a folder on loopback; yields (base URL, folder setter)."""
-    state = {}
-
-    def handler(*args, **kwargs):
-        return http.server.SimpleHTTPRequestHandler(*args, directory=state["dir"], **kwargs)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.RequestHandlerClass.log_message = lambda *a: None
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/heart/", state
-    server.shutdown()
 
 
 def test_download_checks_md5_against_a_loopback_server(tmp_path, uci_folder, http_folder):

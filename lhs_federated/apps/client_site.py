@@ -2,21 +2,28 @@
 
 In simulation, Flower gives each virtual node a ``partition-id``; the site is
 that entry of the study's simulated sites, with the study's ``[sites]``
-settings. Deployed sites name their own data and settings in their site
-config instead.
+settings. A deployed site's SuperNode is started with ``site-config`` in its
+node config instead: the path of the site's own ``site.toml``, which names its
+table and its policy. Either way the site's rows go through the same
+validation, encoding and split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from flwr.app import Context
 
-from lhs_federated.data.sources import SiteData, load_sites
+from lhs_federated.data.io import read_table
+from lhs_federated.data.sources import RawSite, SiteData, load_sites, prepare_site
 from lhs_federated.errors import ConfigError
+from lhs_federated.site_config import SiteConfig, load_site_config
 from lhs_federated.study import Study
 
 PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+SITE_CONFIG = "site-config"
 
 
 @dataclass(frozen=True)
@@ -32,11 +39,14 @@ class SiteRuntime:
     threads : int
         Torch threads for local training (1 per simulated site, so sites
         sharing a machine do not fight over cores).
+    config : SiteConfig or None
+        A deployed site's own configuration (None in simulation).
     """
 
     data: SiteData
     min_cell_size: int
     threads: int
+    config: SiteConfig | None = None
 
 
 def resolve_site(study: Study, context: Context) -> SiteRuntime:
@@ -45,18 +55,41 @@ def resolve_site(study: Study, context: Context) -> SiteRuntime:
     Raises
     ------
     ConfigError
-        If the node has no partition id or it is outside the study's sites.
+        If the node is neither a simulated site (``partition-id``) nor a
+        deployed one (``site-config``), or its partition is outside the study.
+    DataError
+        If a deployed site's table does not meet the study's contract.
     """
+    if SITE_CONFIG in context.node_config:
+        return deployed_site(str(context.node_config[SITE_CONFIG]), study)
     partition = context.node_config.get(PARTITION_ID)
     if partition is None:
         raise ConfigError(
-            f"node {context.node_id} has no {PARTITION_ID!r} in its node config: "
-            "simulated sites are numbered by Flower's simulation engine."
+            f"node {context.node_id} has neither {SITE_CONFIG!r} (a deployed site's config) "
+            f"nor {PARTITION_ID!r} (a simulated site) in its node config."
         )
     sites = load_sites(study)
-    if not 0 <= int(partition) < len(sites):
+    n_nodes = int(context.node_config.get(NUM_PARTITIONS, len(sites)))
+    if n_nodes != len(sites) or not 0 <= int(partition) < len(sites):
         raise ConfigError(
-            f"node {context.node_id} is partition {partition}, but study {study.name!r} "
-            f"has {len(sites)} sites; start the simulation with {len(sites)} nodes."
+            f"study {study.name!r} has {len(sites)} simulated sites but the simulation "
+            f"started {n_nodes} nodes (this is partition {partition}); start it with "
+            f"{len(sites)} nodes (flwr: options.num-supernodes = {len(sites)})."
         )
     return SiteRuntime(sites[int(partition)], study.sites.min_cell_size, threads=1)
+
+
+def deployed_site(config_path: str, study: Study) -> SiteRuntime:
+    """A deployed site: its own config and table, prepared for ``study``."""
+    config = load_site_config(config_path)
+    table_path = Path(config.resolve(config.data.file) or config.data.file)
+    # Keyed on the file's modification time: a site that updates its table is re-read.
+    key = (str(table_path), table_path.stat().st_mtime_ns, config.site.name, study.hash)
+    if key not in _PREPARED:
+        table = read_table(table_path, na_values=study.contract.na_values)
+        _PREPARED.clear()  # one site, one study at a time: keep memory flat
+        _PREPARED[key] = prepare_site(RawSite(config.site.name, table, str(table_path)), study)
+    return SiteRuntime(_PREPARED[key], config.policy.min_cell_size, config.runtime.threads, config)
+
+
+_PREPARED: dict[tuple[str, int, str, str], SiteData] = {}

@@ -28,6 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from lhs_federated.apps import records
+from lhs_federated.apps.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import Standardizer
@@ -49,7 +50,9 @@ class RoundOutcome:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def run_study(grid: Grid, study: Study, out_dir: Path, *, engine: str) -> dict[str, Any]:
+def run_study(
+    grid: Grid, study: Study, out_dir: Path, *, engine: str, resume: bool = False
+) -> dict[str, Any]:
     """Run ``study`` on ``grid`` and write its results folder.
 
     Parameters
@@ -62,6 +65,8 @@ def run_study(grid: Grid, study: Study, out_dir: Path, *, engine: str) -> dict[s
         Results folder; created once the sites are known to be ready.
     engine : str
         Name of the engine, recorded in ``versions.json``.
+    resume : bool
+        Continue the run in ``out_dir`` from its last checkpoint.
 
     Returns
     -------
@@ -75,18 +80,32 @@ def run_study(grid: Grid, study: Study, out_dir: Path, *, engine: str) -> dict[s
     """
     started = time.monotonic()
     random.seed(study.seed)  # Flower strategies sample sites with `random`
+    checkpoint = load_checkpoint(out_dir, study) if resume else None
     summaries, site_grid = discover_sites(grid, study)
-    standardizer = federated_standardizer(study, summaries.values())
-    writer = RunWriter(out_dir, study, engine=engine)
-    try:
-        writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
+    if checkpoint is None:
+        standardizer = federated_standardizer(study, summaries.values())
         strategy = build_strategy(study, n_sites=len(summaries))
         arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
         final_reports: dict[str, MetricReport] = {}
-        for server_round in range(1, study.rounds + 1):
+    else:
+        standardizer, strategy = checkpoint.standardizer, checkpoint.strategy
+        arrays, final_reports = checkpoint.arrays, checkpoint.reports
+        random.setstate(checkpoint.random_state)
+    done = checkpoint.round if checkpoint else 0
+    writer = RunWriter(out_dir, study, engine=engine, resume_after=done if checkpoint else None)
+    try:
+        writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
+        for server_round in range(done + 1, study.rounds + 1):
             arrays, final_reports = _run_round(
                 site_grid, strategy, study, arrays, standardizer, server_round, writer
             )
+            save_checkpoint(
+                out_dir,
+                Checkpoint(
+                    study.hash, server_round, arrays, strategy, standardizer,
+                    random.getstate(), final_reports,
+                ),
+            )  # fmt: skip
         model_files = save_model(out_dir / "model", study, arrays, standardizer)
         summary = _summary(
             study, summaries, final_reports, arrays, model_files, time.monotonic() - started
@@ -119,7 +138,7 @@ def discover_sites(grid: Grid, study: Study) -> tuple[dict[int, SiteSummary], Si
         time.sleep(0.5)
     content = RecordDict({records.CONFIG: records.study_config(study)})
     messages = [Message(content, node_id, MessageType.QUERY) for node_id in sorted(node_ids)]
-    replies = list(grid.send_and_receive(messages, timeout=federation.round_timeout))
+    replies = SiteGrid(grid, {}).send_and_receive(messages, timeout=federation.round_timeout)
     errors, summaries = [], {}
     for reply in replies:
         node = reply.metadata.src_node_id

@@ -22,9 +22,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from lhs_federated.apps.client_site import PARTITION_ID
-
-NUM_PARTITIONS = "num-partitions"
+from lhs_federated.apps.client_site import NUM_PARTITIONS, PARTITION_ID
 
 
 class InProcessGrid(Grid):

@@ -7,6 +7,7 @@ agree on exactly what a message may hold.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -73,6 +74,12 @@ def study_from_config(config: ConfigRecord) -> Study:
         raise ValueError(
             f"the study in the message hashes to {digest}, not the stated {config[STUDY_HASH]}"
         )
+    return _study_of(digest, text)
+
+
+@functools.lru_cache(maxsize=8)
+def _study_of(digest: str, text: str) -> Study:
+    """Parse a study once per process; every message of a run carries the same one."""
     return Study.from_json(text, source="the study sent by the server")
 
 

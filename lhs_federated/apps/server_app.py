@@ -6,7 +6,8 @@ with ``flwr run --run-config``):
 - ``study``: a study TOML path, the study's canonical JSON, or empty for the
   built-in default study;
 - ``out-dir``: the results folder (default ``runs/<study>-<time>``);
-- ``engine``: a label recorded with the results.
+- ``engine``: a label recorded with the results;
+- ``resume``: continue the run in ``out-dir`` from its last checkpoint.
 
 The study itself reaches the sites inside every message, checked against its
 hash there; the run config only tells the coordinator which study to run.
@@ -25,6 +26,7 @@ from lhs_federated.study import Study, check_study, load_study
 STUDY_KEY = "study"
 OUT_DIR_KEY = "out-dir"
 ENGINE_KEY = "engine"
+RESUME_KEY = "resume"
 
 
 def study_from_run_config(run_config: UserConfig) -> Study:
@@ -66,7 +68,13 @@ def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
         config = {**context.run_config, **overrides}
         study = study_from_run_config(config)
         out_dir = Path(str(config.get(OUT_DIR_KEY) or default_out_dir(study)))
-        run_study(grid, study, out_dir, engine=str(config.get(ENGINE_KEY) or "flower"))
+        run_study(
+            grid,
+            study,
+            out_dir,
+            engine=str(config.get(ENGINE_KEY) or "flower"),
+            resume=bool(config.get(RESUME_KEY, False)),
+        )
 
     return server_app
 

@@ -6,6 +6,7 @@ Exit codes: 0 done, 2 bad input (a one-paragraph message, no traceback),
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -13,7 +14,7 @@ import click
 import typer
 from rich.console import Console
 
-from lhs_federated.cli import data, report, simulate, study, sweep
+from lhs_federated.cli import certs, data, report, server, simulate, site_runtime, study, sweep
 from lhs_federated.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, LhsError
 
 app = typer.Typer(
@@ -27,6 +28,11 @@ app.command("simulate")(simulate.simulate_command)
 app.add_typer(data.app, name="data")
 app.add_typer(study.app, name="study")
 app.command("strategies")(study.strategies_command)
+app.add_typer(server.app, name="server")
+site_app = typer.Typer(help="A site's node, approvals and policy.", no_args_is_help=True)
+site_runtime.register(site_app)
+app.add_typer(site_app, name="site")
+app.add_typer(certs.app, name="certs")
 app.command("sweep")(sweep.sweep_command)
 app.command("report")(report.report_command)
 
@@ -35,6 +41,9 @@ _errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (the console script's entry point)."""
+    # A clinical tool does not phone home unless its operator asks it to.
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="lhs-fed", standalone_mode=False)

@@ -125,28 +125,32 @@ def load_sites(study: Study) -> list[SiteData]:
 @lru_cache(maxsize=4)
 def _load_sites_cached(study_hash: str, study_json: str) -> tuple[SiteData, ...]:
     study = Study.from_json(study_json, source=f"study {study_hash[:12]}")
-    result = []
-    for raw in raw_sites(study):
-        table = prepare_table(
-            raw.table,
-            study.contract,
-            site=raw.name,
-            source=raw.source,
-            one_hot=study.preprocessing.one_hot,
-        )
-        shared = study.data.split_seeding == "shared"
-        seed = study.data.split_seed or 0
+    return tuple(prepare_site(raw, study) for raw in raw_sites(study))
+
+
+def prepare_site(raw: RawSite, study: Study) -> SiteData:
+    """Validate, encode and split one site's raw table for ``study``.
+
+    Simulated and deployed sites both go through here, so a deployed site's
+    split is exactly the one a simulation of the same files would use. With
+    ``data.evaluate_on = "validation"`` the test rows are set aside untouched
+    and a second split, seeded differently, carves the validation rows (which
+    then play the test rows' part) out of the training rows.
+    """
+    table = prepare_table(
+        raw.table,
+        study.contract,
+        site=raw.name,
+        source=raw.source,
+        one_hot=study.preprocessing.one_hot,
+    )
+    seed = study.data.split_seed if study.data.split_seed is not None else study.seed
+    shared = study.data.split_seeding == "shared"
+    train, test = split_site(
+        table, test_fraction=study.data.test_fraction, seed=seed, shared_seed=shared
+    )
+    if study.data.evaluate_on == "validation":
         train, test = split_site(
-            table, test_fraction=study.data.test_fraction, seed=seed, shared_seed=shared
+            train, test_fraction=study.data.validation_fraction, seed=seed + 1, shared_seed=shared
         )
-        if study.data.evaluate_on == "validation":
-            # The test rows are set aside untouched; a second split, seeded
-            # differently, carves the validation rows out of the training rows.
-            train, test = split_site(
-                train,
-                test_fraction=study.data.validation_fraction,
-                seed=seed + 1,
-                shared_seed=shared,
-            )
-        result.append(SiteData(raw.name, train, test))
-    return tuple(result)
+    return SiteData(raw.name, train, test)

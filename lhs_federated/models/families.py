@@ -62,5 +62,5 @@ def build_model(spec: ModelSpec, n_features: int, *, seed: int) -> nn.Module:
     engine and in every process.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         return MODEL_FAMILIES[spec.name](spec, n_features)

@@ -1,0 +1,114 @@
+"""What Flower costs a simulated study: in-process and Ray engines against the plain floor.
+
+For one study, times (median of --repeats runs, imports excluded):
+- the in-process engine (`simulate(..., backend="inprocess")`),
+- the Ray engine (`simulate(..., backend="ray")`, Ray start-up included as a user sees it),
+- the floor: the same local training and evaluation calls, in the same order, with the same
+  averaging, but no Flower, no messages and no result files.
+Prints the times and the ratios to the floor (target: in-process within 1.5x of the floor), and
+writes them to benchmarks/results/simulation_overhead.json.
+
+    python benchmarks/simulation_overhead.py [--study STUDY.toml] [--repeats 3] [--no-ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lhs_federated import load_study, simulate
+from lhs_federated.data.sources import load_sites
+from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.models import build_model, get_arrays
+from lhs_federated.results import versions
+from lhs_federated.site import evaluate_at_site, n_features, train_at_site
+
+
+def plain_loop(study) -> None:
+    """The federation's computation without Flower: statistics, train, average, evaluate."""
+    torch.set_num_threads(1)
+    sites = load_sites(study)
+    standardizer = Standardizer.from_sums(
+        ColumnSums.combine(ColumnSums.of(s.train.features) for s in sites)
+    )
+    arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
+    for server_round in range(1, study.rounds + 1):
+        updates = [
+            train_at_site(study, site, arrays, server_round=server_round, standardizer=standardizer)
+            for site in sites
+        ]
+        total = sum(u.n_examples for u in updates)
+        arrays = {k: sum(u.arrays[k] * (u.n_examples / total) for u in updates) for k in arrays}
+        for site in sites:
+            evaluate_at_site(study, site, arrays, standardizer=standardizer)
+
+
+def timed(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--study", type=Path, default=None, help="study TOML (default: the default study)"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray engine")
+    args = parser.parse_args()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    study = load_study(args.study)
+    load_sites(study)  # data generation is common to all three; keep it out of the timings
+    scratch = Path(tempfile.mkdtemp(prefix="lhs-bench-"))
+    counter = iter(range(1_000_000))
+
+    def run(backend: str):
+        return lambda: simulate(
+            study, backend=backend, out_dir=scratch / f"{backend}-{next(counter)}"
+        )
+
+    plain_loop(study)  # warm-up (first-call costs of torch)
+    figures = {"floor": timed(lambda: plain_loop(study), args.repeats)}
+    figures["inprocess"] = timed(run("inprocess"), args.repeats)
+    if not args.no_ray:
+        figures["ray"] = timed(run("ray"), max(1, args.repeats // 3))
+    sites = len(load_sites(study))
+    print(f"study {study.name!r}: {sites} sites, {study.rounds} rounds, model {study.model.name}")
+    print(f"{'engine':<12}{'seconds':>10}{'x floor':>10}{'s/round':>10}")
+    for name, seconds in figures.items():
+        ratio = seconds / figures["floor"]
+        print(f"{name:<12}{seconds:>10.3f}{ratio:>10.2f}{seconds / study.rounds:>10.3f}")
+    target = figures["inprocess"] / figures["floor"]
+    print(f"in-process / floor = {target:.2f} (target <= 1.5)")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "simulation_overhead.json").write_text(
+        json.dumps(
+            {
+                "study": study.name,
+                "study_hash": study.hash,
+                "seconds": figures,
+                "sites": sites,
+                "rounds": study.rounds,
+                "versions": versions(),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""``lhs-fed server``: the coordinating centre's SuperLink and the studies it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lhs_federated.cli.simulate import load_with_overrides
+from lhs_federated.deploy import coordinator
+from lhs_federated.deploy.server_config import load_server_config
+
+app = typer.Typer(help="Run the coordinating centre (a Flower SuperLink).", no_args_is_help=True)
+console = Console(highlight=False)
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The server's server.toml.")]
+
+
+@app.command("start")
+def start_command(
+    config: ConfigOption,
+    detach: Annotated[bool, typer.Option(help="Start in the background and return.")] = False,
+) -> None:
+    """Start the SuperLink (TLS and SuperNode authentication on) and register the sites."""
+    server = load_server_config(config)
+    if detach:
+        pid = coordinator.start_detached(server)
+        console.print(
+            f"coordinator started (pid {pid}) on {server.address}; "
+            f"logs in {server.state_dir / 'logs'}"
+        )
+        return
+    coordinator.start_server(server)
+
+
+@app.command("stop")
+def stop_command(config: ConfigOption) -> None:
+    """Stop a running coordinator."""
+    stopped = coordinator.stop_server(load_server_config(config))
+    console.print("coordinator stopped" if stopped else "the coordinator was not running")
+
+
+@app.command("register-site")
+def register_command(
+    config: ConfigOption,
+    name: Annotated[str, typer.Argument(help="The site's name.")],
+    public_key: Annotated[Path, typer.Argument(help="The site's SuperNode public key (.pub).")],
+) -> None:
+    """Register a site's SuperNode key at the running SuperLink."""
+    node = coordinator.register_site(load_server_config(config), name, public_key)
+    console.print(f"site {name!r}: node {node}")
+
+
+@app.command("run")
+def run_command(
+    study: Annotated[Path, typer.Argument(help="The study TOML.")],
+    config: ConfigOption,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a study key.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Results folder.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 3600.0,
+) -> None:
+    """Submit a study to the sites; print the run id and, once done, the results folder."""
+    server = load_server_config(config)
+    resolved = load_with_overrides(study, set_ or [])
+    submitted = coordinator.submit_study(server, resolved, out_dir=out)
+    console.print(f"run {submitted.run_id}: study {resolved.name!r} ({resolved.hash[:12]}…)")
+    _finish(server, submitted, wait=wait, timeout=timeout)
+
+
+@app.command("resume")
+def resume_command(
+    run_dir: Annotated[Path, typer.Argument(help="The stopped run's results folder.")],
+    config: ConfigOption,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 3600.0,
+) -> None:
+    """Continue a stopped run from its last completed round."""
+    server = load_server_config(config)
+    submitted = coordinator.resume_study(server, run_dir.resolve())
+    console.print(f"run {submitted.run_id}: resuming {run_dir}")
+    _finish(server, submitted, wait=wait, timeout=timeout)
+
+
+def _finish(server, submitted, *, wait: bool, timeout: float) -> None:
+    if not wait:
+        console.print(f"results will be in {submitted.out_dir}")
+        return
+    summary = coordinator.wait_for_run(server, submitted, timeout=timeout)
+    mean = summary["final"]["mean"]
+    console.print(
+        f"completed: {len(summary['sites'])} sites, {summary['rounds']} rounds, mean AUROC "
+        f"{mean['auroc']:.3f}, accuracy {mean['accuracy']:.3f}"
+    )
+    console.print(f"results in [bold]{submitted.out_dir}[/]")
+
+
+@app.command("status")
+def status_command(config: ConfigOption) -> None:
+    """List runs and sites known to the SuperLink."""
+    status = coordinator.server_status(load_server_config(config))
+    runs = Table(title="runs")
+    for column in ("run id", "status", "elapsed (s)", "bundle"):
+        runs.add_column(column)
+    for run in status["runs"]:
+        runs.add_row(
+            str(run["run-id"]),
+            str(run["status"]),
+            f"{float(run['elapsed']):.0f}",
+            run["fab-hash"][:12],
+        )
+    console.print(runs)
+    nodes = Table(title="sites")
+    for column in ("site", "node id", "status", "online since"):
+        nodes.add_column(column)
+    for node in status["nodes"]:
+        nodes.add_row(
+            node["site"], str(node["node-id"]), str(node["status"]), str(node["online-at"])
+        )
+    console.print(nodes)

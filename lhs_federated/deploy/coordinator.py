@@ -1,0 +1,362 @@
+"""The coordinating centre's processes: a Flower SuperLink and the studies it runs.
+
+``lhs-fed server start`` checks the TLS files and the port, starts a
+SuperLink with TLS and SuperNode authentication on, runtime dependency
+installation, telemetry and update checks off, and its database, logs and
+Flower home in the server's state folder; it registers the sites' public keys
+through Flower's own registration and supervises the SuperLink.
+``server run`` submits a study as the lhs-federated app bundle with the study
+in its run config; ``server status`` lists runs and sites; ``server resume``
+continues a stopped run from its checkpoint. All of it goes through Flower's
+own CLI (``flwr run``, ``flwr ls``, ``flwr supernode``), pointed at the
+server's Flower home.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from lhs_federated.apps import server_app
+from lhs_federated.deploy import processes
+from lhs_federated.deploy.app_bundle import write_bundle_dir
+from lhs_federated.deploy.certs import check_certificate
+from lhs_federated.deploy.server_config import ServerConfig
+from lhs_federated.errors import ConfigError, LhsError, StudyRunError
+from lhs_federated.results import utc_now
+from lhs_federated.study import Study, load_study
+
+CONNECTION = "coordinator"  # the connection name in the server's Flower home
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    """Files a coordinator keeps in its state folder."""
+
+    state: Path
+
+    @property
+    def flwr_home(self) -> Path:  # noqa: D102
+        return self.state / "flwr"
+
+    @property
+    def database(self) -> Path:  # noqa: D102
+        return self.state / "superlink.db"
+
+    @property
+    def pid(self) -> Path:  # noqa: D102
+        return self.state / "server.pid"
+
+    @property
+    def ready(self) -> Path:  # noqa: D102
+        return self.state / "server.ready"
+
+    @property
+    def log(self) -> Path:  # noqa: D102
+        return self.state / "logs" / "superlink.log"
+
+    @property
+    def runs(self) -> Path:  # noqa: D102
+        return self.state / "runs"
+
+    @property
+    def bundle(self) -> Path:  # noqa: D102
+        return self.state / "bundle"
+
+
+def superlink_args(config: ServerConfig, paths: ServerPaths) -> list[str]:
+    """The ``flower-superlink`` command line for a coordinator."""
+    args = [
+        processes.flower_command("flower-superlink"),
+        "--host",
+        config.server.host,
+        "--port",
+        str(config.server.port),
+        "--database",
+        str(paths.database),
+        "--disable-runtime-dependency-installation",
+    ]
+    if config.tls.insecure:
+        return [*args, "--insecure"]
+    return [
+        *args,
+        "--ssl-ca-certfile",
+        str(config.resolve(config.tls.ca_certificate)),
+        "--ssl-certfile",
+        str(config.resolve(config.tls.certificate)),
+        "--ssl-keyfile",
+        str(config.resolve(config.tls.private_key)),
+        "--enable-supernode-auth",
+    ]
+
+
+def check_server(config: ServerConfig) -> None:
+    """Check the TLS files and the port before starting anything.
+
+    Raises
+    ------
+    ConfigError
+        For an expired certificate, one not issued by the CA or not naming the
+        host sites connect to, or a port already in use.
+    """
+    if not config.tls.insecure:
+        host = config.server.host if config.server.host not in ("0.0.0.0", "::") else None
+        check_certificate(
+            config.resolve(config.tls.certificate),  # type: ignore[arg-type]
+            ca_path=config.resolve(config.tls.ca_certificate),
+            host=host,
+            what="server certificate",
+        )
+    processes.check_port_free(config.server.host, config.server.port, what="the SuperLink")
+
+
+def write_connection(config: ServerConfig, paths: ServerPaths) -> None:
+    """Point the server's Flower home at its SuperLink (for ``flwr`` commands)."""
+    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
+    connection: dict[str, Any] = {"address": f"{host}:{config.server.port}"}
+    if config.tls.insecure:
+        connection["insecure"] = True
+    else:
+        connection["root-certificates"] = str(config.resolve(config.tls.ca_certificate))
+    paths.flwr_home.mkdir(parents=True, exist_ok=True)
+    (paths.flwr_home / "config.toml").write_text(
+        tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
+    )
+
+
+def flwr(config: ServerConfig, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Run a ``flwr`` command against the server's SuperLink; return its JSON.
+
+    Raises
+    ------
+    LhsError
+        If the command fails, with Flower's own message.
+    """
+    paths = ServerPaths(config.state_dir)
+    env = processes.flower_environment(paths.flwr_home)
+    done = subprocess.run(
+        [processes.flower_command("flwr"), *args, "--format", "json"],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )  # fmt: skip
+    try:
+        payload = json.loads(done.stdout[done.stdout.index("{") :])
+    except ValueError as exc:
+        raise LhsError(f"`flwr {' '.join(args)}` failed: {done.stdout}{done.stderr}") from exc
+    if not payload.get("success", False):
+        raise LhsError(
+            f"`flwr {' '.join(args[:2])}` failed: {payload.get('error-message', payload)}"
+        )
+    return payload
+
+
+def register_site(config: ServerConfig, name: str, public_key: Path) -> str:
+    """Register a site's SuperNode public key at the SuperLink; return its node id.
+
+    A key that is already registered is not an error (restarts re-register).
+    """
+    try:
+        payload = flwr(config, "supernode", "register", str(public_key), CONNECTION, "--name", name)
+    except LhsError as error:
+        if "already in use" in error.message:
+            return "already registered"
+        raise
+    return str(payload["node-id"])
+
+
+def start_server(config: ServerConfig) -> None:
+    """Check, start, register sites and supervise the SuperLink (foreground).
+
+    Raises
+    ------
+    ConfigError, LhsError
+        If a check fails or the SuperLink does not start; nothing is left running.
+    """
+    paths = ServerPaths(config.state_dir)
+    running = processes.read_pid_file(paths.pid)
+    if running is not None:
+        raise ConfigError(f"the coordinator is already running (pid {running}).")
+    check_server(config)
+    env = processes.flower_environment(paths.flwr_home)
+    superlink = processes.start_process(superlink_args(config, paths), log=paths.log, env=env)
+    host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
+    try:
+        processes.wait_until(
+            lambda: processes.port_open(host, config.server.port),
+            process=superlink,
+            timeout=config.server.start_timeout,
+            what="the SuperLink",
+            log=paths.log,
+        )
+        write_connection(config, paths)
+        nodes = {
+            name: register_site(config, name, config.resolve(key))
+            for name, key in config.sites.items()
+        }  # type: ignore[arg-type]
+        (paths.state / "sites.json").write_text(json.dumps(nodes, indent=2) + "\n")
+        processes.write_pid_file(paths.pid, os.getpid())
+        paths.ready.write_text(f"{time.time()}\n")
+        _wait_for_stop(superlink)
+    finally:
+        processes.stop_process(superlink)
+        for marker in (paths.ready, paths.pid):
+            marker.unlink(missing_ok=True)
+
+
+def _wait_for_stop(process: subprocess.Popen) -> None:
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stopping and process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if process.poll() is not None and not stopping:
+        raise LhsError(f"the SuperLink stopped (exit code {process.returncode}); see its log.")
+
+
+def start_detached(config: ServerConfig, *, timeout: float = 120.0) -> int:
+    """Start ``lhs-fed server start`` in the background; return its pid once ready."""
+    paths = ServerPaths(config.state_dir)
+    paths.state.mkdir(parents=True, exist_ok=True)
+    log = paths.state / "logs" / "server.log"
+    process = processes.start_process(
+        [sys.executable, "-m", "lhs_federated", "server", "start", "--config", config.path],
+        log=log,
+        env=dict(os.environ),
+    )
+    processes.wait_until(
+        paths.ready.exists, process=process, timeout=timeout, what="the coordinator", log=log
+    )
+    return process.pid
+
+
+def stop_server(config: ServerConfig) -> bool:
+    """Stop a running coordinator; return whether one was running."""
+    paths = ServerPaths(config.state_dir)
+    pid = processes.read_pid_file(paths.pid)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while processes.read_pid_file(paths.pid) is not None:
+        if time.monotonic() > deadline:
+            raise LhsError(f"the coordinator (pid {pid}) did not stop within 30 s")
+        time.sleep(0.2)
+    return True
+
+
+@dataclass(frozen=True)
+class SubmittedRun:
+    """A study submitted to the SuperLink."""
+
+    run_id: str
+    out_dir: Path
+    study: Study
+
+
+def submit_study(
+    config: ServerConfig, study: Study, *, out_dir: Path | None = None, resume: bool = False
+) -> SubmittedRun:
+    """Submit ``study`` to the running SuperLink as the lhs-federated app bundle.
+
+    Raises
+    ------
+    ConfigError
+        If the coordinator is not running.
+    """
+    paths = ServerPaths(config.state_dir)
+    if processes.read_pid_file(paths.pid) is None:
+        raise ConfigError(
+            f"the coordinator is not running (no live pid in {paths.pid}); "
+            f"start it with `lhs-fed server start --config {config.path}`."
+        )
+    if out_dir is None:
+        stamp = utc_now().replace(":", "").replace("-", "").replace("+0000", "Z")
+        out_dir = paths.runs / f"{study.name}-{stamp}"
+    out_dir = out_dir.resolve()
+    run_config = {
+        server_app.STUDY_KEY: study.to_json(),
+        server_app.OUT_DIR_KEY: str(out_dir),
+        server_app.ENGINE_KEY: "deployment",
+        server_app.RESUME_KEY: resume,
+    }
+    paths.runs.mkdir(parents=True, exist_ok=True)
+    run_config_file = paths.runs / f".{out_dir.name}.run-config.toml"
+    run_config_file.write_text(tomli_w.dumps(run_config), encoding="utf-8")
+    bundle = write_bundle_dir(paths.bundle)
+    payload = flwr(config, "run", str(bundle), CONNECTION, "--run-config", str(run_config_file))
+    return SubmittedRun(str(payload["run-id"]), out_dir, study)
+
+
+def wait_for_run(config: ServerConfig, run: SubmittedRun, *, timeout: float) -> dict[str, Any]:
+    """Wait until a run finishes; return its summary.
+
+    Raises
+    ------
+    StudyRunError
+        If the run fails (with the reason the ServerApp wrote) or does not
+        finish in time.
+    """
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        runs = flwr(config, "ls", CONNECTION, "--run-id", run.run_id)["runs"]
+        status = str(runs[0]["status"]) if runs else "unknown"
+        if status.startswith("finished"):
+            break
+        time.sleep(1.0)
+    summary_path = run.out_dir / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    failure = run.out_dir / "failure.json"
+    if failure.is_file():
+        raise StudyRunError(f"run {run.run_id} failed: {json.loads(failure.read_text())['error']}")
+    if not status.startswith("finished"):
+        raise StudyRunError(
+            f"run {run.run_id} did not finish within {timeout:g} s (status {status})."
+        )
+    raise StudyRunError(f"run {run.run_id} ended ({status}) without results in {run.out_dir}.")
+
+
+def server_status(config: ServerConfig) -> dict[str, Any]:
+    """Runs and sites known to the running SuperLink."""
+    runs = flwr(config, "ls", CONNECTION)["runs"]
+    nodes = flwr(config, "supernode", "ls", CONNECTION)["nodes"]
+    names = json.loads((ServerPaths(config.state_dir).state / "sites.json").read_text())
+    by_node = {node: name for name, node in names.items()}
+    for node in nodes:
+        node["site"] = by_node.get(str(node["node-id"]), "")
+    return {"runs": runs, "nodes": nodes}
+
+
+def resume_study(config: ServerConfig, run_dir: Path) -> SubmittedRun:
+    """Resubmit a stopped run to continue from its checkpoint.
+
+    Raises
+    ------
+    ConfigError
+        If ``run_dir`` is not a run folder.
+    """
+    resolved = run_dir / "study.resolved.toml"
+    if not resolved.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no study.resolved.toml).")
+    if (run_dir / "summary.json").exists():
+        raise ConfigError(f"{run_dir} holds a completed run; nothing to resume.")
+    if not (run_dir / "checkpoint.pkl").exists():
+        raise ConfigError(f"{run_dir} has no checkpoint: no round completed; run the study again.")
+    return submit_study(config, load_study(resolved), out_dir=run_dir, resume=True)

@@ -1,0 +1,102 @@
+"""The site gate: what a site checks before any study code is written or imported.
+
+The gate runs in the site's own launcher, right after Flower's runner has
+pulled a task's input (message, context, run, app bundle) and before the bundle
+is installed or its ClientApp imported. It refuses, with a reason, unless:
+
+1. the bundle's bytes hash to the hash the run states (the bundle is intact);
+2. the run config equals the bundle's own defaults plus the run's overrides
+   (recomputed here, never trusted from the context alone);
+3. the study in the message matches its own hash and the study in the run
+   config;
+4. the site has approved this study hash together with this bundle hash (the
+   code that will run it).
+
+A refusal becomes an error reply with code ``SITE_REFUSED``, so the
+coordinator records it at once instead of waiting for a timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flwr.app import Context, Message
+from flwr.common.config import get_fused_config_from_fab
+from flwr.supercore.fab import Fab
+from flwr.supercore.run import Run
+
+from lhs_federated.apps import records
+from lhs_federated.errors import SiteRefusal
+
+# (study hash, bundle hash) -> None, or raises SiteRefusal: the site's approvals.
+ApprovalCheck = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the gate decided about one task."""
+
+    study_hash: str
+    bundle_hash: str
+    refusal: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        """Whether the task may run."""
+        return self.refusal is None
+
+
+@dataclass(frozen=True)
+class SiteGate:
+    """The checks one site applies to every task.
+
+    Parameters
+    ----------
+    site : str
+        The site's name (for refusal messages).
+    check_approval : callable
+        The site's approval registry check.
+    """
+
+    site: str
+    check_approval: ApprovalCheck
+
+    def decide(self, message: Message, context: Context, run: Run, fab: Fab) -> GateDecision:
+        """Check one task; never raises for a refusal, returns it instead."""
+        bundle_hash = hashlib.sha256(fab.content).hexdigest()
+        study_hash = ""
+        try:
+            if bundle_hash != fab.hash_str or bundle_hash != run.fab_hash:
+                raise SiteRefusal(
+                    self.site,
+                    f"the app bundle's bytes hash to {bundle_hash}, not the stated "
+                    f"{run.fab_hash or fab.hash_str}: it was altered in transit or storage",
+                )
+            expected = get_fused_config_from_fab(fab.content, run)
+            if dict(context.run_config) != dict(expected):
+                changed = sorted(
+                    k
+                    for k in set(expected) | set(context.run_config)
+                    if expected.get(k) != context.run_config.get(k)
+                )
+                raise SiteRefusal(
+                    self.site,
+                    "the run config differs from the app bundle's defaults plus the run's "
+                    f"overrides (keys {', '.join(changed)})",
+                )
+            try:
+                study = records.study_from_config(message.content[records.CONFIG])
+            except (KeyError, ValueError) as exc:
+                raise SiteRefusal(self.site, f"the message's study is not valid: {exc}") from exc
+            study_hash = study.hash
+            in_run = str(context.run_config.get("study", ""))
+            if in_run.startswith("{") and hashlib.sha256(in_run.encode()).hexdigest() != study_hash:
+                raise SiteRefusal(
+                    self.site, "the study in the message is not the study the run was started with"
+                )
+            self.check_approval(study_hash, bundle_hash)
+        except SiteRefusal as refusal:
+            return GateDecision(study_hash, bundle_hash, refusal.message)
+        return GateDecision(study_hash, bundle_hash)

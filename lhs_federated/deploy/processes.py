@@ -1,0 +1,159 @@
+"""Starting, watching and stopping the Flower processes of a deployment.
+
+Every wait has a deadline, every process writes to a log file in the owner's
+state folder, and a start that fails part-way stops whatever it had started,
+so a bad configuration never leaves a stray SuperLink or SuperNode running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lhs_federated.errors import ConfigError, LhsError
+
+
+def flower_environment(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: their own home, no telemetry, no installs."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def flower_command(name: str) -> str:
+    """Path of a Flower executable installed beside this Python."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        raise LhsError(f"{name} not found next to {sys.executable} or on PATH; is flwr installed?")
+    return found
+
+
+def check_port_free(host: str, port: int, *, what: str) -> None:
+    """Raise a clear error if ``host:port`` is already taken.
+
+    Raises
+    ------
+    ConfigError
+        Naming the port, what needed it, and how to choose another.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"port {port} on {host} is already in use ({exc.strerror}); {what} needs it. "
+                "Stop whatever holds it or choose another port in the config."
+            ) from exc
+
+
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def start_process(args: Sequence[str], *, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start a process in its own session, output appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            list(args), stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+
+def tail(log: Path, lines: int = 15) -> str:
+    """The last lines of a log file, for error messages."""
+    if not log.is_file():
+        return "(no log)"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_until(
+    ready: Callable[[], bool],
+    *,
+    process: subprocess.Popen,
+    timeout: float,
+    what: str,
+    log: Path,
+    explain: Callable[[int], str] = lambda code: "",
+) -> None:
+    """Wait for ``ready()``; fail early if ``process`` exits, late at the deadline.
+
+    Raises
+    ------
+    LhsError
+        With the process's exit code explained and the end of its log.
+    """
+    deadline = time.monotonic() + timeout
+    while not ready():
+        code = process.poll()
+        if code is not None:
+            reason = explain(code) or f"it exited with code {code}"
+            raise LhsError(f"{what} did not start: {reason}.\nLast lines of {log}:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            stop_process(process)
+            raise LhsError(
+                f"{what} was not ready after {timeout:g} s; stopped it.\n"
+                f"Last lines of {log}:\n{tail(log)}"
+            )
+        time.sleep(0.2)
+
+
+def stop_process(process: subprocess.Popen, *, timeout: float = 10.0) -> None:
+    """Stop a process and its session: SIGTERM, then SIGKILL after ``timeout``."""
+    if process.poll() is not None:
+        return
+    stop_pid(process.pid, timeout=timeout)
+    process.wait(timeout=timeout)
+
+
+def stop_pid(pid: int, *, timeout: float = 10.0) -> bool:
+    """Stop a process group by its leader's pid; return whether it was running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """Record a detached process's pid (atomically)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{pid}\n")
+    tmp.replace(path)
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid recorded in ``path`` if that process is still alive."""
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid

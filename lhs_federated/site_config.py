@@ -1,0 +1,138 @@
+"""A deployed site's own configuration: its data, identity, policy and state.
+
+Nothing in a site config leaves the site. It names the site's table (the rows
+never leave), the key the site's SuperNode authenticates with, the CA that
+vouches for the coordinator, and the site's own policy (minimum cell size,
+whether studies need approval). The coordinator cannot override any of it:
+the site's launcher and ClientApp read it from the site's disk.
+
+Relative paths are taken from the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from lhs_federated.config import build, read_toml, setting
+from lhs_federated.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SiteSection:
+    """Who the site is and where it keeps its state."""
+
+    name: str = setting(doc="the site's name, as it appears in results and ledgers")
+    state_dir: str = setting("state", doc="folder for the site's ledgers, keys in use, logs")
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ValueError(
+                f"site name must be letters, digits, '-', '_' or '.'; got {self.name!r}"
+            )
+
+
+@dataclass(frozen=True)
+class CoordinatorSection:
+    """How to reach the coordinator's SuperLink."""
+
+    address: str = setting(doc="host:port of the coordinator's SuperLink")
+    ca_certificate: str | None = setting(
+        None, doc="CA certificate that signed the coordinator's TLS certificate"
+    )
+    insecure: bool = setting(False, doc="connect without TLS (development only)")
+
+    def __post_init__(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"coordinator.address must be host:port; got {self.address!r}")
+        if not self.insecure and self.ca_certificate is None:
+            raise ValueError("coordinator.ca_certificate is required unless insecure = true")
+
+
+@dataclass(frozen=True)
+class IdentitySection:
+    """The key the site's SuperNode authenticates with."""
+
+    private_key: str = setting(doc="OpenSSH EC P-384 private key (its .pub is registered)")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The site's table."""
+
+    file: str = setting(doc="the site's table (CSV, TSV or Parquet)")
+    contract: str | None = setting(
+        None, doc="contract `lhs-fed site check` validates against (a study brings its own)"
+    )
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    """What the site allows, whatever the coordinator asks."""
+
+    min_cell_size: int = setting(10, doc="smallest count of people the site reports", ge=1)
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    """The site's local processes."""
+
+    runtime_port: int = setting(
+        9094, doc="loopback port of the SuperNode's Runtime API", ge=1, le=65535
+    )
+    threads: int = setting(1, doc="torch threads per task", ge=1)
+    workers: int = setting(2, doc="tasks the launcher runs at once", ge=1)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A deployed site's configuration (``site.toml``)."""
+
+    site: SiteSection = setting(doc="who the site is")
+    coordinator: CoordinatorSection = setting(doc="the coordinator")
+    identity: IdentitySection = setting(doc="the SuperNode's key")
+    data: DataSection = setting(doc="the site's table")
+    policy: PolicySection = setting(default_factory=PolicySection, doc="the site's policy")
+    runtime: RuntimeSection = setting(default_factory=RuntimeSection, doc="local processes")
+    path: str = setting("", doc="(set when loaded) the config file")
+
+    def resolve(self, value: str | None) -> Path | None:
+        """A path from the config, taken from the config file's folder if relative."""
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (Path(self.path).parent / path).resolve()
+
+    @property
+    def state_dir(self) -> Path:
+        """The site's state folder (absolute)."""
+        return self.resolve(self.site.state_dir)  # type: ignore[return-value]
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    """Read and check a site config; every named file must exist.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or invalid, or names a file that does not exist
+        (the message names the key and the path).
+    """
+    path = Path(path).resolve()
+    table = read_toml(path, what="site config")
+    if "path" in table:
+        raise ConfigError(f"{path}: unknown key 'path' in the top level.")
+    config = dataclasses.replace(build(SiteConfig, table, source=str(path)), path=str(path))
+    files = {
+        "identity.private_key": config.identity.private_key,
+        "data.file": config.data.file,
+        "coordinator.ca_certificate": config.coordinator.ca_certificate,
+        "data.contract": config.data.contract,
+    }
+    for key, value in files.items():
+        resolved = config.resolve(value)
+        if resolved is not None and not resolved.is_file():
+            raise ConfigError(f"{path}: {key} names {str(resolved)!r}, which does not exist.")
+    return config

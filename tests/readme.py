@@ -1,0 +1,32 @@
+"""The commands the README shows, extracted so that tests can run every one of them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def code_blocks(language: str) -> list[str]:
+    """Bodies of the README's fenced code blocks in ``language``."""
+    text = README.read_text(encoding="utf-8")
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
+
+
+def shell_commands(block: str) -> list[str]:
+    """Commands of a shell block: continuation lines joined, comments dropped."""
+    joined = block.replace("\\\n", " ")
+    commands = []
+    for line in joined.splitlines():
+        command = re.sub(r"\s+#\s.*$", "", line).strip()
+        if command and not command.startswith("#"):
+            commands.append(" ".join(command.split()))
+    return commands
+
+
+def lhs_fed_commands() -> list[str]:
+    """Every ``lhs-fed`` command of the README's bash blocks."""
+    return [
+        c for block in code_blocks("bash") for c in shell_commands(block) if c.startswith("lhs-fed")
+    ]
