@@ -351,17 +351,18 @@ def targets(protocol: str, ours: pd.DataFrame) -> str:
 
 
 class _Ticker(logging.Handler):
+    """Runs done so far: one updating line on a terminal, a line per 10 runs in a log."""
+
     def emit(self, record: logging.LogRecord) -> None:
         event = getattr(record, "lhs_progress", None)
-        if isinstance(event, SweepProgress):
-            print(
-                f"\r{event.sweep}: {event.done}/{event.total} runs",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-            if event.done == event.total:
-                print(file=sys.stderr)
+        if not isinstance(event, SweepProgress):
+            return
+        text = f"{event.sweep}: {event.done}/{event.total} runs"
+        if sys.stderr.isatty():
+            end = "\n" if event.done == event.total else ""
+            print(f"\r{text}", end=end, file=sys.stderr, flush=True)
+        elif event.done % 10 == 0 or event.done == event.total:
+            print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -65,7 +65,7 @@ def convergence(per_round: pd.DataFrame, metrics: Sequence[str] = ("auroc", "acc
         ax.set_ylabel(_label(metric))
         ax.set_title(f"{_label(metric)} on each site's test split")
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=8, loc="best")
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     return _png(figure)
 
 
@@ -106,7 +106,7 @@ def model_comparison(
         if finite:
             ax.set_ylim(max(0.0, min(finite) - 0.1), min(1.0, max(finite) + 0.05))
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].legend(fontsize=8, loc="lower right")
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     return _png(figure)
 
 
@@ -259,7 +259,9 @@ def sweep_effects(
             ax.grid(alpha=0.3)
             if column.startswith("gain"):
                 ax.axhline(0, color="grey", linewidth=1)
-        axes[-1].legend(fontsize=7, loc="best")
+        figure.legend(
+            *axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=7, ncols=4
+        )
         figures.append(
             (f"{', '.join(metric_columns)} against {key} (mean, 95% CI over seeds)", _png(figure))
         )

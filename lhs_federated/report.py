@@ -45,7 +45,7 @@ tr.mean td { font-weight: bold; background: #fafafa; }
 figcaption { color: #555; font-size: 0.9em; } img { max-width: 100%; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 .good { color: #1a7f37; } .bad { color: #b3261e; }
-.wide { overflow-x: auto; } td.text { white-space: nowrap; }
+.wide { overflow-x: auto; } td { white-space: nowrap; }
 """
 
 

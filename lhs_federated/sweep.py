@@ -26,6 +26,7 @@ re-running the same sweep into the same folder skips every finished run.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -100,8 +101,6 @@ class Sweep:
     @property
     def hash(self) -> str:
         """What identifies the sweep: the hashes of its planned studies, in order."""
-        import hashlib
-
         return hashlib.sha256(" ".join(r.study.hash for r in self.runs).encode()).hexdigest()
 
 
@@ -304,7 +303,7 @@ def execute_runs(
 
     def record(row: dict[str, Any]) -> None:
         rows[row["run"]] = row
-        _write_frame(folder / RUNS_NAME, _frame([rows[i] for i in order if i in rows]))
+        _write_frame(folder / RUNS_NAME, pd.DataFrame([rows[i] for i in order if i in rows]))
         failures = [i for i, r in rows.items() if r["status"] != "completed"]
         event = SweepProgress(
             name, len(rows), len(runs), row["run"], row["status"], len(done), failures
@@ -432,10 +431,6 @@ def aggregate_runs(
             )
         records.append(record)
     return pd.DataFrame(records)
-
-
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(rows)
 
 
 def read_runs(folder: str | Path) -> pd.DataFrame:

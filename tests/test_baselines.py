@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pandas as pd
@@ -104,3 +105,20 @@ def test_cli_prints_federated_vs_pooled_vs_local(tmp_path, capsys):
     assert "site-02" in out and "report:" in out
     assert (tmp_path / "run" / "report.html").is_file()
     assert load_study(tmp_path / "run" / "study.resolved.toml").baselines.enabled
+
+
+def test_cli_table_renders_ties_and_undefined_values(baseline_run):
+    from rich.console import Console
+
+    from lhs_federated.cli.simulate import comparison_table
+    from lhs_federated.results import RunResults
+
+    summary = json.loads(json.dumps(baseline_run.summary))
+    row = summary["comparison"]["per_site"]["site-01"]
+    row["gain"]["accuracy"] = 0.0  # federated and local tie
+    row["pooled"]["auroc"] = None  # undefined (single-class test split)
+    results = RunResults(baseline_run.out_dir, baseline_run.metrics, summary)
+    console = Console(width=150, record=True)
+    console.print(comparison_table(results))
+    text = console.export_text()
+    assert "+0.000" in text and "—" in text

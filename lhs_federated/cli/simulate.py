@@ -171,9 +171,9 @@ def comparison_table(results: RunResults) -> Table | None:
     def cell(value: float | None, column: str) -> str:
         if value is None:
             return "—"
-        if column != "gain":
-            return f"{value:.3f}"
-        return f"[{'green' if value > 0 else 'red' if value < 0 else ''}]{value:+.3f}[/]"
+        if column != "gain" or value == 0:
+            return f"{value:.3f}" if column != "gain" else f"{value:+.3f}"
+        return f"[{'green' if value > 0 else 'red'}]{value:+.3f}[/]"
 
     rows = [*comparison["per_site"].items(), ("[bold]mean[/]", comparison["mean"])]
     for site, values in rows:
