@@ -23,12 +23,14 @@ from typing import Literal
 from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 
+from lhs_federated.analysis import analyse_run
 from lhs_federated.apps import client_app, server_app
 from lhs_federated.apps.coordinator_audit import LEDGER_KEY
 from lhs_federated.apps.inprocess import InProcessGrid
 from lhs_federated.data.sources import load_sites
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.keys import load_private_key
+from lhs_federated.report import write_run_report
 from lhs_federated.results import RunResults, read_results
 from lhs_federated.study import Study, load_study
 
@@ -42,8 +44,13 @@ def simulate(
     backend: Backend = "inprocess",
     out_dir: str | Path | None = None,
     coordinator_key: str | Path | None = None,
+    report: bool = True,
 ) -> RunResults:
     """Run a study on its simulated sites and return its results.
+
+    After the federation, the run is analysed (:mod:`lhs_federated.analysis`:
+    pooled and local-only baselines unless ``[baselines] enabled = false``,
+    calibration) and, with ``report``, ``report.html`` is written.
 
     Parameters
     ----------
@@ -58,6 +65,8 @@ def simulate(
         The coordinator's private key file (``lhs-fed keys init``) signing the
         run's ledger; default: a key made for this run only (its public key
         is written into the results, the private key is never stored).
+    report : bool
+        Write the HTML report (sweeps skip it per run and report the sweep).
 
     Returns
     -------
@@ -93,6 +102,9 @@ def simulate(
         run_inprocess(run_config, n_sites)
     else:
         _run_ray(run_config, n_sites)
+    analyse_run(study, out)
+    if report:
+        write_run_report(out)
     return read_results(out)
 
 

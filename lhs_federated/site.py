@@ -8,6 +8,7 @@ federated statistics the server sends or, under FLamby's protocol, its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from lhs_federated.data.encoding import encoded_feature_names
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.split import site_seed
 from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.errors import StudyRunError
 from lhs_federated.metrics import MetricReport, clinical_metrics
 from lhs_federated.models import build_model, set_arrays
 from lhs_federated.privacy.dp_sgd import PrivateTraining, train_private
@@ -67,6 +69,30 @@ def summarise_site(site: SiteData, study: Study, *, min_cell_size: int) -> SiteS
     )
 
 
+def variance_ddof(study: Study) -> int:
+    """Delta degrees of freedom of the study's scales (0: divide by n, 1: by n - 1)."""
+    return 1 if study.preprocessing.std_divisor == "n-1" else 0
+
+
+def federated_standardizer(study: Study, summaries: Iterable[SiteSummary]) -> Standardizer | None:
+    """Global means and scales from the sites' column sums (federated scaling).
+
+    Raises
+    ------
+    StudyRunError
+        If no site could send its sums (all below the minimum cell size).
+    """
+    if study.preprocessing.scaling != "federated":
+        return None
+    parts = [s.sums for s in summaries if s.sums is not None]
+    if not parts:
+        raise StudyRunError(
+            "federated scaling needs column sums from at least one site, but every "
+            "site withheld them (each has fewer rows than its minimum cell size)."
+        )
+    return Standardizer.from_sums(ColumnSums.combine(parts), ddof=variance_ddof(study))
+
+
 def site_standardizer(study: Study, site: SiteData, federated: Standardizer | None) -> Standardizer:
     """The preprocessing a site applies: federated, its own, or none."""
     scaling = study.preprocessing.scaling
@@ -75,7 +101,7 @@ def site_standardizer(study: Study, site: SiteData, federated: Standardizer | No
             raise ValueError("federated scaling needs the server's statistics in the message")
         return federated
     if scaling == "site":
-        return Standardizer.from_sums(ColumnSums.of(site.train.features))
+        return Standardizer.from_sums(ColumnSums.of(site.train.features), ddof=variance_ddof(study))
     return Standardizer.identity(site.train.features.shape[1])
 
 
@@ -88,12 +114,15 @@ def train_at_site(
     standardizer: Standardizer,
     proximal_mu: float = 0.0,
     private: PrivateTraining | None = None,
+    correction: dict[str, np.ndarray] | None = None,
 ) -> LocalUpdate:
     """One round of local training from the global ``arrays``.
 
     With ``private`` (sample-dp studies) the round runs DP-SGD at the plan's
     noise; callers go through :func:`lhs_federated.privacy.site_round.train_site_round`,
-    which checks and records the site's budget around it.
+    which checks and records the site's budget around it. ``correction`` is
+    SCAFFOLD's per-parameter drift correction (see :mod:`lhs_federated.scaffold`);
+    studies never combine the two (checked at study load).
     """
     model = build_model(study.model, n_features(study), seed=study.seed)
     set_arrays(model, arrays)
@@ -110,19 +139,38 @@ def train_at_site(
             proximal_mu=proximal_mu,
         )
     return train_local(
-        model, features, site.train.outcome, study.training, seed=seed, proximal_mu=proximal_mu
+        model,
+        features,
+        site.train.outcome,
+        study.training,
+        seed=seed,
+        proximal_mu=proximal_mu,
+        correction=correction,
     )
+
+
+def predict_at_site(
+    study: Study, arrays: dict[str, np.ndarray], features: np.ndarray, standardizer: Standardizer
+) -> np.ndarray:
+    """Predicted risk of the model ``arrays`` for a site's encoded rows."""
+    model = build_model(study.model, n_features(study), seed=study.seed)
+    set_arrays(model, arrays)
+    return predict_proba(model, standardizer.transform(features))
 
 
 def evaluate_at_site(
     study: Study, site: SiteData, arrays: dict[str, np.ndarray], *, standardizer: Standardizer
 ) -> MetricReport:
     """Clinical metrics of the global ``arrays`` on the site's test split."""
-    model = build_model(study.model, n_features(study), seed=study.seed)
-    set_arrays(model, arrays)
-    probability = predict_proba(model, standardizer.transform(site.test.features))
+    return score_predictions(
+        study, site.test.outcome, predict_at_site(study, arrays, site.test.features, standardizer)
+    )
+
+
+def score_predictions(study: Study, outcome: np.ndarray, probability: np.ndarray) -> MetricReport:
+    """Clinical metrics of predicted risks, with the study's threshold and bins."""
     return clinical_metrics(
-        site.test.outcome,
+        outcome,
         probability,
         threshold=study.evaluation.threshold,
         bins=study.evaluation.calibration_bins,

@@ -51,6 +51,22 @@ class DataSpec:
     sites: tuple[str, ...] | None = setting(None, doc="use only these sites, in this order")
     test_fraction: float = setting(0.3, doc="share of each site's rows held out", gt=0, lt=1)
     split_seed: int | None = setting(None, doc="seed of the train/test splits (default: seed)")
+    split_seeding: Literal["per-site", "shared"] = setting(
+        "per-site",
+        doc="per-site: each site's split seeded from split_seed and its name (adding a site "
+        "changes no other split); shared: every site split with split_seed itself (FLamby)",
+    )
+    evaluate_on: Literal["test", "validation"] = setting(
+        "test",
+        doc="what models are scored on: each site's test split, or a validation split carved "
+        "from its training split (to choose hyperparameters without touching test)",
+    )
+    validation_fraction: float = setting(
+        0.2,
+        doc="share of each site's training rows held out when evaluate_on = 'validation'",
+        gt=0,
+        lt=1,
+    )
     synthetic: SyntheticCohort = setting(
         default_factory=SyntheticCohort, doc="knobs of the synthetic cohort"
     )
@@ -67,6 +83,9 @@ class PreprocessingSpec:
     )
     one_hot: Literal["all-levels", "drop-first"] = setting(
         "all-levels", doc="one indicator per contract level, or without the first level"
+    )
+    std_divisor: Literal["n", "n-1"] = setting(
+        "n", doc="divisor of the variance behind each scale: n (population) or n-1 (sample; FLamby)"
     )
 
 
@@ -118,6 +137,29 @@ class EvaluationSpec:
         0.5, doc="probability above which a case is called positive", gt=0, lt=1
     )
     calibration_bins: int = setting(10, doc="equal-width bins of the ECE", ge=2, le=100)
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """The pooled and local-only models a simulated study is compared with.
+
+    By default each baseline gets the optimisation the federation gave its
+    rows (see :mod:`lhs_federated.baselines`); ``epochs``, ``optimizer`` and
+    ``learning_rate`` replace that budget with a fixed protocol.
+    """
+
+    enabled: bool = setting(True, doc="train and report the baselines after a simulated run")
+    epochs: int | None = setting(
+        None,
+        doc="passes over its rows for each baseline model (default: the federation's budget)",
+        ge=1,
+    )
+    optimizer: Literal["sgd", "adam"] | None = setting(
+        None, doc="optimiser of the baselines (default: training.optimizer)"
+    )
+    learning_rate: float | None = setting(
+        None, doc="learning rate of the baselines (default: training.learning_rate)", gt=0
+    )
 
 
 @dataclass(frozen=True)
@@ -194,6 +236,9 @@ class Study:
         default_factory=GovernanceSpec, doc="approval of the study at simulated sites"
     )
     privacy: PrivacySpec = setting(default_factory=PrivacySpec, doc="differential privacy")
+    baselines: BaselineSpec = setting(
+        default_factory=BaselineSpec, doc="pooled and local-only baselines (simulation only)"
+    )
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -354,9 +399,15 @@ def check_study(study: Study, *, source: str) -> Study:
             f"{source}: model.name {study.model.name!r} is not a model family; "
             f"choose one of {', '.join(sorted(MODEL_FAMILIES))}."
         )
-    check_strategy(study.strategy, source=source)
+    check_strategy(study.strategy, source=source, training=study.training)
     check_privacy(study, source=source)
     check_client_dp(study, source=source)
+    if study.strategy.name == "scaffold" and study.privacy.sample_dp:
+        raise ConfigError(
+            f"{source}: strategy.name = 'scaffold' cannot run with privacy.mode = 'sample-dp': "
+            "its drift correction is not part of the DP-SGD step Opacus accounts for. "
+            "Use fedavg or fedprox with sample-level DP."
+        )
     if study.data.source in ("uci-heart", "folder") and study.data.path is None:
         raise ConfigError(
             f"{source}: data.source = {study.data.source!r} needs data.path, the folder "

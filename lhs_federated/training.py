@@ -76,6 +76,7 @@ def train_local(
     *,
     seed: int,
     proximal_mu: float = 0.0,
+    correction: dict[str, np.ndarray] | None = None,
 ) -> LocalUpdate:
     """Train ``model`` in place on one site's rows for one round.
 
@@ -93,6 +94,9 @@ def train_local(
         Seed of the shuffling (and dropout) of this site in this round.
     proximal_mu : float
         FedProx's proximal weight; 0 trains plain FedAvg-style.
+    correction : dict of str to ndarray, optional
+        SCAFFOLD's drift correction ``c - c_i`` per parameter name, added to
+        every step's gradient through the linear loss term ``<w, c - c_i>``.
     """
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     y = torch.from_numpy(np.asarray(outcome, dtype=np.float32))
@@ -100,6 +104,11 @@ def train_local(
     batch = min(spec.batch_size, n)
     total_steps = planned_steps(n, spec)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    linear = [
+        (p, torch.as_tensor(correction[name], dtype=p.dtype))
+        for name, p in model.named_parameters()
+        if correction is not None
+    ]
     optimizer = make_optimizer(model, spec)
     criterion = nn.BCEWithLogitsLoss()
     losses = []
@@ -119,6 +128,8 @@ def train_local(
                         for p, a in zip(model.parameters(), anchor, strict=True)
                     )
                     total = loss + 0.5 * proximal_mu * drift
+                if linear:
+                    total = total + sum((p * c).sum() for p, c in linear)
                 total.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))

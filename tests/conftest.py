@@ -12,7 +12,7 @@ import pytest
 from lhs_federated import Study, load_study
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared beside the repository; a worktree nested one level deeper finds it higher up.
+# ../shared beside the repository; a git worktree sits one level deeper (wt/NAME).
 SHARED_DATA = next(
     (p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()),
     REPO.parent / "shared" / "data",

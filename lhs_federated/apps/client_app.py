@@ -21,12 +21,15 @@ from lhs_federated.apps import records
 from lhs_federated.apps.client_dp import client_clipping_mod
 from lhs_federated.apps.client_site import resolve_site
 from lhs_federated.apps.egress import egress_guard_mod
+from lhs_federated.apps.fine_tuning import fine_tuning_from_config
+from lhs_federated.apps.scaffold import SiteControl
 from lhs_federated.apps.site_governance import (
     CLOSE_ACTION,
     acknowledge_close,
     site_governance_mod,
 )
 from lhs_federated.errors import LhsError, SiteRefusal
+from lhs_federated.personalisation import personalise
 from lhs_federated.privacy.site_round import train_site_round
 from lhs_federated.site import evaluate_at_site, site_standardizer, summarise_site
 
@@ -71,20 +74,25 @@ def train(message: Message, context: Context) -> Message:
     study = records.study_from_config(config)
     site = resolve_site(study, context)
     torch.set_num_threads(site.threads)
+    arrays, control = SiteControl.receive(
+        records.from_array_record(message.content[records.ARRAYS]), context
+    )
     result = train_site_round(
         study,
         site.data,
         site.privacy,
         min_cell_size=site.min_cell_size,
-        arrays=records.from_array_record(message.content[records.ARRAYS]),
+        arrays=arrays,
         server_round=int(config[records.ROUND]),
         standardizer=site_standardizer(study, site.data, records.standardizer_from_config(config)),
         proximal_mu=float(config.get(records.PROXIMAL_MU, 0.0)),
+        correction=None if control is None else control.correction,
     )
     update = result.update
-    content = records.train_reply(
-        study, update.arrays, update.n_examples, update.loss, result.epsilon
-    )
+    sent = update.arrays
+    if control is not None:  # SCAFFOLD: the control variate's change travels too
+        sent = {**sent, **control.finish(arrays, update, study.training.learning_rate, context)}
+    content = records.train_reply(study, sent, update.n_examples, update.loss, result.epsilon)
     return Message(content, reply_to=message)
 
 
@@ -95,11 +103,15 @@ def evaluate(message: Message, context: Context) -> Message:
     study = records.study_from_config(config)
     site = resolve_site(study, context)
     torch.set_num_threads(site.threads)
-    report = evaluate_at_site(
+    standardizer = site_standardizer(study, site.data, records.standardizer_from_config(config))
+    arrays = personalise(  # fedavg-ft: local steps first; the result never leaves the site
         study,
         site.data,
         records.from_array_record(message.content[records.ARRAYS]),
-        standardizer=site_standardizer(study, site.data, records.standardizer_from_config(config)),
+        standardizer=standardizer,
+        fine_tuning=fine_tuning_from_config(config),
+        server_round=int(config[records.ROUND]),
     )
+    report = evaluate_at_site(study, site.data, arrays, standardizer=standardizer)
     content = records.report_to_record(report, unit_weight=study.privacy.client_dp)
     return Message(content, reply_to=message)

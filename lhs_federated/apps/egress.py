@@ -130,6 +130,18 @@ def _guard_query(content: RecordDict, study: Study, site: str, k: int) -> Record
     return guarded
 
 
+def train_array_specs(study: Study) -> dict:
+    """Arrays a train reply may hold.
+
+    The model's, and under SCAFFOLD the change of the site's control variate
+    (one per model array, same shape and dtype).
+    """
+    specs = model_array_specs(study)
+    if study.strategy.name == "scaffold":
+        specs |= {records.CONTROL_DELTA_PREFIX + name: spec for name, spec in specs.items()}
+    return specs
+
+
 def _guard_train(content: RecordDict, study: Study, site: str, k: int) -> RecordDict:
     arrays = content.get(records.ARRAYS)
     metrics = content.get(records.METRICS)
@@ -138,7 +150,7 @@ def _guard_train(content: RecordDict, study: Study, site: str, k: int) -> Record
         problems.append(Problem("missing record", "a train reply needs arrays and metrics"))
     else:
         got = {name: (tuple(a.shape), str(a.dtype)) for name, a in arrays.items()}
-        problems += array_problems(model_array_specs(study), got)
+        problems += array_problems(train_array_specs(study), got)
         problems += metric_problems(records.train_metric_keys(study), metrics, what="train metric")
         loss = metrics.get(records.TRAIN_LOSS)
         if study.privacy.sample_dp and isinstance(loss, float) and not math.isnan(loss):

@@ -33,14 +33,14 @@ from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.privacy_log import PrivacyLog
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
-from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.data.statistics import Standardizer
 from lhs_federated.errors import StudyRunError
 from lhs_federated.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
 from lhs_federated.models import build_model, get_arrays
 from lhs_federated.models.export import save_model
 from lhs_federated.progress import RoundProgress, report_progress
 from lhs_federated.results import RunWriter, utc_now
-from lhs_federated.site import SiteSummary, n_features
+from lhs_federated.site import SiteSummary, federated_standardizer, n_features
 from lhs_federated.study import Study
 
 
@@ -95,7 +95,7 @@ def run_study(
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
     summaries, site_grid = discover_sites(audit.grid, study)
     if checkpoint is None:
-        standardizer = global_standardizer(study, summaries.values())
+        standardizer = federated_standardizer(study, summaries.values())
         strategy = build_strategy(study, n_sites=len(summaries))
         arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
         final_reports: dict[str, MetricReport] = {}
@@ -194,25 +194,6 @@ def discover_sites(grid: Grid, study: Study) -> tuple[dict[int, SiteSummary], Si
         )
     ordered = dict(sorted(summaries.items(), key=lambda item: item[1].name))
     return ordered, SiteGrid(grid, {node: s.name for node, s in ordered.items()})
-
-
-def global_standardizer(study: Study, summaries: Any) -> Standardizer | None:
-    """Global means and scales from the sites' column sums (federated scaling).
-
-    Raises
-    ------
-    StudyRunError
-        If no site could send its sums (all below the minimum cell size).
-    """
-    if study.preprocessing.scaling != "federated":
-        return None
-    parts = [s.sums for s in summaries if s.sums is not None]
-    if not parts:
-        raise StudyRunError(
-            "federated scaling needs column sums from at least one site, but every "
-            "site withheld them (each has fewer rows than its minimum cell size)."
-        )
-    return Standardizer.from_sums(ColumnSums.combine(parts))
 
 
 def _round_config(study: Study, standardizer: Standardizer | None) -> ConfigRecord:

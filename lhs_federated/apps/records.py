@@ -31,6 +31,15 @@ PROXIMAL_MU = "proximal-mu"
 # Simulation only: where the simulated sites' governance folders are. In the one
 # ConfigRecord, because Flower's DP clipping mods accept no second one.
 SIMULATED_SITE_FOLDERS = "simulated-site-folders"
+FINE_TUNE_STEPS = "fine-tune-steps"
+FINE_TUNE_LEARNING_RATE = "fine-tune-learning-rate"
+
+# SCAFFOLD's control variates travel inside the one ArrayRecord of a message
+# (Flower validates exactly one per reply), named with these prefixes; a site
+# keeps its own control variate in its node state under CLIENT_CONTROL.
+SERVER_CONTROL_PREFIX = "scaffold-c:"
+CONTROL_DELTA_PREFIX = "scaffold-delta-c:"
+CLIENT_CONTROL = "scaffold-client-control"
 
 # Record names in messages.
 ARRAYS = "arrays"

@@ -32,10 +32,12 @@ from flwr.serverapp.strategy import (
 )
 
 from lhs_federated.apps.client_dp import wrap_client_dp
+from lhs_federated.apps.fine_tuning import FedAvgFineTuning
 from lhs_federated.apps.records import ARRAYS, CONFIG, NUM_EXAMPLES, TRAIN_LOSS, UNIT_WEIGHT
+from lhs_federated.apps.scaffold import Scaffold
 from lhs_federated.errors import ConfigError
 from lhs_federated.metrics import nan_weighted_mean
-from lhs_federated.study import Study
+from lhs_federated.study import Study, TrainingSpec
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
@@ -50,6 +52,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "multikrum": MultiKrum,
     "bulyan": Bulyan,
     "qfedavg": QFedAvg,
+    # Strategies Flower lacks, built around its FedAvg.
+    "scaffold": Scaffold,
+    "fedavg-ft": FedAvgFineTuning,
 }
 
 # Constructor arguments lhs-federated sets itself, from the study.
@@ -71,16 +76,29 @@ MANAGED_PARAMS = frozenset(
 
 
 def accepted_params(cls: type[Strategy]) -> dict[str, inspect.Parameter]:
-    """Constructor parameters of a strategy that a study may set."""
-    return {
-        name: parameter
-        for name, parameter in inspect.signature(cls.__init__).parameters.items()
-        if name != "self" and name not in MANAGED_PARAMS
+    """Constructor parameters of a strategy that a study may set.
+
+    A wrapper that passes ``**kwargs`` on to its Flower base class accepts
+    the base class's parameters too.
+    """
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    own = {
+        p.name: p
+        for p in parameters
+        if p.name != "self"
+        and p.name not in MANAGED_PARAMS
+        and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     }
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return {**accepted_params(cls.__mro__[1]), **own}
+    return own
 
 
-def check_strategy(spec: Any, *, source: str) -> None:
+def check_strategy(spec: Any, *, source: str, training: TrainingSpec | None = None) -> None:
     """Check a ``[strategy]`` table's name and parameters against the registry.
+
+    A strategy class may add its own checks as a classmethod
+    ``check_params(params, training)`` raising ``ValueError``.
 
     Raises
     ------
@@ -112,6 +130,12 @@ def check_strategy(spec: Any, *, source: str) -> None:
         numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
         if numeric_default and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(f"{source}: strategy.params.{key} must be a number; got {value!r}.")
+    check_params = getattr(STRATEGIES[spec.name], "check_params", None)
+    if check_params is not None and training is not None:
+        try:
+            check_params(spec.params, training)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: strategy {spec.name!r}: {exc}") from exc
 
 
 def aggregate_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:

@@ -14,7 +14,19 @@ import click
 import typer
 from rich.console import Console
 
-from lhs_federated.cli import audit, certs, data, keys, server, simulate, site, site_runtime, study
+from lhs_federated.cli import (
+    audit,
+    certs,
+    data,
+    keys,
+    report,
+    server,
+    simulate,
+    site,
+    site_runtime,
+    study,
+    sweep,
+)
 from lhs_federated.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, LhsError
 
 app = typer.Typer(
@@ -34,6 +46,8 @@ app.add_typer(site.app, name="site")
 app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
+app.command("sweep")(sweep.sweep_command)
+app.command("report")(report.report_command)
 
 _errors = Console(stderr=True, highlight=False, soft_wrap=True)
 

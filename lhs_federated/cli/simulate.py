@@ -19,6 +19,7 @@ from lhs_federated.errors import ConfigError
 from lhs_federated.metrics import METRIC_NAMES
 from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
 from lhs_federated.progress import RoundProgress
+from lhs_federated.report import REPORT_NAME
 from lhs_federated.results import RunResults
 from lhs_federated.simulation import BACKENDS, simulate
 from lhs_federated.study import Study, load_study
@@ -164,6 +165,37 @@ def results_table(results: RunResults) -> Table:
     return table
 
 
+def comparison_table(results: RunResults) -> Table | None:
+    """Federated vs pooled vs local-only per site and on average, with the gain."""
+    comparison = results.summary.get("comparison")
+    if comparison is None or "pooled" not in comparison["mean"]:
+        return None
+    columns = ("federated", "pooled", "local", "gain")
+    table = Table(
+        title="federated vs pooled (all rows in one place) vs local-only (each site alone)",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("site", no_wrap=True)
+    for metric in ("auroc", "accuracy"):
+        for column in columns:
+            table.add_column(f"{SHORT_LABELS[metric]}\n{column}", justify="right", no_wrap=True)
+
+    def cell(value: float | None, column: str) -> str:
+        if value is None:
+            return "—"
+        if column != "gain" or value == 0:
+            return f"{value:.3f}" if column != "gain" else f"{value:+.3f}"
+        return f"[{'green' if value > 0 else 'red'}]{value:+.3f}[/]"
+
+    rows = [*comparison["per_site"].items(), ("[bold]mean[/]", comparison["mean"])]
+    for site, values in rows:
+        table.add_row(
+            site,
+            *(cell(values[c].get(m), c) for m in ("auroc", "accuracy") for c in columns),
+        )
+    return table
+
+
 def simulate_command(
     study: Annotated[
         Path | None, typer.Argument(help="Study TOML file (default: the built-in default study).")
@@ -198,6 +230,10 @@ def simulate_command(
         )
     console.print(results_table(results))
     console.print("slope: calibration slope; CITL: calibration-in-the-large (intercept)")
+    comparison = comparison_table(results)
+    if comparison is not None:
+        console.print(comparison)
+        console.print("gain: federated minus local-only, each site on its own test split")
     privacy = results.summary.get("privacy")
     if privacy:
         console.print(
@@ -214,3 +250,5 @@ def simulate_command(
         f"ledger {ledger['file']} (final hash {ledger['final_hash'][:16]}…); "
         f"audit it with: lhs-fed audit report {results.out_dir}"
     )
+    if (results.out_dir / REPORT_NAME).is_file():
+        console.print(f"report: [bold]{results.out_dir / REPORT_NAME}[/]")

@@ -132,7 +132,10 @@ def prepare_site(raw: RawSite, study: Study) -> SiteData:
     """Validate, encode and split one site's raw table for ``study``.
 
     Simulated and deployed sites both go through here, so a deployed site's
-    split is exactly the one a simulation of the same files would use.
+    split is exactly the one a simulation of the same files would use. With
+    ``data.evaluate_on = "validation"`` the test rows are set aside untouched
+    and a second split, seeded differently, carves the validation rows (which
+    then play the test rows' part) out of the training rows.
     """
     table = prepare_table(
         raw.table,
@@ -142,5 +145,12 @@ def prepare_site(raw: RawSite, study: Study) -> SiteData:
         one_hot=study.preprocessing.one_hot,
     )
     seed = study.data.split_seed if study.data.split_seed is not None else study.seed
-    train, test = split_site(table, test_fraction=study.data.test_fraction, seed=seed)
+    shared = study.data.split_seeding == "shared"
+    train, test = split_site(
+        table, test_fraction=study.data.test_fraction, seed=seed, shared_seed=shared
+    )
+    if study.data.evaluate_on == "validation":
+        train, test = split_site(
+            train, test_fraction=study.data.validation_fraction, seed=seed + 1, shared_seed=shared
+        )
     return SiteData(raw.name, train, test)

@@ -10,7 +10,9 @@ from sklearn.model_selection import train_test_split
 from lhs_federated.data.encoding import SiteTable
 
 
-def split_site(table: SiteTable, *, test_fraction: float, seed: int) -> tuple[SiteTable, SiteTable]:
+def split_site(
+    table: SiteTable, *, test_fraction: float, seed: int, shared_seed: bool = False
+) -> tuple[SiteTable, SiteTable]:
     """Split one site's rows into a train and a test part.
 
     The split is stratified by outcome when each class has at least two rows
@@ -25,6 +27,10 @@ def split_site(table: SiteTable, *, test_fraction: float, seed: int) -> tuple[Si
         Share of rows held out for testing, in (0, 1).
     seed : int
         The study's split seed.
+    shared_seed : bool
+        Seed every site's split with ``seed`` itself instead of a seed derived
+        from it and the site's name: FLamby's protocol (``random_state=43`` at
+        every centre), kept so its benchmark split can be reproduced exactly.
     """
     rows = np.arange(len(table.outcome))
     counts = np.bincount(table.outcome, minlength=2)
@@ -32,7 +38,7 @@ def split_site(table: SiteTable, *, test_fraction: float, seed: int) -> tuple[Si
     train_rows, test_rows = train_test_split(
         rows,
         test_size=test_fraction,
-        random_state=site_seed(seed, table.site),
+        random_state=seed if shared_seed else site_seed(seed, table.site),
         stratify=stratify,
     )
     return table.subset(np.sort(train_rows)), table.subset(np.sort(test_rows))

@@ -72,15 +72,24 @@ class Standardizer:
     scale: np.ndarray
 
     @classmethod
-    def from_sums(cls, sums: ColumnSums) -> Standardizer:
+    def from_sums(cls, sums: ColumnSums, *, ddof: int = 0) -> Standardizer:
         """Global (or one site's) statistics from summed counts.
 
         A column no site could report (all withheld or all missing) gets mean
         0 and scale 1 rather than a NaN that would poison every prediction.
+
+        Parameters
+        ----------
+        sums : ColumnSums
+            Summed counts, sums and sums of squares.
+        ddof : int
+            0 divides the sum of squared deviations by n (population variance);
+            1 by n - 1 (sample variance, torch's and FLamby's convention).
         """
         count = np.maximum(sums.count, 1.0)
         mean = np.where(sums.count > 0, sums.total / count, 0.0)
-        variance = np.maximum(sums.total_sq / count - mean**2, 0.0)
+        squares = np.maximum(sums.total_sq - count * mean**2, 0.0)
+        variance = squares / np.maximum(sums.count - ddof, 1.0)
         scale = np.sqrt(variance)
         scale = np.where((sums.count > 0) & (scale > 1e-12), scale, 1.0)
         return cls(mean, scale)

@@ -26,6 +26,7 @@ from lhs_federated.data.statistics import ColumnSums, Standardizer
 from lhs_federated.data.validation import validate_table
 from lhs_federated.models.families import build_model
 from lhs_federated.models.parameters import set_arrays
+from lhs_federated.site import variance_ddof
 from lhs_federated.study import Study
 from lhs_federated.training import predict_proba
 
@@ -120,7 +121,9 @@ class ReleasedModel:
         contract = self.study.contract
         validate_table(table, contract, file=source, with_outcome=False).raise_for_errors()
         features = encode_features(table, contract, self.study.preprocessing.one_hot)
-        standardizer = self.standardizer or Standardizer.from_sums(ColumnSums.of(features))
+        standardizer = self.standardizer or Standardizer.from_sums(
+            ColumnSums.of(features), ddof=variance_ddof(self.study)
+        )
         model = build_model(self.study.model, features.shape[1], seed=self.study.seed)
         set_arrays(model, self.arrays)
         probability = predict_proba(model, standardizer.transform(features))

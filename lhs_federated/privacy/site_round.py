@@ -52,6 +52,7 @@ def train_site_round(
     server_round: int,
     standardizer: Standardizer,
     proximal_mu: float = 0.0,
+    correction: dict[str, np.ndarray] | None = None,
 ) -> SiteRound:
     """Train one round at a site, within its privacy rules.
 
@@ -71,6 +72,7 @@ def train_site_round(
             server_round=server_round,
             standardizer=standardizer,
             proximal_mu=proximal_mu,
+            correction=correction,
         )
         return SiteRound(update, None)
     noise_seed = (

@@ -1,0 +1,256 @@
+"""What a simulated study adds after its federation: baselines, comparisons, calibration.
+
+Only a simulation holds every site's rows in one place, so only here can the
+federated model be set beside the pooled and local-only models
+(:mod:`lhs_federated.baselines`) and scored on all sites' test rows together.
+:func:`analyse_run` does that for a finished run folder and adds to it:
+
+- ``comparison.csv``: every model (``federated``, ``pooled``, ``local:<site>``)
+  scored at every site's test split and on all test rows together
+  (``all-sites``), one row per model, place and metric;
+- ``calibration.csv``: the final federated model's calibration curve at each
+  site (equal-width bins; bins with fewer people than the minimum cell size
+  are left out);
+- ``summary.json``: a ``comparison`` table (federated, pooled and local per
+  site and on average, and the gain from federation, federated minus local)
+  and the ``baselines`` budget, rewritten atomically.
+
+The federated model is scored exactly as the sites scored it (same
+preprocessing, same fine-tuning for personalised strategies), so the
+comparison's federated column equals the last round of ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lhs_federated.baselines import POOLED, local_name, train_baselines
+from lhs_federated.data.sources import SiteData, load_sites
+from lhs_federated.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
+from lhs_federated.personalisation import fine_tuning_of, personalise
+from lhs_federated.results import write_json
+from lhs_federated.site import (
+    federated_standardizer,
+    predict_at_site,
+    score_predictions,
+    site_standardizer,
+    summarise_site,
+)
+from lhs_federated.study import Study
+
+FEDERATED = "federated"
+ALL_SITES = "all-sites"
+COMPARED_METRICS = tuple(m for m in METRIC_NAMES if m not in ("n", "prevalence"))
+COMPARISON_COLUMNS = ("model", "evaluated_at", "metric", "value", "reason")
+CALIBRATION_COLUMNS = ("model", "site", "bin", "lower", "upper", "n", "mean_predicted", "observed")
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """One model's metrics at each site's test split and on all test rows together."""
+
+    per_site: dict[str, MetricReport]
+    all_sites: MetricReport
+
+
+def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
+    """Score the run's final model beside its baselines and extend the run folder.
+
+    Parameters
+    ----------
+    study : Study
+        The study the run folder holds (resolved).
+    out_dir : str or Path
+        A completed run folder (with ``summary.json`` and ``model/``).
+
+    Returns
+    -------
+    dict
+        The updated summary (also written as ``summary.json``).
+    """
+    out_dir = Path(out_dir)
+    sites = load_sites(study)
+    summaries = [summarise_site(s, study, min_cell_size=study.sites.min_cell_size) for s in sites]
+    federated = federated_standardizer(study, summaries)
+    standardizers = {s.name: site_standardizer(study, s, federated) for s in sites}
+    with np.load(out_dir / "model" / "model.npz") as npz:
+        final = {name: npz[name] for name in npz.files}
+
+    fine_tuning = fine_tuning_of(study)
+    predictions = {
+        FEDERATED: {
+            s.name: predict_at_site(
+                study,
+                personalise(
+                    study,
+                    s,
+                    final,
+                    standardizer=standardizers[s.name],
+                    fine_tuning=fine_tuning,
+                    server_round=study.rounds,
+                ),
+                s.test.features,
+                standardizers[s.name],
+            )
+            for s in sites
+        }
+    }
+    baselines = train_baselines(study, sites, standardizers) if study.baselines.enabled else {}
+    for name, model in baselines.items():
+        predictions[name] = {
+            s.name: predict_at_site(study, model.arrays, s.test.features, standardizers[s.name])
+            for s in sites
+        }
+    scores = {name: _score(study, sites, by_site) for name, by_site in predictions.items()}
+
+    _write_comparison(out_dir / "comparison.csv", scores)
+    _write_calibration(out_dir / "calibration.csv", study, sites, predictions[FEDERATED])
+    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    summary["comparison"] = comparison_table(scores, [s.name for s in sites])
+    if baselines:
+        summary["baselines"] = {
+            "budget": "fixed epochs" if study.baselines.epochs else "the federation's steps",
+            "models": {
+                name: {
+                    "rows": model.n_rows,
+                    "steps": model.training.steps,
+                    "optimizer": model.training.optimizer,
+                    "learning_rate": model.training.learning_rate,
+                    "batch_size": model.training.batch_size,
+                }
+                for name, model in baselines.items()
+            },
+        }
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _score(study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray]) -> ModelScores:
+    per_site = {s.name: score_predictions(study, s.test.outcome, by_site[s.name]) for s in sites}
+    outcome = np.concatenate([s.test.outcome for s in sites])
+    everything = np.concatenate([by_site[s.name] for s in sites])
+    return ModelScores(per_site, score_predictions(study, outcome, everything))
+
+
+def comparison_table(scores: dict[str, ModelScores], sites: list[str]) -> dict[str, Any]:
+    """Federated, pooled and local per site and on average, and the gain from federation.
+
+    ``local`` at a site is that site's own local-only model; ``gain`` is
+    federated minus local (for Brier score and ECE, lower is better, so a
+    negative gain is an improvement). Means are unweighted over the sites
+    where a metric is defined. ``cross_site`` holds each local model's AUROC
+    and accuracy at every site.
+    """
+
+    def clean(value: float) -> float | None:
+        return None if np.isnan(value) else float(value)
+
+    def values(name: str, site: str) -> dict[str, float]:
+        if name == "local":
+            name = local_name(site)
+        if name not in scores:
+            return {}
+        return {m: scores[name].per_site[site].values[m] for m in COMPARED_METRICS}
+
+    columns = [FEDERATED] + ([POOLED, "local"] if POOLED in scores else [])
+    per_site: dict[str, dict[str, dict[str, float]]] = {
+        site: {column: values(column, site) for column in columns} for site in sites
+    }
+    if POOLED in scores:
+        for row in per_site.values():
+            row["gain"] = {m: row[FEDERATED][m] - row["local"][m] for m in COMPARED_METRICS}
+        columns.append("gain")
+    mean = {
+        column: {
+            m: clean(nan_weighted_mean([per_site[s][column][m] for s in sites], [1.0] * len(sites)))
+            for m in COMPARED_METRICS
+        }
+        for column in columns
+    }
+    table: dict[str, Any] = {
+        "metrics": list(COMPARED_METRICS),
+        "per_site": {
+            site: {c: {m: clean(v) for m, v in row[c].items()} for c in columns}
+            for site, row in per_site.items()
+        },
+        "mean": mean,
+        ALL_SITES: {
+            name: {m: clean(s.all_sites.values[m]) for m in COMPARED_METRICS}
+            for name, s in scores.items()
+        },
+    }
+    if POOLED in scores:
+        table["cross_site"] = {
+            metric: {
+                site: {
+                    at: clean(scores[local_name(site)].per_site[at].values[metric]) for at in sites
+                }
+                for site in sites
+            }
+            for metric in ("auroc", "accuracy")
+        }
+    return table
+
+
+def _write_comparison(path: Path, scores: dict[str, ModelScores]) -> None:
+    rows = []
+    for name, score in scores.items():
+        places = {**score.per_site, ALL_SITES: score.all_sites}
+        for place, report in places.items():
+            for metric in METRIC_NAMES:
+                value = report.values.get(metric, float("nan"))
+                rows.append(
+                    (
+                        name,
+                        place,
+                        metric,
+                        "" if np.isnan(value) else repr(float(value)),
+                        report.undefined.get(metric, ""),
+                    )
+                )
+    _write_csv(path, COMPARISON_COLUMNS, rows)
+
+
+def _write_calibration(
+    path: Path, study: Study, sites: list[SiteData], predictions: dict[str, np.ndarray]
+) -> None:
+    bins = study.evaluation.calibration_bins
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    rows = []
+    for site in sites:
+        p = predictions[site.name]
+        which = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
+        for b in range(bins):
+            members = which == b
+            n = int(members.sum())
+            if n < study.sites.min_cell_size:
+                continue
+            rows.append(
+                (
+                    FEDERATED,
+                    site.name,
+                    b,
+                    f"{edges[b]:.4f}",
+                    f"{edges[b + 1]:.4f}",
+                    n,
+                    repr(float(p[members].mean())),
+                    repr(float(site.test.outcome[members].mean())),
+                )
+            )
+    _write_csv(path, CALIBRATION_COLUMNS, rows)
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """Write a CSV table atomically (temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    tmp.replace(path)

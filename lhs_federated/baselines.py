@@ -1,0 +1,138 @@
+"""Pooled and local-only baselines: whether federation is worth it here, and for whom.
+
+Two reference points a researcher needs beside every federated result, both
+possible only in simulation, where one process holds every site's rows:
+
+- **pooled**: the same model trained on the union of the sites' training
+  splits, as if the rows could be pooled (the ceiling federation aims at);
+- **local-only**: each site trains alone on its own rows (what a site gets
+  without joining). Every local model is scored at every site's test split
+  (the cross-site matrix), showing how far a single hospital's model travels.
+
+Same model family, initialisation, preprocessing (each row scaled as its
+site scales it in the federation), batch size and, by default, optimiser and
+learning rate as the federated run. The training budget follows one rule:
+each baseline gets the optimiser steps the federation spent on its rows.
+A local model takes its site's local steps of every round
+(``rounds x steps per round``); the pooled model takes all sites' steps
+together (``rounds x sum of the sites' steps per round``), so it processes as
+many rows as the whole federation did. With epoch-based training this is
+``rounds x epochs`` epochs over the site's (or the pooled) rows.
+``[baselines] epochs``, ``optimizer`` and ``learning_rate`` replace the rule
+with a fixed protocol (FLamby trains its baselines for 50 epochs with Adam).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lhs_federated.data.sources import SiteData
+from lhs_federated.data.split import site_seed
+from lhs_federated.data.statistics import Standardizer
+from lhs_federated.models import build_model
+from lhs_federated.site import n_features
+from lhs_federated.study import Study, TrainingSpec
+from lhs_federated.training import planned_steps, train_local
+
+POOLED = "pooled"
+LOCAL_PREFIX = "local:"
+
+
+def local_name(site: str) -> str:
+    """Name of a site's local-only model (``local:<site>``)."""
+    return LOCAL_PREFIX + site
+
+
+@dataclass(frozen=True)
+class BaselineModel:
+    """One trained baseline.
+
+    Attributes
+    ----------
+    name : str
+        ``pooled`` or ``local:<site>``.
+    arrays : dict of str to ndarray
+        The trained parameters.
+    training : TrainingSpec
+        The optimisation it got (``steps`` always set).
+    n_rows : int
+        Training rows it saw.
+    """
+
+    name: str
+    arrays: dict[str, np.ndarray]
+    training: TrainingSpec
+    n_rows: int
+
+
+def baseline_training(study: Study, n_rows: int, federation_steps: int) -> TrainingSpec:
+    """The optimisation a baseline trained on ``n_rows`` rows gets.
+
+    Parameters
+    ----------
+    study : Study
+        The study, with its ``[training]`` and ``[baselines]`` tables.
+    n_rows : int
+        Rows the baseline trains on.
+    federation_steps : int
+        Optimiser steps the federation spent on those rows over all rounds
+        (the default budget).
+    """
+    spec = study.baselines
+    steps = federation_steps
+    if spec.epochs is not None:
+        steps = spec.epochs * math.ceil(n_rows / min(study.training.batch_size, n_rows))
+    return dataclasses.replace(
+        study.training,
+        epochs=None,
+        steps=steps,
+        optimizer=spec.optimizer or study.training.optimizer,
+        learning_rate=spec.learning_rate or study.training.learning_rate,
+    )
+
+
+def train_baselines(
+    study: Study, sites: list[SiteData], standardizers: dict[str, Standardizer]
+) -> dict[str, BaselineModel]:
+    """Train the pooled model and every site's local-only model.
+
+    Parameters
+    ----------
+    study : Study
+        The resolved study.
+    sites : list of SiteData
+        Every simulated site's split rows.
+    standardizers : dict of str to Standardizer
+        Each site's preprocessing, as the federation applies it.
+
+    Returns
+    -------
+    dict of str to BaselineModel
+        ``pooled`` first, then ``local:<site>`` in site order.
+    """
+    inputs = {s.name: standardizers[s.name].transform(s.train.features) for s in sites}
+    per_round = {s.name: planned_steps(len(s.train.outcome), study.training) for s in sites}
+    pooled_x = np.vstack([inputs[s.name] for s in sites])
+    pooled_y = np.concatenate([s.train.outcome for s in sites])
+    models = {
+        POOLED: _train(study, POOLED, pooled_x, pooled_y, study.rounds * sum(per_round.values()))
+    }
+    for site in sites:
+        name = local_name(site.name)
+        models[name] = _train(
+            study, name, inputs[site.name], site.train.outcome, study.rounds * per_round[site.name]
+        )
+    return models
+
+
+def _train(
+    study: Study, name: str, features: np.ndarray, outcome: np.ndarray, federation_steps: int
+) -> BaselineModel:
+    training = baseline_training(study, len(outcome), federation_steps)
+    model = build_model(study.model, n_features(study), seed=study.seed)
+    update = train_local(model, features, outcome, training, seed=site_seed(study.seed, name))
+    return BaselineModel(name, update.arrays, training, len(outcome))

@@ -1,0 +1,446 @@
+"""One self-contained HTML report per run or sweep folder.
+
+``report.html`` needs nothing beside it: figures are PNGs inlined as base64
+``data:`` URIs and the styling is inline, so it can be mailed, archived with
+the study or opened offline. It is rebuilt from the folder's own files (the
+resolved study, ``versions.json``, the CSV tables and ``summary.json``), so
+``lhs-fed report RUN_DIR`` gives the same report for any finished folder.
+
+A run report shows the study, the data each site contributed, the federated
+model beside the pooled and local-only baselines, convergence, calibration,
+participation per round, and the versions and seeds that make it
+reproducible. A sweep report shows the grid, the aggregate table (mean, SD,
+95% CI per configuration), one row per run, and the effect of each knob.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lhs_federated.errors import ConfigError
+from lhs_federated.results import read_results, utc_now
+
+REPORT_NAME = "report.html"
+SHOWN_METRICS = ("auroc", "accuracy", "balanced_accuracy", "brier", "calibration_slope", "ece")
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222;
+       padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd;
+padding-bottom: 0.2em; margin-top: 1.8em; } h3 { margin-bottom: 0.3em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f2f2f2; } td.text, th.text { text-align: left; }
+tr.mean td { font-weight: bold; background: #fafafa; }
+.muted { color: #666; font-size: 0.9em; } figure { margin: 1em 0; }
+figcaption { color: #555; font-size: 0.9em; } img { max-width: 100%; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.good { color: #1a7f37; } .bad { color: #b3261e; }
+.wide { overflow-x: auto; } td { white-space: nowrap; }
+"""
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write ``report.html`` for a run or a sweep folder; return its path.
+
+    Raises
+    ------
+    ConfigError
+        If the folder holds neither a completed run nor a sweep.
+    """
+    folder = Path(folder)
+    if (folder / "sweep.toml").is_file():
+        return write_sweep_report(folder)
+    if (folder / "summary.json").is_file():
+        return write_run_report(folder)
+    raise ConfigError(
+        f"{str(folder)!r} holds no completed run (summary.json) or sweep (sweep.toml); "
+        "name a folder written by `lhs-fed simulate` or `lhs-fed sweep`."
+    )
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """Write the HTML report of a completed run folder; return its path."""
+    from lhs_federated import plots
+
+    run_dir = Path(run_dir)
+    results = read_results(run_dir)
+    summary = results.summary
+    study = _read_toml(run_dir / "study.resolved.toml")
+    versions = json.loads((run_dir / "versions.json").read_text(encoding="utf-8"))
+    sites = pd.read_csv(run_dir / "sites.csv", dtype=str)
+    rounds = pd.read_csv(run_dir / "rounds.csv", dtype=str, keep_default_na=False)
+    comparison = summary.get("comparison")
+
+    parts = [
+        f"<h1>{_e(summary['study'])}: federated study report</h1>",
+        f"<p>{_e(study.get('description', ''))}</p>",
+        f"<p class='muted'>study hash <code>{_e(summary['study_hash'])}</code> · "
+        f"{_e(summary['status'])} {_e(summary['finished_at'])} · {summary['seconds']:.1f} s · "
+        f"engine {_e(versions.get('engine', '?'))}</p>",
+        "<h2>Study</h2>",
+        _key_values(_study_facts(study)),
+        f"<details><summary>Resolved study (TOML)</summary><pre>"
+        f"{_e((run_dir / 'study.resolved.toml').read_text(encoding='utf-8'))}</pre></details>",
+        "<h2>Data per site</h2>",
+        _frame_table(sites, text_columns=("site",)),
+        "<p class='muted'>Counts below a site's minimum cell size are withheld "
+        "(shown as &lt;N).</p>",
+        _figure(plots.site_data(sites), "Rows and outcome prevalence per site"),
+        "<h2>Results</h2>",
+    ]
+    if comparison is not None:
+        parts.append(_comparison_section(comparison, summary, plots))
+    parts += [
+        "<h3>Final round, federated model, every metric</h3>",
+        _final_table(summary["final"]),
+        _undefined(summary["final"].get("undefined", {})),
+        _figure(plots.convergence(results.per_round), "Convergence per site and on average"),
+    ]
+    calibration_path = run_dir / "calibration.csv"
+    if calibration_path.is_file():
+        calibration = pd.read_csv(calibration_path)
+        if len(calibration):
+            parts.append(
+                _figure(
+                    plots.calibration_curves(calibration),
+                    "Calibration of the final federated model at each site (bins with fewer "
+                    "people than the minimum cell size are left out)",
+                )
+            )
+    parts += [
+        "<h2>Rounds</h2>",
+        _frame_table(rounds, text_columns=("trained", "failed")),
+        "<h2>Reproducibility</h2>",
+        _key_values(
+            {
+                "seed": versions.get("seed"),
+                "split seed": versions.get("split_seed"),
+                "python": versions.get("python"),
+                "platform": versions.get("platform"),
+                **{name: v or "not installed" for name, v in versions["packages"].items()},
+            }
+        ),
+    ]
+    return _write(run_dir, f"{summary['study']} report", parts)
+
+
+def _comparison_section(comparison: dict[str, Any], summary: dict[str, Any], plots: Any) -> str:
+    columns = [c for c in ("federated", "pooled", "local", "gain") if c in comparison["mean"]]
+    metrics = ("auroc", "accuracy", "brier")
+    headers = ["site"] + [f"{_short(m)} {c}" for m in metrics for c in columns]
+    rows = []
+    for site, row in comparison["per_site"].items():
+        rows.append(
+            [site]
+            + [
+                _number(row[c].get(m), gain=c == "gain", lower_is_better=m in LOWER_IS_BETTER)
+                for m in metrics
+                for c in columns
+            ]
+        )
+    mean = comparison["mean"]
+    rows.append(
+        ["mean"]
+        + [
+            _number(mean[c].get(m), gain=c == "gain", lower_is_better=m in LOWER_IS_BETTER)
+            for m in metrics
+            for c in columns
+        ]
+    )
+    parts = [
+        "<h3>Federated vs pooled vs local-only (test splits)</h3>",
+        "<p class='muted'>pooled: one model trained on all sites' rows (possible only in "
+        "simulation); local: each site's own model; gain: federated minus local (for the Brier "
+        "score lower is better).</p>",
+        _table(headers, rows, text_columns={0}, mean_rows={len(rows) - 1}),
+        "<h3>All sites' test rows together</h3>",
+        _table(
+            ["model", *(_short(m) for m in SHOWN_METRICS)],
+            [
+                [name, *(_number(v.get(m)) for m in SHOWN_METRICS)]
+                for name, v in comparison["all-sites"].items()
+            ],
+            text_columns={0},
+        ),
+    ]
+    if "pooled" in comparison["mean"]:
+        parts.append(
+            _figure(
+                plots.model_comparison(comparison),
+                "Federated, pooled and local-only models per site",
+            )
+        )
+    if "cross_site" in comparison:
+        parts.append(
+            _figure(
+                plots.cross_site_matrix(comparison["cross_site"]["accuracy"], "accuracy"),
+                "Each site's local-only model scored at every site",
+            )
+        )
+    baselines = summary.get("baselines")
+    if baselines:
+        parts.append(f"<p class='muted'>Baseline budget: {_e(baselines['budget'])}.</p>")
+        parts.append(
+            _table(
+                ["model", "rows", "steps", "optimizer", "learning rate", "batch"],
+                [
+                    [n, m["rows"], m["steps"], m["optimizer"], m["learning_rate"], m["batch_size"]]
+                    for n, m in baselines["models"].items()
+                ],
+                text_columns={0, 3},
+            )
+        )
+    return "\n".join(parts)
+
+
+def write_sweep_report(sweep_dir: str | Path) -> Path:
+    """Write the HTML report of a sweep folder; return its path."""
+    from lhs_federated import plots
+
+    sweep_dir = Path(sweep_dir)
+    spec = _read_toml(sweep_dir / "sweep.toml")
+    runs = (
+        pd.read_csv(sweep_dir / "runs.csv")
+        if (sweep_dir / "runs.csv").is_file()
+        else pd.DataFrame()
+    )
+    aggregate_path = sweep_dir / "aggregate.csv"
+    aggregate = pd.read_csv(aggregate_path) if aggregate_path.is_file() else pd.DataFrame()
+    grid_keys = [k for k in spec.get("grid", {}) if k != "seed"]
+    versions_path = sweep_dir / "versions.json"
+    versions = (
+        json.loads(versions_path.read_text(encoding="utf-8")) if versions_path.is_file() else {}
+    )
+    parts = [
+        f"<h1>Sweep {_e(spec.get('name', sweep_dir.name))}</h1>",
+        f"<p>{_e(spec.get('description', ''))}</p>",
+        f"<p class='muted'>{len(runs)} runs recorded · report written {_e(utc_now())}</p>",
+        "<h2>Grid</h2>",
+        _key_values(
+            {key: ", ".join(map(str, values)) for key, values in spec.get("grid", {}).items()}
+        ),
+        f"<details><summary>Sweep file (resolved)</summary><pre>"
+        f"{_e((sweep_dir / 'sweep.toml').read_text(encoding='utf-8'))}</pre></details>",
+        "<h2>Aggregate per configuration</h2>",
+        "<p class='muted'>mean ± half-width of the 95% confidence interval over seeds "
+        "(Student's t); SDs and interval bounds are in aggregate.csv.</p>",
+        _aggregate_table(aggregate, grid_keys),
+    ]
+    if len(aggregate) and grid_keys:
+        columns = [c for c in spec.get("plot", []) if f"{c}_mean" in aggregate.columns]
+        for caption, png in plots.sweep_effects(aggregate, grid_keys, columns):
+            parts.append(_figure(png, caption))
+    parts += [
+        "<h2>Runs</h2>",
+        _frame_table(runs, text_columns=("run", "status", "error", "seed", *grid_keys)),
+    ]
+    if versions:
+        parts += [
+            "<h2>Reproducibility</h2>",
+            _key_values(
+                {
+                    "python": versions.get("python"),
+                    "platform": versions.get("platform"),
+                    **{name: v or "not installed" for name, v in versions["packages"].items()},
+                }
+            ),
+        ]
+    return _write(sweep_dir, f"sweep {spec.get('name', '')}", parts)
+
+
+def _study_facts(study: dict[str, Any]) -> dict[str, Any]:
+    data, strategy, training = study["data"], study["strategy"], study["training"]
+    params = ", ".join(f"{k}={v}" for k, v in strategy.get("params", {}).items())
+    return {
+        "outcome": study["data"]["contract"]["outcome"]["column"],
+        "data": f"{data['source']}" + (f" ({data['path']})" if data.get("path") else ""),
+        "contract": data["contract"]["name"],
+        "split": f"test fraction {data['test_fraction']}, seed {data['split_seed']} "
+        f"({data['split_seeding']}); scored on {data['evaluate_on']}",
+        "preprocessing": ", ".join(f"{k} {v}" for k, v in study["preprocessing"].items()),
+        "model": study["model"]["name"],
+        "strategy": strategy["name"] + (f" ({params})" if params else ""),
+        "rounds": study["rounds"],
+        "local training": ", ".join(f"{k} {v}" for k, v in training.items()),
+        "seed": study["seed"],
+    }
+
+
+def _final_table(final: dict[str, Any]) -> str:
+    rows = [
+        [site, *(_number(v.get(m)) for m in SHOWN_METRICS)] for site, v in final["per_site"].items()
+    ]
+    rows.append(["mean", *(_number(final["mean"].get(m)) for m in SHOWN_METRICS)])
+    return _table(
+        ["site", *(_short(m) for m in SHOWN_METRICS)],
+        rows,
+        text_columns={0},
+        mean_rows={len(rows) - 1},
+    )
+
+
+def _undefined(undefined: dict[str, dict[str, str]]) -> str:
+    items = [
+        f"<li>{_e(site)} {_e(metric)}: {_e(reason)}</li>"
+        for site, reasons in undefined.items()
+        for metric, reason in reasons.items()
+    ]
+    return (
+        f"<p class='muted'>Undefined metrics:</p><ul class='muted'>{''.join(items)}</ul>"
+        if items
+        else ""
+    )
+
+
+def _short(metric: str) -> str:
+    return {
+        "auroc": "AUROC",
+        "accuracy": "acc",
+        "balanced_accuracy": "bal.acc",
+        "brier": "Brier",
+        "calibration_slope": "slope",
+        "ece": "ECE",
+    }.get(metric, metric)
+
+
+class Markup(str):
+    """Text that is already HTML (escaped or built here), placed in a page as is."""
+
+
+LOWER_IS_BETTER = frozenset({"brier", "ece"})
+
+
+def _number(
+    value: Any, *, gain: bool = False, digits: int = 3, lower_is_better: bool = False
+) -> Markup:
+    """A metric for a table: fixed digits, "—" when undefined, gains coloured.
+
+    A gain is green when it is an improvement (above 0, or below 0 for
+    metrics where lower is better) and red when it is a loss.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return Markup("—")
+    if not isinstance(value, float):
+        return Markup(_e(value))
+    if not gain:
+        return Markup(f"{value:.{digits}f}")
+    improvement = -value if lower_is_better else value
+    colour = "good" if improvement > 0 else "bad" if improvement < 0 else ""
+    return Markup(f"<span class='{colour}'>{value:+.{digits}f}</span>")
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    text_columns: Iterable[int] = (),
+    mean_rows: Iterable[int] = (),
+) -> str:
+    """An HTML table; cells are Markup (as is), text (escaped) or numbers."""
+    text_columns, mean_rows = set(text_columns), set(mean_rows)
+
+    def cell(value: Any) -> str:
+        if isinstance(value, Markup):
+            return value
+        return _e(value) if isinstance(value, str) else _number(value)
+
+    def css(i: int) -> str:
+        return " class='text'" if i in text_columns else ""
+
+    head = "".join(f"<th{css(i)}>{_e(h)}</th>" for i, h in enumerate(headers))
+    body = "".join(
+        ("<tr class='mean'>" if r in mean_rows else "<tr>")
+        + "".join(f"<td{css(i)}>{cell(c)}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for r, row in enumerate(rows)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _frame_table(frame: pd.DataFrame, *, text_columns: Sequence[str] = (), digits: int = 3) -> str:
+    """A DataFrame as an HTML table (scrolling sideways if wide).
+
+    Floats are rounded to ``digits`` decimals except in ``text_columns``
+    (settings such as grid values), which are shown as written.
+    """
+    if frame.empty:
+        return "<p class='muted'>(none)</p>"
+    text = {i for i, c in enumerate(frame.columns) if c in text_columns or frame[c].dtype == object}
+    rows = [
+        [
+            str(v) if i in text or not isinstance(v, float) else _number(v, digits=digits)
+            for i, v in enumerate(record)
+        ]
+        for record in frame.itertuples(index=False)
+    ]
+    return (
+        f"<div class='wide'>{_table(list(map(str, frame.columns)), rows, text_columns=text)}</div>"
+    )
+
+
+def _aggregate_table(aggregate: pd.DataFrame, grid_keys: Sequence[str]) -> str:
+    """Per configuration: the grid values, runs, and mean ± 95% CI half-width per column."""
+    if aggregate.empty:
+        return "<p class='muted'>(no completed runs)</p>"
+    columns = [c.removesuffix("_mean") for c in aggregate.columns if c.endswith("_mean")]
+
+    def cell(row: pd.Series, column: str) -> Markup:
+        mean, high = row[f"{column}_mean"], row[f"{column}_ci_high"]
+        if pd.isna(mean):
+            return Markup("—")
+        return Markup(f"{mean:.3f}" if pd.isna(high) else f"{mean:.3f} ± {high - mean:.3f}")
+
+    rows = [
+        [*(str(row[k]) for k in grid_keys), str(int(row["runs"])), *(cell(row, c) for c in columns)]
+        for _, row in aggregate.iterrows()
+    ]
+    headers = [*grid_keys, "runs", *(c.replace("_", " ") for c in columns)]
+    table = _table(headers, rows, text_columns=range(len(grid_keys)))
+    return f"<div class='wide'>{table}</div>"
+
+
+def _key_values(items: dict[str, Any]) -> str:
+    return _table(
+        ["setting", "value"], [[k, str(v)] for k, v in items.items()], text_columns={0, 1}
+    )
+
+
+def _figure(png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as handle:
+        return tomllib.load(handle)
+
+
+def _write(folder: Path, title: str, parts: list[str]) -> Path:
+    page = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>\n"
+        + "\n".join(parts)
+        + "\n<p class='muted'>Written by lhs-federated.</p></body></html>\n"
+    )
+    path = folder / REPORT_NAME
+    tmp = folder / f".{REPORT_NAME}.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
