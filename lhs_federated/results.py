@@ -165,16 +165,28 @@ class RunWriter:
         ``summary.json``, so nobody mistakes the folder for a completed run.
         """
         self.close()
-        message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
-        write_json(
-            self.out_dir / "failure.json", {"status": "failed", "at": utc_now(), "error": message}
-        )
+        write_failure(self.out_dir, error)
 
     def close(self) -> None:
         """Close the open tables (also on failure)."""
         for handle in (self._metrics, self._rounds):
             if not handle.closed:
                 handle.close()
+
+
+def write_failure(out_dir: Path, error: BaseException) -> None:
+    """Write ``failure.json`` saying why a run stopped, unless its outcome is already written.
+
+    A run that stops before its first round (no site ready, every site
+    refused) has no tables yet; the note is still its operator's only record
+    of the reason when the ServerApp runs in another process.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "summary.json").exists() or (out_dir / "failure.json").exists():
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+    write_json(out_dir / "failure.json", {"status": "failed", "at": utc_now(), "error": message})
 
 
 def _sync(handle: Any) -> None:

@@ -24,7 +24,11 @@ class SiteSection:
     """Who the site is and where it keeps its state."""
 
     name: str = setting(doc="the site's name, as it appears in results and ledgers")
-    state_dir: str = setting("state", doc="folder for the site's ledgers, keys in use, logs")
+    state_dir: str = setting("state", doc="folder for the site's privacy ledger, Flower home, logs")
+    governance_dir: str = setting(
+        "governance",
+        doc="the site's governance folder (`lhs-fed site init`): key, approvals, ledger",
+    )
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -90,6 +94,9 @@ class RuntimeSection:
     )
     threads: int = setting(1, doc="torch threads per task", ge=1)
     workers: int = setting(2, doc="tasks the launcher runs at once", ge=1)
+    connect_timeout: float = setting(
+        60.0, doc="seconds the SuperNode keeps trying to reach the coordinator", gt=0
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,11 @@ class SiteConfig:
             return None
         path = Path(value).expanduser()
         return path if path.is_absolute() else (Path(self.path).parent / path).resolve()
+
+    @property
+    def governance_dir(self) -> Path:
+        """The site's governance folder (absolute)."""
+        return self.resolve(self.site.governance_dir)  # type: ignore[return-value]
 
     @property
     def state_dir(self) -> Path:

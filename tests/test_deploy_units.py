@@ -19,12 +19,15 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from lhs_federated.apps import records
+from lhs_federated.cli import main
 from lhs_federated.deploy import processes
 from lhs_federated.deploy.app_bundle import build_bundle, bundle_hash
 from lhs_federated.deploy.certs import check_certificate, check_site_key, init_certificates
 from lhs_federated.deploy.gate import SiteGate
 from lhs_federated.deploy.server_config import load_server_config
-from lhs_federated.errors import ConfigError, SiteRefusal
+from lhs_federated.errors import ConfigError
+from lhs_federated.governance.site_folder import SiteFolder
+from lhs_federated.governance.verify import load_entries
 from lhs_federated.site_config import load_site_config
 
 
@@ -50,50 +53,75 @@ def task(small_study):
     return message, context, run, Fab(digest, fab_bytes, {})
 
 
-def approving(approved: set[tuple[str, str]]):
-    def check(study_hash: str, code_hash: str) -> None:
-        if (study_hash, code_hash) not in approved:
-            raise SiteRefusal("site-01", f"study {study_hash[:8]} is not approved")
-
-    return check
+@pytest.fixture
+def gate(tmp_path):
+    return SiteGate(SiteFolder.init(tmp_path / "governance", "site-01"))
 
 
-def test_gate_allows_an_approved_intact_task(task, small_study):
+def approve(gate, study, tmp_path, *code_option):
+    path = tmp_path / "study.toml"
+    path.write_text(study.to_toml())
+    args = [
+        "site",
+        "approve",
+        str(path),
+        "--site-folder",
+        str(gate.folder.folder),
+        "--reason",
+        "IRB 12",
+    ]
+    assert main([*args, *code_option]) == 0
+
+
+def last_record(gate):
+    return load_entries(gate.folder.folder / "ledger.jsonl")[-1]
+
+
+def test_gate_allows_a_study_approved_for_the_deployment_bundle(task, small_study, gate, tmp_path):
     message, context, run, fab = task
-    gate = SiteGate("site-01", approving({(small_study.hash, fab.hash_str)}))
+    refused = gate.decide(message, context, run, fab)
+    assert not refused.allowed and "is not approved at this site" in refused.refusal
+    assert last_record(gate).kind == "refusal"
+    approve(gate, small_study, tmp_path, "--deployment")
     decision = gate.decide(message, context, run, fab)
     assert decision.allowed and decision.study_hash == small_study.hash
+    assert decision.approval.code_hash == bundle_hash()
 
 
-def test_gate_refuses_an_unapproved_study(task):
-    decision = SiteGate("site-01", approving(set())).decide(*task)
-    assert not decision.allowed and "is not approved" in decision.refusal
-
-
-def test_gate_refuses_an_altered_bundle(task, small_study):
+def test_gate_refuses_another_bundle_version(task, small_study, gate, tmp_path):
     message, context, run, fab = task
-    gate = SiteGate("site-01", approving({(small_study.hash, fab.hash_str)}))
+    fab_file = tmp_path / "study.fab"
+    fab_file.write_bytes(fab.content)
+    approve(gate, small_study, tmp_path, "--fab", str(fab_file))
+    other = build_bundle("0.0.1")
+    run = dataclasses.replace(run, fab_hash=hashlib.sha256(other).hexdigest())
+    context = Context(7, 1, {}, RecordDict(), get_fused_config_from_fab(other, run))
+    decision = gate.decide(message, context, run, Fab(run.fab_hash, other, {}))
+    assert not decision.allowed and "approved here only with code" in decision.refusal
+
+
+def test_gate_refuses_an_altered_bundle(task, small_study, gate, tmp_path):
+    message, context, run, fab = task
+    approve(gate, small_study, tmp_path, "--deployment")
     altered = Fab(fab.hash_str, fab.content + b"\x00", {})
     assert "altered in transit" in gate.decide(message, context, run, altered).refusal
+    assert "altered in transit" in last_record(gate).data["reason"]
 
 
-def test_gate_refuses_a_run_config_that_differs_from_the_bundle(task, small_study):
+def test_gate_refuses_a_run_config_that_differs_from_the_bundle(task, small_study, gate, tmp_path):
     message, context, run, fab = task
-    gate = SiteGate("site-01", approving({(small_study.hash, fab.hash_str)}))
+    approve(gate, small_study, tmp_path, "--deployment")
     tampered = Context(7, 1, {}, RecordDict(), {**context.run_config, "out-dir": "/elsewhere"})
     assert "keys out-dir" in gate.decide(message, tampered, run, fab).refusal
 
 
-def test_gate_refuses_a_message_study_other_than_the_run_study(task, small_study):
+def test_gate_refuses_a_message_study_other_than_the_run_study(task, small_study, gate, tmp_path):
     _, context, run, fab = task
     other = small_study.with_overrides({"rounds": 9})
-    gate = SiteGate(
-        "site-01", approving({(other.hash, fab.hash_str), (small_study.hash, fab.hash_str)})
-    )
+    approve(gate, small_study, tmp_path, "--deployment")
     swapped = Message(RecordDict({records.CONFIG: records.study_config(other)}), 1, "train")
-    assert (
-        "not the study the run was started with" in gate.decide(swapped, context, run, fab).refusal
-    )
+    refusal = gate.decide(swapped, context, run, fab).refusal
+    assert "not the study the run was started with" in refusal
     forged = records.study_config(small_study)
     forged[records.STUDY_HASH] = other.hash
     bad = Message(RecordDict({records.CONFIG: forged}), 1, "train")

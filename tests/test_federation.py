@@ -8,11 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
+from faulty import faulty_client, run_with
 
 from lhs_federated import StudyRunError, load_study, simulate
-from lhs_federated.apps import client_app, server_app
+from lhs_federated.apps import server_app
 from lhs_federated.apps.strategies import STRATEGIES
 from lhs_federated.data.io import write_table
 from lhs_federated.data.synthetic import OUTCOME, SyntheticCohort, generate_cohort
@@ -75,34 +74,6 @@ def test_every_registered_strategy_runs_a_round(tmp_path, small_study, name):
     results = simulate(study, out_dir=tmp_path / name)
     assert results.summary["status"] == "completed"
     assert not math.isnan(results.summary["final"]["mean"]["auroc"])
-
-
-def faulty_client(fail_site: int, fail_round: int, error: Exception) -> ClientApp:
-    """The real ClientApp, except that one site raises ``error`` in one round."""
-    app = ClientApp(mods=client_app.SITE_MODS)
-    app.query(client_app.CLOSE_ACTION)(client_app.acknowledge_close)
-
-    @app.query()
-    def query(message: Message, context: Context) -> Message:
-        return client_app.describe(message, context)
-
-    @app.train()
-    def train(message: Message, context: Context) -> Message:
-        partition = context.node_config["partition-id"]
-        if partition == fail_site and message.content["config"]["server-round"] == fail_round:
-            raise error
-        return client_app.train(message, context)
-
-    @app.evaluate()
-    def evaluate(message: Message, context: Context) -> Message:
-        return client_app.evaluate(message, context)
-
-    return app
-
-
-def run_with(client: ClientApp, study, out_dir):
-    config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(out_dir)}
-    run_inprocess(config, 3, client=client)
 
 
 def test_refusal_below_min_sites_stops_with_the_reason(tmp_path, small_study):

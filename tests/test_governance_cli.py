@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shlex
@@ -12,20 +11,10 @@ import stat
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from flwr.app import Context, Message, MessageType, RecordDict
-from flwr.common.config import get_fused_config_from_fab
-from flwr.supercore.fab import Fab
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 from readme import README, ordered_blocks
 
-from lhs_federated.apps import records
 from lhs_federated.cli import main
-from lhs_federated.deploy.app_bundle import build_bundle
-from lhs_federated.deploy.gate import SiteGate
 from lhs_federated.governance.ledger import canonical_json
-from lhs_federated.governance.site_folder import SiteFolder
-from lhs_federated.governance.verify import load_entries
 
 REPO = README.parent
 
@@ -187,7 +176,10 @@ def test_site_commands_and_their_bad_inputs(tmp_path, small_study, capsys):
         ),
         (approve, "an approval names the code that will run the study"),
         ([*approve, "--code-hash", "12ab"], "--code-hash must be 64 hex digits"),
-        ([*approve, "--installed", "--fab", str(fab)], "give one of --fab, --code-hash or"),
+        (
+            [*approve, "--installed", "--fab", str(fab)],
+            "give one of --fab, --code-hash, --installed or --deployment",
+        ),
         (
             [
                 "site",
@@ -232,43 +224,3 @@ def test_show_and_report(audited, capsys):
     assert main(["audit", "report", str(audited / "run")]) == 0
     assert "INTACT" in capsys.readouterr().out
     assert (audited / "run" / "governance" / "report.html").is_file()
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:pathspec.*")  # Flower's FAB builder
-def test_deployment_gate_checks_the_site_folder_and_the_fab_hash(tmp_path, small_study, capsys):
-    """The site gate of a deployed site, with this site folder as its approval registry."""
-    bundle = build_bundle()
-    fab_file = tmp_path / "study.fab"
-    fab_file.write_bytes(bundle)
-    digest = hashlib.sha256(bundle).hexdigest()
-    run = Run.create_empty(7)
-    run.fab_hash = digest
-    run.override_config = {"study": small_study.to_json()}
-    context = Context(
-        run_id=7,
-        node_id=1,
-        node_config={},
-        state=RecordDict(),
-        run_config=get_fused_config_from_fab(bundle, run),
-    )
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1  # as engines set
-    message = Message(
-        RecordDict({records.CONFIG: records.study_config(small_study)}), 1, MessageType.TRAIN
-    )
-    folder = SiteFolder.init(tmp_path / "site", "site-01")
-    gate = SiteGate("site-01", folder.check)
-    fab = Fab(digest, bundle, {})
-    refused = gate.decide(message, context, run, fab)
-    assert not refused.allowed and "is not approved at this site" in refused.refusal
-    assert load_entries(folder.folder / "ledger.jsonl")[-1].kind == "refusal"
-    study = tmp_path / "study.toml"
-    study.write_text(small_study.to_toml())
-    args = ["site", "approve", str(study), "--site-folder", str(folder.folder), "--reason", "IRB"]
-    assert main([*args, "--fab", str(fab_file)]) == 0
-    assert gate.decide(message, context, run, fab).allowed
-    # Another bundle (another lhs-federated version) is not what the site approved.
-    other = build_bundle("0.0.1")
-    run.fab_hash = hashlib.sha256(other).hexdigest()
-    context.run_config = get_fused_config_from_fab(other, run)
-    decision = gate.decide(message, context, run, Fab(run.fab_hash, other, {}))
-    assert not decision.allowed and "approved here only with code" in decision.refusal

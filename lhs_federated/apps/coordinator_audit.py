@@ -48,6 +48,7 @@ from lhs_federated.apps.site_governance import (
     LEDGER_ID,
     STUDY_STATUS,
 )
+from lhs_federated.apps.site_grid import addressees, replying_node
 from lhs_federated.governance.code import FAB, INSTALLED, installed_code_hash
 from lhs_federated.governance.keys import fingerprint, load_private_key, public_key_pem
 from lhs_federated.governance.ledger import Ledger
@@ -135,6 +136,7 @@ class CoordinatorAudit:
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._sites: dict[int, str] = {}
         self._sent: dict[tuple[int, str], _Sent] = {}
+        self._addressed: dict[str, int] = {}
         self.grid = AuditedGrid(grid, self)
 
     def stamp(self, message: Message) -> None:
@@ -197,6 +199,10 @@ class CoordinatorAudit:
         pending, self._pending = self._pending, []
         self._append_many(pending)
 
+    def pushed(self, messages: Iterable[Message]) -> None:
+        """Note which node each pushed message went to, to attribute its reply."""
+        self._addressed.update(addressees(messages))
+
     def sent(self, messages: list[Message]) -> None:
         """Note what each site was sent; a training batch starts a round."""
         for message in messages:
@@ -224,10 +230,13 @@ class CoordinatorAudit:
     def received(self, replies: Iterable[Message]) -> None:
         """Record one ``site-reply`` per reply (one fsync for the whole batch)."""
         batch = []
-        for reply in sorted(replies, key=lambda r: self._site(r.metadata.src_node_id)):
+        for node, reply in sorted(
+            ((replying_node(r, self._addressed), r) for r in replies),
+            key=lambda item: self._site(item[0]),
+        ):
             meta = reply.metadata
             digest = digest_reply(reply)
-            sent = self._sent.get((meta.src_node_id, meta.message_type), _Sent(0, None))
+            sent = self._sent.get((node, meta.message_type), _Sent(0, None))
             norm = None
             if digest.status == "ok" and sent.arrays and records.ARRAYS in reply.content:
                 returned = records.from_array_record(reply.content[records.ARRAYS])
@@ -235,7 +244,7 @@ class CoordinatorAudit:
             data = {
                 "stage": _STAGES.get(meta.message_type, meta.message_type),
                 "round": sent.round,
-                "node_id": meta.src_node_id,
+                "node_id": node,
                 "message_id": meta.reply_to_message_id,
                 "status": digest.status,
                 "content_hash": digest.content_hash,
@@ -336,14 +345,15 @@ class CoordinatorAudit:
             messages.append(message)
         timeout = self.study.federation.round_timeout
         replies = list(self.grid.inner.send_and_receive(messages, timeout=timeout))
+        addressed = addressees(messages)
         notified, not_notified = [], {}
         for reply in replies:
-            site = self._site(reply.metadata.src_node_id)
+            site = self._site(replying_node(reply, addressed))
             if reply.has_error():
                 not_notified[site] = str(reply.error.reason)
             else:
                 notified.append(site)
-        answered = {r.metadata.src_node_id for r in replies}
+        answered = {replying_node(r, addressed) for r in replies}
         for node in self._sites:
             if node not in answered:
                 not_notified[self._site(node)] = f"no reply within {timeout:g} s"
@@ -421,7 +431,9 @@ class AuditedGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Stamp and note the messages, then push them."""
         messages = self._outgoing(messages)
-        return self.inner.push_messages(messages)
+        message_ids = list(self.inner.push_messages(messages))
+        self._audit.pushed(messages)
+        return message_ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Pull replies and record them."""
@@ -432,7 +444,9 @@ class AuditedGrid(Grid):
     def send_and_receive(  # noqa: D102
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        replies = list(self.inner.send_and_receive(self._outgoing(messages), timeout=timeout))
+        messages = self._outgoing(messages)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        self._audit.pushed(messages)
         self._audit.received(replies)
         return replies
 

@@ -170,15 +170,16 @@ def discover_sites(grid: Grid, study: Study) -> tuple[dict[int, SiteSummary], Si
         time.sleep(0.5)
     content = RecordDict({records.CONFIG: records.study_config(study)})
     messages = [Message(content, node_id, MessageType.QUERY) for node_id in sorted(node_ids)]
-    replies = SiteGrid(grid, {}).send_and_receive(messages, timeout=federation.round_timeout)
+    probe = SiteGrid(grid, {})
+    replies = probe.send_and_receive(messages, timeout=federation.round_timeout)
     errors, summaries = [], {}
     for reply in replies:
-        node = reply.metadata.src_node_id
+        node = probe.node_of(reply)
         if reply.has_error():
             errors.append(f"node {node}: {reply.error.reason}")
             continue
         summaries[node] = records.summary_from_record(reply.content)
-    answered = {r.metadata.src_node_id for r in replies}
+    answered = {probe.node_of(r) for r in replies}
     errors += [
         f"node {n}: no reply within {federation.round_timeout:g} s"
         for n in node_ids
@@ -214,7 +215,7 @@ def _collect(
             outcome.failed[site] = f"{kind}: {reply.error.reason}"
         else:
             outcome.ok.append((site, reply))
-    answered = {r.metadata.src_node_id for r in replies}
+    answered = {grid.node_of(r) for r in replies}
     for message in messages:
         if message.metadata.dst_node_id not in answered:
             outcome.failed[grid.sites[message.metadata.dst_node_id]] = (
@@ -240,7 +241,9 @@ def _run_round(
     needed = min(federation.min_sites or len(grid.sites), len(grid.sites))
     timeout = federation.round_timeout
 
-    grid.wait_for_sites(needed, timeout=federation.connect_timeout, stage=f"round {server_round}")
+    connected = grid.wait_for_sites(
+        needed, timeout=federation.connect_timeout, stage=f"round {server_round}"
+    )
     messages = list(
         strategy.configure_train(
             server_round, records.to_array_record(arrays), _round_config(study, standardizer), grid
@@ -249,6 +252,9 @@ def _run_round(
     trained = _collect(
         grid, messages, list(grid.send_and_receive(messages, timeout=timeout)), timeout
     )
+    for node, site in grid.sites.items():
+        if node not in connected:
+            trained.failed[site] = "not connected"
     if len(trained.ok) < needed:
         failures = "; ".join(f"{site}: {why}" for site, why in trained.failed.items()) or "none"
         raise StudyRunError(

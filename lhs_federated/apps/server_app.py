@@ -27,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from lhs_federated.apps.coordinator_audit import AuditOptions
 from lhs_federated.apps.federation import run_study
+from lhs_federated.results import write_failure
 from lhs_federated.study import Study, check_study, load_study
 
 STUDY_KEY = "study"
@@ -89,14 +90,18 @@ def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
         study = study_from_run_config(config)
         out_dir = Path(str(config.get(OUT_DIR_KEY) or default_out_dir(study)))
         study = with_site_state(study, out_dir)
-        run_study(
-            grid,
-            study,
-            out_dir,
-            engine=str(config.get(ENGINE_KEY) or "flower"),
-            resume=bool(config.get(RESUME_KEY, False)),
-            audit_options=AuditOptions.from_run_config(config),
-        )
+        try:
+            run_study(
+                grid,
+                study,
+                out_dir,
+                engine=str(config.get(ENGINE_KEY) or "flower"),
+                resume=bool(config.get(RESUME_KEY, False)),
+                audit_options=AuditOptions.from_run_config(config),
+            )
+        except Exception as error:
+            write_failure(out_dir, error)
+            raise
 
     return server_app
 

@@ -10,13 +10,29 @@ call is passed through unchanged.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from lhs_federated.errors import StudyRunError
+
+
+def addressees(messages: Iterable[Message]) -> dict[str, int]:
+    """Message id to destination node, for messages already pushed (Flower sets the ids)."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+
+
+def replying_node(reply: Message, addressed: Mapping[str, int]) -> int:
+    """The node whose outcome ``reply`` is.
+
+    When a node stops sending heartbeats, Flower's SuperLink answers in its
+    place with an error reply whose source is the SuperLink itself; that
+    reply is still the addressed node's outcome, so it is attributed by the
+    message it answers.
+    """
+    return addressed.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
 class SiteGrid(Grid):
@@ -32,10 +48,11 @@ class SiteGrid(Grid):
         Seconds between pulls while waiting for replies.
     """
 
-    def __init__(self, grid: Grid, sites: dict[int, str], *, poll_interval: float = 0.1) -> None:
+    def __init__(self, grid: Grid, sites: dict[int, str], *, poll_interval: float = 0.25) -> None:
         self._grid = grid
         self.sites = dict(sites)
         self.poll_interval = poll_interval
+        self._addressed: dict[str, int] = {}
 
     def set_run(self, run: Run) -> None:  # noqa: D102
         self._grid.set_run(run)
@@ -73,7 +90,9 @@ class SiteGrid(Grid):
         Flower's deployed Grid sleeps 3 s between pulls, which alone would add
         up to 3 s to every stage of every round; a study polls faster.
         """
+        messages = list(messages)
         pending = set(self._grid.push_messages(messages))
+        self._addressed.update(addressees(messages))
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         replies: list[Message] = []
         while pending:
@@ -85,9 +104,14 @@ class SiteGrid(Grid):
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
         return replies
 
-    def site_of(self, message: Message) -> str:
-        """The site a reply came from."""
-        return self.sites.get(message.metadata.src_node_id, f"node-{message.metadata.src_node_id}")
+    def node_of(self, reply: Message) -> int:
+        """The node a reply answers for (see :func:`replying_node`)."""
+        return replying_node(reply, self._addressed)
+
+    def site_of(self, reply: Message) -> str:
+        """The site a reply answers for."""
+        node = self.node_of(reply)
+        return self.sites.get(node, f"node-{node}")
 
     def wait_for_sites(self, needed: int, *, timeout: float, stage: str) -> list[int]:
         """Wait until at least ``needed`` study sites are connected.

@@ -44,6 +44,14 @@ InstalledOption = Annotated[
     bool,
     typer.Option("--installed", help="The installed lhs-federated package (for simulated sites)."),
 ]
+DeploymentOption = Annotated[
+    bool,
+    typer.Option(
+        "--deployment",
+        help="The app bundle this lhs-federated version deploys studies with "
+        "(what `lhs-fed server run` submits; computed here, no file needed).",
+    ),
+]
 ByOption = Annotated[
     str | None, typer.Option("--by", help="Who decides (default: the current user).")
 ]
@@ -71,12 +79,13 @@ def approve_command(
     fab: FabOption = None,
     code_hash: CodeHashOption = None,
     installed: InstalledOption = False,
+    deployment: DeploymentOption = False,
     by: ByOption = None,
     set_: SetOption = None,
 ) -> None:
     """Approve a study, run by one version of the code, at this site."""
     resolved = load_with_overrides(study, set_ or [])
-    code = _code_hash(fab, code_hash, installed, required=True)
+    code = _code_hash(fab, code_hash, installed, deployment, required=True)
     site = SiteFolder.open(site_folder)
     approval = site.approve(
         resolved.hash, code, study_name=resolved.name, by=by or getpass.getuser(), reason=reason
@@ -100,6 +109,7 @@ def revoke_command(
     fab: FabOption = None,
     code_hash: CodeHashOption = None,
     installed: InstalledOption = False,
+    deployment: DeploymentOption = False,
     by: ByOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -107,7 +117,7 @@ def revoke_command(
     if (study is None) == (study_hash is None):
         raise ConfigError("name the study to revoke: a STUDY.toml file or --study-hash, not both.")
     target = study_hash or load_with_overrides(study, set_ or []).hash
-    code = _code_hash(fab, code_hash, installed, required=False)
+    code = _code_hash(fab, code_hash, installed, deployment, required=False)
     site = SiteFolder.open(site_folder)
     revocation = site.revoke(target, code_hash=code, by=by or getpass.getuser(), reason=reason)
     which = "every code version" if code is None else f"code {code}"
@@ -134,7 +144,12 @@ def approvals_command(site_folder: SiteFolderOption) -> None:
 
 
 def _code_hash(
-    fab: Path | None, code_hash: str | None, installed: bool, *, required: bool
+    fab: Path | None,
+    code_hash: str | None,
+    installed: bool,
+    deployment: bool,
+    *,
+    required: bool,
 ) -> str | None:
     given = [
         option
@@ -142,22 +157,30 @@ def _code_hash(
             ("--fab", fab),
             ("--code-hash", code_hash),
             ("--installed", installed),
+            ("--deployment", deployment),
         )
         if value
     ]
     if len(given) > 1:
-        raise ConfigError(f"give one of --fab, --code-hash or --installed; got {', '.join(given)}.")
+        raise ConfigError(
+            f"give one of --fab, --code-hash, --installed or --deployment; got {', '.join(given)}."
+        )
     if not given:
         if required:
             raise ConfigError(
-                "an approval names the code that will run the study: give --fab FILE (the "
-                "Flower App bundle), --code-hash HEX, or --installed (simulated sites)."
+                "an approval names the code that will run the study: give --deployment (the "
+                "app bundle `lhs-fed server run` deploys), --fab FILE, --code-hash HEX, or "
+                "--installed (simulated sites)."
             )
         return None
     if fab is not None:
         return fab_hash(fab)
     if installed:
         return installed_code_hash()
+    if deployment:
+        from lhs_federated.deploy.app_bundle import bundle_hash
+
+        return bundle_hash()
     value = str(code_hash).strip().lower()
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         raise ConfigError(f"--code-hash must be 64 hex digits (a SHA-256); got {code_hash!r}.")

@@ -18,6 +18,9 @@ from pathlib import Path
 import tomli_w
 from flwr.cli.build import build_fab_from_files
 
+from lhs_federated.apps import server_app
+from lhs_federated.apps.coordinator_audit import LEDGER_KEY, SIMULATED_SITES
+
 SERVER_APP = "lhs_federated.apps.server_app:app"
 CLIENT_APP = "lhs_federated.apps.client_app:app"
 
@@ -38,7 +41,14 @@ def bundle_pyproject(version: str | None = None) -> dict:
                 "app": {
                     "publisher": "lhs-federated",
                     "components": {"serverapp": SERVER_APP, "clientapp": CLIENT_APP},
-                    "config": {"study": "", "out-dir": "", "engine": "deployment", "resume": False},
+                    "config": {
+                        server_app.STUDY_KEY: "",
+                        server_app.OUT_DIR_KEY: "",
+                        server_app.ENGINE_KEY: "deployment",
+                        server_app.RESUME_KEY: False,
+                        LEDGER_KEY: "",
+                        SIMULATED_SITES: "",
+                    },
                 }
             }
         },

@@ -27,6 +27,7 @@ from typing import Any
 import tomli_w
 
 from lhs_federated.apps import server_app
+from lhs_federated.apps.coordinator_audit import LEDGER_KEY
 from lhs_federated.deploy import processes
 from lhs_federated.deploy.app_bundle import write_bundle_dir
 from lhs_federated.deploy.certs import check_certificate
@@ -47,10 +48,6 @@ class ServerPaths:
     @property
     def flwr_home(self) -> Path:  # noqa: D102
         return self.state / "flwr"
-
-    @property
-    def database(self) -> Path:  # noqa: D102
-        return self.state / "superlink.db"
 
     @property
     def pid(self) -> Path:  # noqa: D102
@@ -81,10 +78,10 @@ def superlink_args(config: ServerConfig, paths: ServerPaths) -> list[str]:
         config.server.host,
         "--port",
         str(config.server.port),
-        "--database",
-        str(paths.database),
         "--disable-runtime-dependency-installation",
     ]
+    if config.server.database is not None:
+        args += ["--database", str(config.resolve(config.server.database))]
     if config.tls.insecure:
         return [*args, "--insecure"]
     return [
@@ -234,10 +231,12 @@ def start_detached(config: ServerConfig, *, timeout: float = 120.0) -> int:
     paths = ServerPaths(config.state_dir)
     paths.state.mkdir(parents=True, exist_ok=True)
     log = paths.state / "logs" / "server.log"
+    paths.ready.unlink(missing_ok=True)  # left by an instance that was killed
     process = processes.start_process(
         [sys.executable, "-m", "lhs_federated", "server", "start", "--config", config.path],
         log=log,
         env=dict(os.environ),
+        detach=True,
     )
     processes.wait_until(
         paths.ready.exists, process=process, timeout=timeout, what="the coordinator", log=log
@@ -251,12 +250,7 @@ def stop_server(config: ServerConfig) -> bool:
     pid = processes.read_pid_file(paths.pid)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while processes.read_pid_file(paths.pid) is not None:
-        if time.monotonic() > deadline:
-            raise LhsError(f"the coordinator (pid {pid}) did not stop within 30 s")
-        time.sleep(0.2)
+    processes.terminate_pid(pid, what="the coordinator")
     return True
 
 
@@ -295,6 +289,8 @@ def submit_study(
         server_app.ENGINE_KEY: "deployment",
         server_app.RESUME_KEY: resume,
     }
+    if config.ledger.signing_key is not None:
+        run_config[LEDGER_KEY] = str(config.resolve(config.ledger.signing_key))
     paths.runs.mkdir(parents=True, exist_ok=True)
     run_config_file = paths.runs / f".{out_dir.name}.run-config.toml"
     run_config_file.write_text(tomli_w.dumps(run_config), encoding="utf-8")
@@ -313,17 +309,20 @@ def wait_for_run(config: ServerConfig, run: SubmittedRun, *, timeout: float) -> 
         finish in time.
     """
     deadline = time.monotonic() + timeout
-    status = ""
-    while time.monotonic() < deadline:
-        runs = flwr(config, "ls", CONNECTION, "--run-id", run.run_id)["runs"]
-        status = str(runs[0]["status"]) if runs else "unknown"
-        if status.startswith("finished"):
-            break
-        time.sleep(1.0)
-    summary_path = run.out_dir / "summary.json"
+    status, next_check = "", 0.0
+    summary_path, failure = run.out_dir / "summary.json", run.out_dir / "failure.json"
+    # The ServerApp writes summary.json or failure.json when the run ends; asking the
+    # SuperLink (a `flwr` process each time) is only for runs that end without either.
+    while time.monotonic() < deadline and not summary_path.exists() and not failure.exists():
+        if time.monotonic() >= next_check:
+            runs = flwr(config, "ls", CONNECTION, "--run-id", run.run_id)["runs"]
+            status = str(runs[0]["status"]) if runs else "unknown"
+            if status.startswith("finished"):
+                break
+            next_check = time.monotonic() + 15.0
+        time.sleep(0.5)
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
-    failure = run.out_dir / "failure.json"
     if failure.is_file():
         raise StudyRunError(f"run {run.run_id} failed: {json.loads(failure.read_text())['error']}")
     if not status.startswith("finished"):
@@ -359,4 +358,6 @@ def resume_study(config: ServerConfig, run_dir: Path) -> SubmittedRun:
         raise ConfigError(f"{run_dir} holds a completed run; nothing to resume.")
     if not (run_dir / "checkpoint.pkl").exists():
         raise ConfigError(f"{run_dir} has no checkpoint: no round completed; run the study again.")
+    # The failed attempt's note would otherwise be read as this attempt's outcome.
+    (run_dir / "failure.json").unlink(missing_ok=True)
     return submit_study(config, load_study(resolved), out_dir=run_dir, resume=True)

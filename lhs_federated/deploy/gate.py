@@ -19,8 +19,8 @@ coordinator records it at once instead of waiting for a timeout.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import Context, Message
 from flwr.common.config import get_fused_config_from_fab
@@ -29,9 +29,8 @@ from flwr.supercore.run import Run
 
 from lhs_federated.apps import records
 from lhs_federated.errors import SiteRefusal
-
-# (study hash, bundle hash) -> None, or raises SiteRefusal: the site's approvals.
-ApprovalCheck = Callable[[str, str], None]
+from lhs_federated.governance.approval import Approval
+from lhs_federated.governance.site_folder import SiteFolder
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,7 @@ class GateDecision:
 
     study_hash: str
     bundle_hash: str
+    approval: Approval | None = None
     refusal: str | None = None
 
     @property
@@ -50,53 +50,65 @@ class GateDecision:
 
 @dataclass(frozen=True)
 class SiteGate:
-    """The checks one site applies to every task.
+    """The checks one site applies to every task, against its governance folder.
 
-    Parameters
-    ----------
-    site : str
-        The site's name (for refusal messages).
-    check_approval : callable
-        The site's approval registry check.
+    Every refusal is recorded in the site's ledger: approval refusals by the
+    folder's own check, the others (an altered bundle, a run config or study
+    that does not match) here.
     """
 
-    site: str
-    check_approval: ApprovalCheck
+    folder: SiteFolder
 
     def decide(self, message: Message, context: Context, run: Run, fab: Fab) -> GateDecision:
         """Check one task; never raises for a refusal, returns it instead."""
         bundle_hash = hashlib.sha256(fab.content).hexdigest()
+        where: dict[str, Any] = {
+            "run_id": run.run_id,
+            "message_id": message.metadata.message_id,
+            "message_type": message.metadata.message_type,
+        }
         study_hash = ""
         try:
-            if bundle_hash != fab.hash_str or bundle_hash != run.fab_hash:
-                raise SiteRefusal(
-                    self.site,
-                    f"the app bundle's bytes hash to {bundle_hash}, not the stated "
-                    f"{run.fab_hash or fab.hash_str}: it was altered in transit or storage",
-                )
-            expected = get_fused_config_from_fab(fab.content, run)
-            if dict(context.run_config) != dict(expected):
-                changed = sorted(
-                    k
-                    for k in set(expected) | set(context.run_config)
-                    if expected.get(k) != context.run_config.get(k)
-                )
-                raise SiteRefusal(
-                    self.site,
-                    "the run config differs from the app bundle's defaults plus the run's "
-                    f"overrides (keys {', '.join(changed)})",
-                )
-            try:
-                study = records.study_from_config(message.content[records.CONFIG])
-            except (KeyError, ValueError) as exc:
-                raise SiteRefusal(self.site, f"the message's study is not valid: {exc}") from exc
-            study_hash = study.hash
-            in_run = str(context.run_config.get("study", ""))
-            if in_run.startswith("{") and hashlib.sha256(in_run.encode()).hexdigest() != study_hash:
-                raise SiteRefusal(
-                    self.site, "the study in the message is not the study the run was started with"
-                )
-            self.check_approval(study_hash, bundle_hash)
+            study_hash = self._check_integrity(message, context, run, fab, bundle_hash)
         except SiteRefusal as refusal:
-            return GateDecision(study_hash, bundle_hash, refusal.message)
-        return GateDecision(study_hash, bundle_hash)
+            self.folder.record_refusal(study_hash, bundle_hash, refusal.reason, context=where)
+            return GateDecision(study_hash, bundle_hash, refusal=refusal.message)
+        try:
+            approval = self.folder.check(study_hash, bundle_hash, context=where)
+        except SiteRefusal as refusal:  # the folder recorded it
+            return GateDecision(study_hash, bundle_hash, refusal=refusal.message)
+        return GateDecision(study_hash, bundle_hash, approval=approval)
+
+    def _check_integrity(
+        self, message: Message, context: Context, run: Run, fab: Fab, bundle_hash: str
+    ) -> str:
+        """Checks 1-3 of the module docstring; return the study hash."""
+        site = self.folder.site
+        if bundle_hash != fab.hash_str or bundle_hash != run.fab_hash:
+            raise SiteRefusal(
+                site,
+                f"the app bundle's bytes hash to {bundle_hash}, not the stated "
+                f"{run.fab_hash or fab.hash_str}: it was altered in transit or storage",
+            )
+        expected = get_fused_config_from_fab(fab.content, run)
+        if dict(context.run_config) != dict(expected):
+            changed = sorted(
+                k
+                for k in set(expected) | set(context.run_config)
+                if expected.get(k) != context.run_config.get(k)
+            )
+            raise SiteRefusal(
+                site,
+                "the run config differs from the app bundle's defaults plus the run's "
+                f"overrides (keys {', '.join(changed)})",
+            )
+        try:
+            study = records.study_from_config(message.content[records.CONFIG])
+        except (KeyError, ValueError) as exc:
+            raise SiteRefusal(site, f"the message's study is not valid: {exc}") from exc
+        in_run = str(context.run_config.get("study", ""))
+        if in_run.startswith("{") and hashlib.sha256(in_run.encode()).hexdigest() != study.hash:
+            raise SiteRefusal(
+                site, "the study in the message is not the study the run was started with"
+            )
+        return study.hash

@@ -12,11 +12,11 @@ pulling the task's input and installing the bundle.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 
 from flwr.app import Error, Message
 from flwr.cli.install import install_from_fab
@@ -25,6 +25,7 @@ from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import (
     RuntimeTokenHttpInterceptor,
     RuntimeVersionHttpInterceptor,
@@ -32,17 +33,16 @@ from flwr.supercore.interceptors import (
 )
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime import run_clientapp
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from lhs_federated.apps import records
-from lhs_federated.deploy.gate import GateDecision, SiteGate
+from lhs_federated.apps.site_governance import record_task
+from lhs_federated.deploy.gate import SiteGate
 
 LOGGER = logging.getLogger("lhs_federated.launcher")
 
 _ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
-
-# Called after each task with the gate's decision and the reply sent (for ledgers).
-TaskObserver = Callable[[GateDecision, Message], None]
 
 
 def _runtime_client(address: str, *interceptors) -> RuntimeHttpClient:
@@ -55,18 +55,21 @@ def _runtime_client(address: str, *interceptors) -> RuntimeHttpClient:
     )
 
 
-def run_task(address: str, token: str, gate: SiteGate, observe: TaskObserver | None = None) -> int:
+def run_task(address: str, token: str, gate: SiteGate) -> int:
     """Run one claimed task behind the gate; return the process exit code.
 
     A refused task gets an error reply with code ``SITE_REFUSED`` and the
     reason; the bundle is then never installed and nothing of it imported.
+    Every reply that leaves, and every crash, is recorded in the site ledger.
     """
     client = _runtime_client(
         address, RuntimeVersionHttpInterceptor("flwr-clientapp"), RuntimeTokenHttpInterceptor(token)
     )
+    started = time.monotonic()
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     heartbeat.start()
     message = context = None
+    replied = False
     status, details, exit_code = SubStatus.FAILED, "task failed", 1
     try:
         message, context, run, fab = pull_task_input(client)
@@ -85,27 +88,48 @@ def run_task(address: str, token: str, gate: SiteGate, observe: TaskObserver | N
             )
             details, exit_code = str(decision.refusal), 0
         push_message(client, reply, context)
-        if observe is not None:
-            observe(decision, reply)
+        replied = True
+        record_task(gate.folder, message, reply, approval=decision.approval)
     except Exception as exc:
         LOGGER.exception("task failed")
         details = f"{type(exc).__name__}: {exc}"
-        if message is not None and context is not None:
+        if message is not None and context is not None and not replied:
             error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details)
             push_message(client, Message(error, reply_to=message), context)
+            record_task(gate.folder, message, None, crash=details)
     finally:
         push_task_output(client, context, status, details)
         heartbeat.stop()
         client.close()
+        kind = message.metadata.message_type if message is not None else "unknown"
+        LOGGER.info("task %s: %s in %.2f s", kind, status, time.monotonic() - started)
     return exit_code
 
 
 def preload() -> None:
-    """Import what every task needs, once, in the parent the workers fork from."""
-    import sklearn.metrics  # noqa: F401
+    """Import what every task needs, once, in the parent the workers fork from.
 
-    import lhs_federated.apps.client_app
-    import lhs_federated.metrics  # noqa: F401
+    Some imports happen on first use rather than at import: torch's optimisers
+    import ``torch._dynamo`` (about 2 s) the first time one is built, so one is
+    built here.
+    """
+    import opacus  # noqa: F401 - sample-level DP studies
+    import sklearn.metrics  # noqa: F401
+    import torch
+
+    import lhs_federated.apps.client_app  # noqa: F401
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    # Flower's runner retries a message object the SuperNode has not stored yet after
+    # 1 s, doubling up to 10 s. A forked worker claims its task within milliseconds,
+    # usually while the SuperNode is still pulling the message's objects from the
+    # SuperLink, so it asks again every 50 ms (up to Flower's overall time limit).
+    run_clientapp.pull_and_inflate_object_from_tree = functools.partial(
+        pull_and_inflate_object_from_tree,
+        initial_backoff=0.05,
+        backoff_cap=0.05,
+        max_tries_per_object=None,
+    )
 
 
 def run_launcher(
@@ -114,8 +138,7 @@ def run_launcher(
     gate: SiteGate,
     *,
     workers: int = 2,
-    poll_interval: float = 0.05,
-    observe: TaskObserver | None = None,
+    poll_interval: float = 0.1,
 ) -> None:
     """Claim the SuperNode's ClientApp tasks forever, forking one worker per task.
 
@@ -131,8 +154,6 @@ def run_launcher(
         Tasks run at once.
     poll_interval : float
         Seconds between claims when idle.
-    observe : callable, optional
-        Called in the worker after each task (site ledgers).
     """
     preload()
     claims = _runtime_client(
@@ -161,7 +182,7 @@ def run_launcher(
                 if pid == 0:  # the worker
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    os._exit(run_task(address, claim.token, gate, observe))
+                    os._exit(run_task(address, claim.token, gate))
                 running.add(pid)
                 continue
         time.sleep(poll_interval)

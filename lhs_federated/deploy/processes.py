@@ -7,7 +7,6 @@ so a bad configuration never leaves a stray SuperLink or SuperNode running.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -22,10 +21,17 @@ from lhs_federated.errors import ConfigError, LhsError
 
 
 def flower_environment(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower processes: their own home, no telemetry, no installs."""
+    """Environment for Flower processes: their own home, no telemetry, no installs.
+
+    Flower's processes start others by name (the SuperLink starts
+    ``flower-superexec``, which starts ``flwr-serverapp``), so the folder of
+    this Python's executables comes first on ``PATH``.
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
+    bin_dir = str(Path(sys.executable).parent)
     return {
         **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
         "FLWR_HOME": str(flwr_home),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -69,12 +75,20 @@ def port_open(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def start_process(args: Sequence[str], *, log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """Start a process in its own session, output appended to ``log``."""
+def start_process(
+    args: Sequence[str], *, log: Path, env: dict[str, str], detach: bool = False
+) -> subprocess.Popen:
+    """Start a process with its output appended to ``log``.
+
+    A supervised process stays in its supervisor's process group, so that
+    killing the supervisor's group (as a service manager does) stops it too;
+    a ``detach``-ed one (a supervisor started in the background) gets a
+    session of its own.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as handle:
         return subprocess.Popen(
-            list(args), stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            list(args), stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=detach
         )
 
 
@@ -117,29 +131,46 @@ def wait_until(
 
 
 def stop_process(process: subprocess.Popen, *, timeout: float = 10.0) -> None:
-    """Stop a process and its session: SIGTERM, then SIGKILL after ``timeout``."""
+    """Stop a child process: SIGTERM, then SIGKILL after ``timeout`` seconds."""
     if process.poll() is not None:
         return
-    stop_pid(process.pid, timeout=timeout)
-    process.wait(timeout=timeout)
-
-
-def stop_pid(pid: int, *, timeout: float = 10.0) -> bool:
-    """Stop a process group by its leader's pid; return whether it was running."""
+    process.terminate()
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an exited, unreaped child counts as gone)."""
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True  # no procfs: the signal check above is all there is
+    except (OSError, IndexError):
         return False
+    return state not in ("Z", "X")
+
+
+def terminate_pid(pid: int, *, what: str, timeout: float = 30.0) -> None:
+    """SIGTERM a supervisor started elsewhere and wait until it has exited.
+
+    Waiting for the process itself (not its pid file) matters: a supervisor
+    removes its pid file while it is still stopping its children.
+
+    Raises
+    ------
+    LhsError
+        If it is still running after ``timeout`` seconds.
+    """
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return True
+    while alive(pid):
+        if time.monotonic() > deadline:
+            raise LhsError(f"{what} (pid {pid}) did not stop within {timeout:g} s")
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    return True
 
 
 def write_pid_file(path: Path, pid: int) -> None:

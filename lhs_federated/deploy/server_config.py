@@ -28,6 +28,12 @@ class ServerSection:
         9092, doc="port of the SuperLink (Fleet, Control, Runtime APIs)", ge=1, le=65535
     )
     start_timeout: float = setting(60.0, doc="seconds to wait for the SuperLink to start", gt=0)
+    database: str | None = setting(
+        None,
+        doc="file for Flower's own state (runs, registered nodes) to survive restarts; "
+        "default: in memory, which is faster (studies keep their own durable records, and "
+        "sites listed in [sites] are registered again at every start)",
+    )
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,23 @@ class TlsSection:
 
 
 @dataclass(frozen=True)
+class LedgerSection:
+    """The key the coordinator signs every run's ledger with."""
+
+    signing_key: str | None = setting(
+        None,
+        doc="Ed25519 private key from `lhs-fed keys init` (default: a new key per run, "
+        "its public key written into the run's results)",
+    )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """A coordinating centre's configuration."""
 
     server: ServerSection = setting(default_factory=ServerSection, doc="the SuperLink")
     tls: TlsSection = setting(default_factory=TlsSection, doc="TLS")
+    ledger: LedgerSection = setting(default_factory=LedgerSection, doc="the run ledgers")
     sites: dict[str, str] = setting(
         default_factory=dict, doc="site name -> path of its SuperNode public key (.pub)"
     )
@@ -94,6 +112,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         "tls.ca_certificate": config.tls.ca_certificate,
         "tls.certificate": config.tls.certificate,
         "tls.private_key": config.tls.private_key,
+        "ledger.signing_key": config.ledger.signing_key,
         **{f"sites.{name}": key for name, key in config.sites.items()},
     }
     for key, value in files.items():

@@ -11,7 +11,9 @@ failed start.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -22,13 +24,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
+
 from lhs_federated.data.contract import contract_from
 from lhs_federated.data.io import read_table
 from lhs_federated.data.validation import validate_table
 from lhs_federated.deploy import processes
 from lhs_federated.deploy.certs import check_certificate, check_site_key
 from lhs_federated.errors import ConfigError, LhsError
+from lhs_federated.governance.site_folder import SiteFolder
 from lhs_federated.site_config import SiteConfig
+
+LOGGER = logging.getLogger("lhs_federated.site")
 
 SUPERNODE_EXIT_REASONS = {
     302: "the site's private key could not be read by Flower",
@@ -39,6 +46,10 @@ SUPERNODE_EXIT_REASONS = {
         "(server.toml [sites], or `lhs-fed server register-site`)?"
     ),
 }
+
+
+class NodeRefusedError(LhsError):
+    """The coordinator refused or could not be reached when the SuperNode connected."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,38 @@ class SitePaths:
     def ready(self) -> Path:  # noqa: D102
         return self.state / "site.ready"
 
+    @property
+    def alive(self) -> Path:
+        """Touched while the site runs; left behind, with its time, by a crash."""
+        return self.state / "site.alive"
+
     def log(self, name: str) -> Path:
         """Log file of one of the site's processes."""
         return self.state / "logs" / f"{name}.log"
+
+
+def open_site_folder(config: SiteConfig) -> SiteFolder:
+    """The site's governance folder, checked to belong to this site.
+
+    Raises
+    ------
+    ConfigError
+        If the folder is missing (make it with ``lhs-fed site init``) or
+        belongs to another site.
+    """
+    folder = config.governance_dir
+    if not folder.is_dir():
+        raise ConfigError(
+            f"{config.path}: the governance folder {str(folder)!r} does not exist; make it "
+            f"with `lhs-fed site init {folder} --name {config.site.name}`."
+        )
+    site_folder = SiteFolder.open(folder)
+    if site_folder.site != config.site.name:
+        raise ConfigError(
+            f"{config.path}: the governance folder {str(folder)!r} belongs to site "
+            f"{site_folder.site!r}, not {config.site.name!r}."
+        )
+    return site_folder
 
 
 def check_site(config: SiteConfig, *, connect: bool = True) -> list[str]:
@@ -77,6 +117,9 @@ def check_site(config: SiteConfig, *, connect: bool = True) -> list[str]:
         At the first failed check, naming the file or address.
     """
     passed = [f"site config {config.path}: valid"]
+    folder = open_site_folder(config)
+    approvals = folder.registry.approvals() if folder.registry.path.is_file() else []
+    passed.append(f"governance folder {config.governance_dir}: {len(approvals)} approvals in force")
     ca = config.resolve(config.coordinator.ca_certificate)
     if ca is not None:
         check_certificate(ca, what="CA certificate")
@@ -158,7 +201,7 @@ def supernode_args(config: SiteConfig, secret: Path) -> list[str]:
         "--auth-supernode-private-key",
         str(config.resolve(config.identity.private_key)),
         "--max-wait-time",
-        "60",
+        str(config.runtime.connect_timeout),
         "--node-config",
         f"site-config='{config.path}'",
     ]
@@ -172,13 +215,15 @@ def supernode_args(config: SiteConfig, secret: Path) -> list[str]:
 def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
     """Check, start and supervise the site's SuperNode and launcher (foreground).
 
-    Returns when either process stops or on SIGTERM/SIGINT, having stopped
-    both.
+    The first start fails fast with the reason (nothing is left running). Once
+    the site has joined, it stays joined: if its SuperNode stops (the
+    coordinator restarted, the network dropped), both processes are started
+    again, after a pause that grows from 5 s to 60 s, until SIGTERM or SIGINT.
 
     Raises
     ------
     ConfigError, DataError, LhsError
-        If a check fails or a process does not start; nothing is left running.
+        If a check fails or the processes do not start the first time.
     """
     paths = SitePaths(config.state_dir)
     running = processes.read_pid_file(paths.pid)
@@ -188,53 +233,157 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
     processes.check_port_free(
         "127.0.0.1", config.runtime.runtime_port, what="the SuperNode's Runtime API"
     )
+    stop = _StopFlag()
+    children: list[subprocess.Popen] = []
+    try:
+        children = _first_launch(config, paths, stop, timeout=timeout)
+        processes.write_pid_file(paths.pid, os.getpid())
+        paths.ready.write_text(f"{time.time()}\n")
+        pause = 5.0
+        while True:
+            while not stop.requested and all(child.poll() is None for child in children):
+                _mark_alive(paths)
+                time.sleep(0.2)
+            if stop.requested:
+                return
+            code = next(c.returncode for c in children if c.poll() is not None)
+            LOGGER.warning(
+                "a site process stopped (exit code %s); restarting in %.0f s", code, pause
+            )
+            _stop_all(children)
+            children = []
+            if stop.wait(pause):
+                return
+            pause = min(2 * pause, 60.0)
+            try:
+                children = _launch(config, paths, timeout=timeout)
+                pause = 5.0
+            except LhsError as error:
+                LOGGER.warning("site %s could not rejoin: %s", config.site.name, error.message)
+    finally:
+        stop.restore()
+        _stop_all(children)
+        for marker in (paths.ready, paths.pid, paths.alive):
+            marker.unlink(missing_ok=True)
+
+
+# Flower's SuperLink counts a node online until HEARTBEAT_PATIENCE heartbeat
+# intervals after its last heartbeat and refuses to activate it again before.
+_ONLINE_AFTER_LAST_HEARTBEAT = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL
+_ALIVE_EVERY = 5.0
+
+
+def _mark_alive(paths: SitePaths) -> None:
+    alive = paths.alive
+    if not alive.exists() or time.time() - alive.stat().st_mtime >= _ALIVE_EVERY:
+        alive.touch()
+
+
+def _first_launch(
+    config: SiteConfig, paths: SitePaths, stop: _StopFlag, *, timeout: float
+) -> list[subprocess.Popen]:
+    """Launch; after a crash, wait out the coordinator's memory of the old node once.
+
+    A site that lost power comes back within seconds, but the coordinator
+    still counts its node online for up to a minute and refuses it. The
+    time the crashed instance was last alive says how long that lasts, so
+    the site waits exactly that long (once) instead of failing.
+    """
+    try:
+        return _launch(config, paths, timeout=timeout)
+    except NodeRefusedError:
+        if not paths.alive.exists():
+            raise
+        last_alive = paths.alive.stat().st_mtime
+        wait = last_alive + _ALIVE_EVERY + _ONLINE_AFTER_LAST_HEARTBEAT + 1 - time.time()
+        if wait <= 0:
+            raise
+        LOGGER.warning(
+            "the coordinator refused this site's node; its previous instance stopped without "
+            "signing off %.0f s ago and may still count as online there: retrying in %.0f s",
+            time.time() - last_alive,
+            wait,
+        )
+        if stop.wait(wait):
+            raise
+        return _launch(config, paths, timeout=timeout)
+
+
+def _launch(config: SiteConfig, paths: SitePaths, *, timeout: float) -> list[subprocess.Popen]:
+    """Start the SuperNode, wait until it has joined, then start the launcher."""
     secret = _task_claim_secret(paths)
     env = processes.flower_environment(paths.flwr_home)
     supernode_log = paths.log("supernode")
     supernode = processes.start_process(supernode_args(config, secret), log=supernode_log, env=env)
-    started: list[subprocess.Popen] = [supernode]
+    joined = _log_size(supernode_log)
     try:
         processes.wait_until(
-            lambda: "SuperNode ID" in processes.tail(supernode_log, 200),
+            lambda: "SuperNode ID" in _log_since(supernode_log, joined),
             process=supernode,
             timeout=timeout,
             what=f"site {config.site.name!r} SuperNode",
             log=supernode_log,
-            explain=lambda code: SUPERNODE_EXIT_REASONS.get(code, ""),
+            explain=lambda code: _supernode_exit_reason(supernode_log, joined, code),
         )
-        launcher_args = [
-            sys.executable, "-m", "lhs_federated.deploy.site_launcher",
-            "--config", config.path, "--parent-pid", str(os.getpid()),
-        ]  # fmt: skip
-        started.append(processes.start_process(launcher_args, log=paths.log("launcher"), env=env))
-        processes.write_pid_file(paths.pid, os.getpid())
-        paths.ready.write_text(f"{time.time()}\n")
-        _supervise(started)
-    finally:
-        for process in reversed(started):
-            processes.stop_process(process)
-        for marker in (paths.ready, paths.pid):
-            marker.unlink(missing_ok=True)
+    except LhsError as error:
+        processes.stop_process(supernode)
+        if _flower_exit_code(supernode_log, joined) == 305:
+            raise NodeRefusedError(error.message) from error
+        raise
+    launcher_args = [
+        sys.executable, "-m", "lhs_federated.deploy.site_launcher",
+        "--config", config.path, "--parent-pid", str(os.getpid()),
+    ]  # fmt: skip
+    return [supernode, processes.start_process(launcher_args, log=paths.log("launcher"), env=env)]
 
 
-def _supervise(children: list[subprocess.Popen]) -> None:
-    """Wait until a child exits or this process is asked to stop."""
-    stopping = False
+def _flower_exit_code(log: Path, offset: int) -> int | None:
+    """Flower's exit code as the SuperNode logged it (its process exits with 1)."""
+    logged = re.findall(r"Exit Code: (\d+)", _log_since(log, offset))
+    return int(logged[-1]) if logged else None
 
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while not stopping and all(child.poll() is None for child in children):
+def _supernode_exit_reason(log: Path, offset: int, code: int) -> str:
+    """Explain a SuperNode's exit by Flower's exit code."""
+    return SUPERNODE_EXIT_REASONS.get(_flower_exit_code(log, offset) or code, "")
+
+
+def _stop_all(children: list[subprocess.Popen]) -> None:
+    for child in reversed(children):
+        processes.stop_process(child)
+
+
+def _log_size(log: Path) -> int:
+    return log.stat().st_size if log.is_file() else 0
+
+
+def _log_since(log: Path, offset: int) -> str:
+    """What a log gained since ``offset`` (a restarted SuperNode appends to it)."""
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode(errors="replace")
+
+
+class _StopFlag:
+    """Set by SIGTERM or SIGINT; restores the previous handlers when done."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _set(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return whether a stop was requested."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
             time.sleep(0.2)
-    finally:
-        for sig, handler in previous.items():
+        return self.requested
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-    exited = [c for c in children if c.poll() is not None]
-    if exited and not stopping:
-        raise LhsError(f"a site process stopped (exit code {exited[0].returncode}); see the logs.")
 
 
 def start_detached(config: SiteConfig, *, timeout: float = 120.0) -> int:
@@ -248,10 +397,12 @@ def start_detached(config: SiteConfig, *, timeout: float = 120.0) -> int:
     paths = SitePaths(config.state_dir)
     paths.state.mkdir(parents=True, exist_ok=True)
     log = paths.log("site")
+    paths.ready.unlink(missing_ok=True)  # left by an instance that was killed
     process = processes.start_process(
         [sys.executable, "-m", "lhs_federated", "site", "start", "--config", config.path],
         log=log,
         env=dict(os.environ),
+        detach=True,
     )
     processes.wait_until(
         paths.ready.exists,
@@ -268,10 +419,5 @@ def stop_site(config: SiteConfig) -> bool:
     pid = processes.read_pid_file(SitePaths(config.state_dir).pid)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while processes.read_pid_file(SitePaths(config.state_dir).pid) is not None:
-        if time.monotonic() > deadline:
-            raise LhsError(f"site {config.site.name!r} (pid {pid}) did not stop within 30 s")
-        time.sleep(0.2)
+    processes.terminate_pid(pid, what=f"site {config.site.name!r}")
     return True
