@@ -34,21 +34,9 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=3)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lhs-latency-"))
-    assert (
-        lhs_fed(
-            [
-                "data",
-                "synth",
-                "--sites",
-                str(args.sites),
-                "--rows-per-site",
-                "300",
-                "--out",
-                str(root / "data"),
-            ]
-        )
-        == 0
-    )
+    synth = ["data", "synth", "--sites", str(args.sites), "--rows-per-site", "300"]
+    if lhs_fed([*synth, "--out", str(root / "data")]) != 0:
+        raise SystemExit("could not write the synthetic site tables")
     tables = {p.stem: p for p in sorted((root / "data").glob("site-*.csv"))}
     consortium = build_loopback(root / "consortium", tables)
     study = load_study(None).with_overrides(

@@ -10,12 +10,37 @@ The public API researchers use from notebooks::
     results.out_dir        # the results folder
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from lhs_federated.errors import ConfigError, DataError, LhsError, StudyRunError
-from lhs_federated.results import RunResults, read_results
-from lhs_federated.simulation import simulate
-from lhs_federated.study import Study, load_study
+
+if TYPE_CHECKING:
+    from lhs_federated.results import RunResults, read_results
+    from lhs_federated.simulation import simulate
+    from lhs_federated.study import Study, load_study
+
+# Imported on first use: a site's SuperNode, its launcher and every CLI command
+# import this package, and only some of them need PyTorch and scikit-learn.
+_LAZY = {
+    "RunResults": "lhs_federated.results",
+    "read_results": "lhs_federated.results",
+    "simulate": "lhs_federated.simulation",
+    "Study": "lhs_federated.study",
+    "load_study": "lhs_federated.study",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lhs_federated' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 try:
     __version__ = version("lhs-federated")

@@ -18,24 +18,20 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Literal
 
 from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 
 from lhs_federated.analysis import analyse_run
 from lhs_federated.apps import client_app, server_app
-from lhs_federated.apps.coordinator_audit import LEDGER_KEY
 from lhs_federated.apps.inprocess import InProcessGrid
+from lhs_federated.apps.run_config import BACKENDS, LEDGER_KEY, Backend
 from lhs_federated.data.sources import load_sites
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.keys import load_private_key
 from lhs_federated.report import write_run_report
 from lhs_federated.results import RunResults, read_results
 from lhs_federated.study import Study, load_study
-
-Backend = Literal["inprocess", "ray"]
-BACKENDS: tuple[Backend, ...] = ("inprocess", "ray")
 
 
 def simulate(

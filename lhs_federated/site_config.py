@@ -97,6 +97,11 @@ class RuntimeSection:
     connect_timeout: float = setting(
         60.0, doc="seconds the SuperNode keeps trying to reach the coordinator", gt=0
     )
+    poll_interval: float = setting(
+        0.5,
+        doc="seconds the idle SuperNode waits between polls of the coordinator (Flower's: 3)",
+        gt=0,
+    )
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ def shell_commands(block: str) -> list[str]:
     return commands
 
 
+#: Commands that start Ray (slow; run by test_engines.py against the in-process engine).
+RAY_COMMANDS = ("--backend ray",)
+
 #: First line of a bash block whose commands build on each other (run in order, in one folder).
 IN_ORDER = "# run in order"
 

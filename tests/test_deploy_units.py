@@ -18,7 +18,8 @@ from flwr.supercore.fab import Fab
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from lhs_federated.apps import records
+from lhs_federated import load_study
+from lhs_federated.apps import records, server_app
 from lhs_federated.cli import main
 from lhs_federated.deploy import processes
 from lhs_federated.deploy.app_bundle import build_bundle, bundle_hash
@@ -229,3 +230,16 @@ def test_port_in_use_is_named():
             match=rf"port {port} on 127\.0\.0\.1 is already in use .*; the SuperLink needs it",
         ):
             processes.check_port_free("127.0.0.1", port, what="the SuperLink")
+
+
+def test_a_deployed_sample_dp_study_reaches_the_sites_exactly_as_approved(tmp_path):
+    study = load_study(None).with_overrides({"privacy.mode": "sample-dp", "privacy.epsilon": 3.0})
+    config = {
+        server_app.STUDY_KEY: study.to_json(),
+        server_app.OUT_DIR_KEY: str(tmp_path / "run"),
+        server_app.ENGINE_KEY: server_app.DEPLOYMENT,
+    }
+    deployed, _, _ = server_app.run_from_config(config)
+    assert deployed.hash == study.hash and deployed.sites.state_dir is None
+    simulated, _, _ = server_app.run_from_config({**config, server_app.ENGINE_KEY: "flower"})
+    assert simulated.sites.state_dir == str((tmp_path / "run" / "site-state").resolve())

@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from readme import README, code_blocks, lhs_fed_commands, shell_commands
+from readme import RAY_COMMANDS, README, code_blocks, lhs_fed_commands, shell_commands
 
 from lhs_federated.cli import main
 
 REPO = README.parent
-SLOW_COMMANDS = ("--backend ray",)
 
 
 def test_readme_has_the_three_setup_commands():
@@ -35,10 +34,8 @@ def in_copy_of_repo(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "command",
-    [
-        pytest.param(c, marks=pytest.mark.slow) if any(s in c for s in SLOW_COMMANDS) else c
-        for c in lhs_fed_commands()
-    ],
+    # Ray commands run in test_engines.py, which also checks them against the in-process engine.
+    [c for c in lhs_fed_commands() if not any(s in c for s in RAY_COMMANDS)],
 )
 def test_readme_lhs_fed_command_runs(command, in_copy_of_repo, uci_folder, http_folder):
     args = shlex.split(command)[1:]

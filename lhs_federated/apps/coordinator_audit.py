@@ -41,6 +41,7 @@ from flwr.supercore.run import Run
 
 from lhs_federated.apps import records
 from lhs_federated.apps.reply_digest import content_hash, digest_reply, update_norm
+from lhs_federated.apps.run_config import LEDGER_KEY, SIMULATED_SITES
 from lhs_federated.apps.site_governance import (
     CLOSE_TYPE,
     FINAL_HASH,
@@ -65,10 +66,6 @@ from lhs_federated.governance.verify import load_entries
 from lhs_federated.metrics import MetricReport
 from lhs_federated.results import versions
 from lhs_federated.study import Study
-
-#: Run-config keys (``[tool.flwr.app.config]``) read by :meth:`AuditOptions.from_run_config`.
-LEDGER_KEY = "ledger-key"
-SIMULATED_SITES = "simulated-sites"
 
 _STAGES = {MessageType.QUERY: "discovery", MessageType.TRAIN: "train"}
 

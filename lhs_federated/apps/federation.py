@@ -16,6 +16,7 @@ what a clinical study needs around them:
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from lhs_federated.results import RunWriter, utc_now
 from lhs_federated.site import SiteSummary, federated_standardizer, n_features
 from lhs_federated.study import Study
 
+LOGGER = logging.getLogger("lhs_federated.federation")
+
 
 @dataclass
 class RoundOutcome:
@@ -60,6 +63,7 @@ def run_study(
     engine: str,
     resume: bool = False,
     audit_options: AuditOptions | None = None,
+    expected_sites: int = 0,
 ) -> dict[str, Any]:
     """Run ``study`` on ``grid`` and write its results folder.
 
@@ -78,6 +82,9 @@ def run_study(
     audit_options : AuditOptions, optional
         The coordinator's ledger key and the simulated sites' governance
         folders (default: a key made for this run, folders under the run).
+    expected_sites : int
+        Sites registered at the coordinator, waited for before discovery
+        (0: start with those connected).
 
     Returns
     -------
@@ -93,7 +100,7 @@ def run_study(
     random.seed(study.seed)  # Flower strategies sample sites with `random`
     checkpoint = load_checkpoint(out_dir, study) if resume else None
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
-    summaries, site_grid = discover_sites(audit.grid, study)
+    summaries, site_grid = discover_sites(audit.grid, study, expected_sites=expected_sites)
     if checkpoint is None:
         standardizer = federated_standardizer(study, summaries.values())
         strategy = build_strategy(study, n_sites=len(summaries))
@@ -149,8 +156,15 @@ def run_study(
     return summary
 
 
-def discover_sites(grid: Grid, study: Study) -> tuple[dict[int, SiteSummary], SiteGrid]:
+def discover_sites(
+    grid: Grid, study: Study, *, expected_sites: int = 0
+) -> tuple[dict[int, SiteSummary], SiteGrid]:
     """Ask every connected node who it is and for its data summary.
+
+    Waits up to ``federation.connect_timeout`` for ``expected_sites`` nodes
+    (a coordinator knows how many sites are registered; sites restarting
+    after an outage reconnect within seconds), then goes on with those
+    connected if they are at least ``federation.min_sites``.
 
     Raises
     ------
@@ -161,8 +175,16 @@ def discover_sites(grid: Grid, study: Study) -> tuple[dict[int, SiteSummary], Si
     federation = study.federation
     deadline = time.monotonic() + federation.connect_timeout
     needed = federation.min_sites or 1
-    while len(node_ids := list(grid.get_node_ids())) < needed:
+    while len(node_ids := list(grid.get_node_ids())) < max(needed, expected_sites):
         if time.monotonic() >= deadline:
+            if len(node_ids) >= needed:
+                LOGGER.warning(
+                    "%d of %d registered sites connected within %g s; going on without the rest",
+                    len(node_ids),
+                    expected_sites,
+                    federation.connect_timeout,
+                )
+                break
             raise StudyRunError(
                 f"only {len(node_ids)} sites connected within {federation.connect_timeout:g} s; "
                 f"the study needs {needed} (federation.min_sites)."

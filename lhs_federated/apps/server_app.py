@@ -27,13 +27,16 @@ from flwr.serverapp import Grid, ServerApp
 
 from lhs_federated.apps.coordinator_audit import AuditOptions
 from lhs_federated.apps.federation import run_study
+from lhs_federated.apps.run_config import (
+    DEPLOYMENT,
+    ENGINE_KEY,
+    EXPECTED_SITES_KEY,
+    OUT_DIR_KEY,
+    RESUME_KEY,
+    STUDY_KEY,
+)
 from lhs_federated.results import write_failure
 from lhs_federated.study import Study, check_study, load_study
-
-STUDY_KEY = "study"
-OUT_DIR_KEY = "out-dir"
-ENGINE_KEY = "engine"
-RESUME_KEY = "resume"
 
 
 def study_from_run_config(run_config: UserConfig) -> Study:
@@ -75,6 +78,22 @@ def with_site_state(study: Study, out_dir: Path) -> Study:
     return dataclasses.replace(study, sites=dataclasses.replace(study.sites, state_dir=state_dir))
 
 
+def run_from_config(config: UserConfig) -> tuple[Study, Path, str]:
+    """The study to run, its results folder and the engine, from a run config.
+
+    Simulated sites keep their privacy ledgers where the study says (see
+    :func:`with_site_state`); deployed sites keep theirs where their own
+    site.toml says, and receive the study exactly as submitted, whose hash is
+    the one they approved.
+    """
+    study = study_from_run_config(config)
+    out_dir = Path(str(config.get(OUT_DIR_KEY) or default_out_dir(study)))
+    engine = str(config.get(ENGINE_KEY) or "flower")
+    if engine != DEPLOYMENT:
+        study = with_site_state(study, out_dir)
+    return study, out_dir, engine
+
+
 def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
     """A ServerApp whose run config is the engine's, updated with ``run_config``.
 
@@ -87,17 +106,16 @@ def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         config = {**context.run_config, **overrides}
-        study = study_from_run_config(config)
-        out_dir = Path(str(config.get(OUT_DIR_KEY) or default_out_dir(study)))
-        study = with_site_state(study, out_dir)
+        study, out_dir, engine = run_from_config(config)
         try:
             run_study(
                 grid,
                 study,
                 out_dir,
-                engine=str(config.get(ENGINE_KEY) or "flower"),
+                engine=engine,
                 resume=bool(config.get(RESUME_KEY, False)),
                 audit_options=AuditOptions.from_run_config(config),
+                expected_sites=int(config.get(EXPECTED_SITES_KEY) or 0),
             )
         except Exception as error:
             write_failure(out_dir, error)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from lhs_federated.cli.simulate import load_with_overrides
 from lhs_federated.deploy import coordinator
-from lhs_federated.deploy.server_config import load_server_config
+from lhs_federated.deploy.server_config import ServerConfig, load_server_config
 
 app = typer.Typer(help="Run the coordinating centre (a Flower SuperLink).", no_args_is_help=True)
 console = Console(highlight=False)
@@ -85,7 +85,10 @@ def resume_command(
     _finish(server, submitted, wait=wait, timeout=timeout)
 
 
-def _finish(server, submitted, *, wait: bool, timeout: float) -> None:
+def _finish(
+    server: ServerConfig, submitted: coordinator.SubmittedRun, *, wait: bool, timeout: float
+) -> None:
+    """Wait for a submitted run (unless told not to) and print how it ended."""
     if not wait:
         console.print(f"results will be in {submitted.out_dir}")
         return

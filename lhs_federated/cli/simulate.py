@@ -15,13 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lhs_federated.apps.run_config import BACKENDS
 from lhs_federated.errors import ConfigError
-from lhs_federated.metrics import METRIC_NAMES
 from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
 from lhs_federated.progress import RoundProgress
 from lhs_federated.report import REPORT_NAME
 from lhs_federated.results import RunResults
-from lhs_federated.simulation import BACKENDS, simulate
 from lhs_federated.study import Study, load_study
 
 console = Console(highlight=False)
@@ -137,6 +136,8 @@ def results_table(results: RunResults) -> Table:
     A study with differential privacy gets a last column: the epsilon each
     site has spent on the study.
     """
+    from lhs_federated.metrics import METRIC_NAMES  # scikit-learn: only when there are results
+
     final = results.summary["final"]
     privacy = results.summary.get("privacy")
     table = Table(
@@ -220,6 +221,8 @@ def simulate_command(
     """Run a study on its simulated sites and print the per-site results."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
+    from lhs_federated.simulation import simulate  # PyTorch and Flower: only to run a study
+
     resolved = load_with_overrides(study, set_ or [])
     with round_progress(resolved, enabled=not quiet):
         results = simulate(

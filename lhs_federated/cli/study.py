@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lhs_federated.apps.strategies import STRATEGIES, accepted_params
 from lhs_federated.cli.simulate import load_with_overrides
 
 app = typer.Typer(help="Inspect studies.", no_args_is_help=True)
@@ -38,6 +37,8 @@ def hash_command(study: StudyArgument = None, set_: SetOption = None) -> None:
 
 def strategies_command() -> None:
     """List the strategies a study can name, with their parameters."""
+    from lhs_federated.apps.strategies import STRATEGIES, accepted_params  # imports PyTorch
+
     table = Table(title="strategies ([strategy] name, and [strategy.params])")
     for column in ("name", "Flower class", "parameters (default)"):
         table.add_column(column)

@@ -18,8 +18,7 @@ from pathlib import Path
 import tomli_w
 from flwr.cli.build import build_fab_from_files
 
-from lhs_federated.apps import server_app
-from lhs_federated.apps.coordinator_audit import LEDGER_KEY, SIMULATED_SITES
+from lhs_federated.apps import run_config
 
 SERVER_APP = "lhs_federated.apps.server_app:app"
 CLIENT_APP = "lhs_federated.apps.client_app:app"
@@ -42,12 +41,13 @@ def bundle_pyproject(version: str | None = None) -> dict:
                     "publisher": "lhs-federated",
                     "components": {"serverapp": SERVER_APP, "clientapp": CLIENT_APP},
                     "config": {
-                        server_app.STUDY_KEY: "",
-                        server_app.OUT_DIR_KEY: "",
-                        server_app.ENGINE_KEY: "deployment",
-                        server_app.RESUME_KEY: False,
-                        LEDGER_KEY: "",
-                        SIMULATED_SITES: "",
+                        run_config.STUDY_KEY: "",
+                        run_config.OUT_DIR_KEY: "",
+                        run_config.ENGINE_KEY: run_config.DEPLOYMENT,
+                        run_config.RESUME_KEY: False,
+                        run_config.EXPECTED_SITES_KEY: 0,
+                        run_config.LEDGER_KEY: "",
+                        run_config.SIMULATED_SITES: "",
                     },
                 }
             }

@@ -26,8 +26,7 @@ from typing import Any
 
 import tomli_w
 
-from lhs_federated.apps import server_app
-from lhs_federated.apps.coordinator_audit import LEDGER_KEY
+from lhs_federated.apps import run_config
 from lhs_federated.deploy import processes
 from lhs_federated.deploy.app_bundle import write_bundle_dir
 from lhs_federated.deploy.certs import check_certificate
@@ -283,17 +282,18 @@ def submit_study(
         stamp = utc_now().replace(":", "").replace("-", "").replace("+0000", "Z")
         out_dir = paths.runs / f"{study.name}-{stamp}"
     out_dir = out_dir.resolve()
-    run_config = {
-        server_app.STUDY_KEY: study.to_json(),
-        server_app.OUT_DIR_KEY: str(out_dir),
-        server_app.ENGINE_KEY: "deployment",
-        server_app.RESUME_KEY: resume,
+    settings = {
+        run_config.STUDY_KEY: study.to_json(),
+        run_config.OUT_DIR_KEY: str(out_dir),
+        run_config.ENGINE_KEY: run_config.DEPLOYMENT,
+        run_config.RESUME_KEY: resume,
+        run_config.EXPECTED_SITES_KEY: len(config.sites),
     }
     if config.ledger.signing_key is not None:
-        run_config[LEDGER_KEY] = str(config.resolve(config.ledger.signing_key))
+        settings[run_config.LEDGER_KEY] = str(config.resolve(config.ledger.signing_key))
     paths.runs.mkdir(parents=True, exist_ok=True)
     run_config_file = paths.runs / f".{out_dir.name}.run-config.toml"
-    run_config_file.write_text(tomli_w.dumps(run_config), encoding="utf-8")
+    run_config_file.write_text(tomli_w.dumps(settings), encoding="utf-8")
     bundle = write_bundle_dir(paths.bundle)
     payload = flwr(config, "run", str(bundle), CONNECTION, "--run-config", str(run_config_file))
     return SubmittedRun(str(payload["run-id"]), out_dir, study)

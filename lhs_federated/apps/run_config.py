@@ -1,0 +1,24 @@
+"""The keys of a run's config (``[tool.flwr.app.config]``), in a module that imports nothing.
+
+The coordinator writes them when it submits a study, the app bundle declares
+them, and the ServerApp reads them; the coordinator's command line must not
+pay for importing the ServerApp (PyTorch, scikit-learn) to know their names.
+"""
+
+from typing import Literal
+
+STUDY_KEY = "study"
+OUT_DIR_KEY = "out-dir"
+ENGINE_KEY = "engine"
+RESUME_KEY = "resume"
+EXPECTED_SITES_KEY = "expected-sites"
+#: The coordinator's ledger signing key; read by ``AuditOptions.from_run_config``.
+LEDGER_KEY = "ledger-key"
+#: Where simulated sites keep their governance folders.
+SIMULATED_SITES = "simulated-sites"
+#: The engine name the coordinator puts in the run config of a deployed study.
+DEPLOYMENT = "deployment"
+
+#: The simulation engines (``lhs-fed simulate --backend``).
+Backend = Literal["inprocess", "ray"]
+BACKENDS: tuple[Backend, ...] = ("inprocess", "ray")
