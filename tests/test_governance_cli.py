@@ -9,8 +9,8 @@ import shutil
 import stat
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from foreign_keys import write_foreign_key
 from readme import README, ordered_blocks
 
 from lhs_federated.cli import main
@@ -102,20 +102,7 @@ def test_verify_against_summary_catches_truncation(audited, tmp_path, capsys):
 
 
 def rsa_key(path, *, private):
-    key = rsa.generate_private_key(65537, 2048)
-    if private:
-        data = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    else:
-        data = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    path.write_bytes(data)
-    path.chmod(0o600)
-    return path
+    return write_foreign_key(path, rsa.generate_private_key(65537, 2048), private=private)
 
 
 def test_bad_inputs_exit_2_with_a_clear_message(audited, tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from foreign_keys import write_foreign_key
 
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.keys import (
@@ -312,22 +313,6 @@ def test_key_pair_files(tmp_path):
     assert fingerprint(load_public_key(public)) == fingerprint(key.public_key())
     with pytest.raises(ConfigError, match=r"already exists; ledgers signed with it"):
         write_key_pair(private)
-
-
-def write_foreign_key(path, key, *, private: bool):
-    if private:
-        data = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    else:
-        data = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
-    return path
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ from lhs_federated.apps.site_governance import (
     LEDGER_ID,
     STUDY_STATUS,
 )
-from lhs_federated.apps.site_grid import addressees, replying_node
+from lhs_federated.apps.site_grid import GridWrapper, addressees, replying_node
 from lhs_federated.governance.code import FAB, INSTALLED, installed_code_hash
 from lhs_federated.governance.keys import fingerprint, load_private_key, public_key_pem
 from lhs_federated.governance.ledger import Ledger
@@ -390,7 +390,7 @@ class _Sent:
         return records.hash_arrays(self.arrays) if self.arrays else None
 
 
-class AuditedGrid(Grid):
+class AuditedGrid(GridWrapper):
     """A Grid wrapper that shows the audit every message sent and reply received.
 
     Parameters
@@ -402,28 +402,8 @@ class AuditedGrid(Grid):
     """
 
     def __init__(self, grid: Grid, audit: CoordinatorAudit) -> None:
-        self.inner = grid
+        super().__init__(grid)
         self._audit = audit
-
-    def set_run(self, run: Run) -> None:  # noqa: D102
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:  # noqa: D102
-        return self.inner.run
-
-    def create_message(  # noqa: D102
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return self.inner.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Stamp and note the messages, then push them."""

@@ -4,7 +4,7 @@ Flower identifies nodes by random integers; a study identifies sites by name.
 Strategies sample from ``get_node_ids()`` (with Python's ``random``), so
 ordering the ids by site name, and seeding ``random`` from the study, makes
 the sampled sites the same on every engine, where the ids differ. Every other
-call is passed through unchanged.
+call is passed through unchanged (:class:`GridWrapper`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,45 @@ def replying_node(reply: Message, addressed: Mapping[str, int]) -> int:
     return addressed.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
-class SiteGrid(Grid):
+class GridWrapper(Grid):
+    """A Grid that passes every call on to another; subclasses change what they need."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.inner = grid
+
+    def set_run(self, run: Run) -> None:  # noqa: D102
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:  # noqa: D102
+        return self.inner.run
+
+    def create_message(  # noqa: D102
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+class SiteGrid(GridWrapper):
     """Wraps a Grid; node ids come back sorted by the site each belongs to.
 
     Parameters
@@ -49,38 +87,15 @@ class SiteGrid(Grid):
     """
 
     def __init__(self, grid: Grid, sites: dict[int, str], *, poll_interval: float = 0.25) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.sites = dict(sites)
         self.poll_interval = poll_interval
         self._addressed: dict[str, int] = {}
 
-    def set_run(self, run: Run) -> None:  # noqa: D102
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:  # noqa: D102
-        return self._grid.run
-
-    def create_message(  # noqa: D102
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
     def get_node_ids(self) -> list[int]:
         """Connected nodes that belong to the study, ordered by site name."""
-        connected = set(self._grid.get_node_ids())
+        connected = set(self.inner.get_node_ids())
         return sorted((n for n in self.sites if n in connected), key=self.sites.__getitem__)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -91,12 +106,12 @@ class SiteGrid(Grid):
         up to 3 s to every stage of every round; a study polls faster.
         """
         messages = list(messages)
-        pending = set(self._grid.push_messages(messages))
+        pending = set(self.inner.push_messages(messages))
         self._addressed.update(addressees(messages))
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         replies: list[Message] = []
         while pending:
-            arrived = list(self._grid.pull_messages(pending))
+            arrived = list(self.inner.pull_messages(pending))
             replies += arrived
             pending -= {reply.metadata.reply_to_message_id for reply in arrived}
             if not pending or time.monotonic() >= deadline:
