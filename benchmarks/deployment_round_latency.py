@@ -23,7 +23,7 @@ from pathlib import Path
 from lhs_federated import load_study
 from lhs_federated.cli import main as lhs_fed
 from lhs_federated.deploy.loopback import build_loopback
-from lhs_federated.results import versions
+from lhs_federated.results.writer import versions
 
 
 def main() -> None:

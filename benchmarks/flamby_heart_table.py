@@ -46,8 +46,8 @@ import numpy as np
 import pandas as pd
 
 from lhs_federated import load_study
-from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
-from lhs_federated.sweep import PlannedRun, SweepProgress, execute_runs
+from lhs_federated.research.sweep import PlannedRun, SweepProgress, execute_runs
+from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOLS = {

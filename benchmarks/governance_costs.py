@@ -33,7 +33,7 @@ from lhs_federated.governance.code import installed_code_hash
 from lhs_federated.governance.ledger import Ledger
 from lhs_federated.governance.site_folder import SentMessage, SiteFolder
 from lhs_federated.governance.verify import load_entries, verify_ledger
-from lhs_federated.results import versions
+from lhs_federated.results.writer import versions
 
 
 def median_ms(function, repeats: int) -> float:

@@ -36,16 +36,17 @@ from privacy_utility import default_uci_folder, heart_study
 
 from lhs_federated import Study, load_study, simulate
 from lhs_federated.data.sources import load_sites
-from lhs_federated.models import build_model, set_arrays
-from lhs_federated.models.export import ReleasedModel
+from lhs_federated.learning.export import ReleasedModel
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import set_arrays
+from lhs_federated.learning.site import n_features, site_standardizer
+from lhs_federated.learning.training import predict_proba
 from lhs_federated.privacy.membership import (
     attack_released_model,
     dp_advantage_bound,
     loss_threshold_attack,
     record_losses,
 )
-from lhs_federated.site import n_features, site_standardizer
-from lhs_federated.training import predict_proba
 
 REPO = Path(__file__).resolve().parents[1]
 EPSILONS: tuple[float | None, ...] = (None, 8.0, 1.0)

@@ -26,9 +26,10 @@ import torch
 from lhs_federated import load_study, simulate
 from lhs_federated.data.sources import load_sites
 from lhs_federated.data.statistics import ColumnSums, Standardizer
-from lhs_federated.models import build_model, get_arrays
-from lhs_federated.results import versions
-from lhs_federated.site import evaluate_at_site, n_features, train_at_site
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import get_arrays
+from lhs_federated.learning.site import evaluate_at_site, n_features, train_at_site
+from lhs_federated.results.writer import versions
 
 
 def plain_loop(study) -> None:

@@ -19,24 +19,29 @@ from typing import TYPE_CHECKING, Any
 from lhs_federated.errors import ConfigError, DataError, LhsError, StudyRunError
 
 if TYPE_CHECKING:
-    from lhs_federated.results import RunResults, read_results
-    from lhs_federated.simulation import simulate
+    from lhs_federated.research.simulation import simulate
+    from lhs_federated.results.reader import RunResults, read_results
     from lhs_federated.study import Study, load_study
 
 # Imported on first use: a site's SuperNode, its launcher and every CLI command
 # import this package, and only some of them need PyTorch and scikit-learn.
 _LAZY = {
-    "RunResults": "lhs_federated.results",
-    "read_results": "lhs_federated.results",
-    "simulate": "lhs_federated.simulation",
+    "RunResults": "lhs_federated.results.reader",
+    "read_results": "lhs_federated.results.reader",
+    "simulate": "lhs_federated.research.simulation",
     "Study": "lhs_federated.study",
     "load_study": "lhs_federated.study",
 }
+# A study loaded through the package is checked whole: the checks of its model,
+# strategy and client-level DP live with Flower and PyTorch (see study.PART_CHECKS).
+_CHECKED = ("Study", "load_study")
 
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'lhs_federated' has no attribute {name!r}")
+    if name in _CHECKED:
+        importlib.import_module("lhs_federated.apps.study_checks")
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value
     return value

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,8 +26,8 @@ import tomli_w
 from lhs_federated.config import build, read_toml, setting, to_plain
 from lhs_federated.data.contract import DataContract, contract_from
 from lhs_federated.data.synthetic import SyntheticCohort
-from lhs_federated.errors import ConfigError
-from lhs_federated.privacy.spec import PrivacySpec
+from lhs_federated.errors import EXIT_INTERNAL, ConfigError, LhsError
+from lhs_federated.privacy.spec import PrivacySpec, check_privacy
 
 DEFAULT_DESCRIPTION = (
     "Ten-year cardiovascular risk, logistic regression, FedAvg over four synthetic sites"
@@ -144,7 +145,7 @@ class BaselineSpec:
     """The pooled and local-only models a simulated study is compared with.
 
     By default each baseline gets the optimisation the federation gave its
-    rows (see :mod:`lhs_federated.baselines`); ``epochs``, ``optimizer`` and
+    rows (see :mod:`lhs_federated.research.baselines`); ``epochs``, ``optimizer`` and
     ``learning_rate`` replace that budget with a fixed protocol.
     """
 
@@ -381,6 +382,28 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
     )
 
 
+#: The study's parts whose checks need knowledge that lives above the ground: the
+#: model families (PyTorch), the strategies' parameters and client-level DP's noise
+#: calibration (Flower). The layers that own that knowledge register a check for
+#: each part (:mod:`lhs_federated.apps.study_checks`), so the ground never reaches
+#: up; :func:`check_study` runs them in this order.
+PART_CHECKS = ("model", "strategy", "client-dp")
+
+StudyCheck = Callable[["Study", str], None]
+_part_checks: dict[str, StudyCheck] = {}
+
+
+def register_part_check(part: str, check: StudyCheck) -> None:
+    """Register the check of one of the study's :data:`PART_CHECKS`.
+
+    ``check(study, source)`` raises :class:`ConfigError` naming ``source`` and
+    the key at fault.
+    """
+    if part not in PART_CHECKS:
+        raise ValueError(f"unknown study part {part!r}; parts: {', '.join(PART_CHECKS)}")
+    _part_checks[part] = check
+
+
 def check_study(study: Study, *, source: str) -> Study:
     """Cross-field checks that need the resolved study and the registries.
 
@@ -388,20 +411,22 @@ def check_study(study: Study, *, source: str) -> Study:
     ------
     ConfigError
         Naming the file and the key at fault.
+    LhsError
+        (exit code 1) If the checks of the study's parts were never registered:
+        a study is then refused rather than passed unchecked.
     """
-    from lhs_federated.apps.client_dp import check_client_dp
-    from lhs_federated.apps.strategies import check_strategy
-    from lhs_federated.models import MODEL_FAMILIES
-    from lhs_federated.privacy.spec import check_privacy
-
-    if study.model.name not in MODEL_FAMILIES:
-        raise ConfigError(
-            f"{source}: model.name {study.model.name!r} is not a model family; "
-            f"choose one of {', '.join(sorted(MODEL_FAMILIES))}."
+    missing = [part for part in PART_CHECKS if part not in _part_checks]
+    if missing:
+        raise LhsError(
+            f"the checks of the study's {', '.join(missing)} are not registered; import "
+            "lhs_federated.apps.study_checks (as lhs_federated.load_study does) before "
+            "loading a study.",
+            exit_code=EXIT_INTERNAL,
         )
-    check_strategy(study.strategy, source=source, training=study.training)
+    _part_checks["model"](study, source)
+    _part_checks["strategy"](study, source)
     check_privacy(study, source=source)
-    check_client_dp(study, source=source)
+    _part_checks["client-dp"](study, source)
     if study.strategy.name == "scaffold" and study.privacy.sample_dp:
         raise ConfigError(
             f"{source}: strategy.name = 'scaffold' cannot run with privacy.mode = 'sample-dp': "
@@ -420,6 +445,15 @@ def check_study(study: Study, *, source: str) -> Study:
             "'federated' or 'site', whose statistics give the imputed means."
         )
     return study
+
+
+def read_resolved_study(path: Path) -> Study:
+    """Rebuild a study a run wrote (``study.resolved.toml``) exactly as it ran.
+
+    The study was checked when the run started and is already resolved, so it
+    is only rebuilt (as :meth:`Study.from_json` does for a message's study).
+    """
+    return build(Study, read_toml(path, what="resolved study"), source=str(path))
 
 
 def write_study(study: Study, path: Path) -> None:

@@ -6,7 +6,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from lhs_federated.apps import client_app, server_app
-from lhs_federated.simulation import run_inprocess
+from lhs_federated.apps.engines import run_inprocess
 
 
 def faulty_client(fail_site: int, fail_round: int, error: Exception) -> ClientApp:

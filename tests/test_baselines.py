@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from lhs_federated import load_study, simulate
-from lhs_federated.baselines import baseline_training
 from lhs_federated.cli import main
 from lhs_federated.data.sources import load_sites
-from lhs_federated.training import planned_steps
+from lhs_federated.learning.training import planned_steps
+from lhs_federated.research.baselines import baseline_training
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_cli_table_renders_ties_and_undefined_values(baseline_run):
     from rich.console import Console
 
     from lhs_federated.cli.simulate import comparison_table
-    from lhs_federated.results import RunResults
+    from lhs_federated.results.reader import RunResults
 
     summary = json.loads(json.dumps(baseline_run.summary))
     row = summary["comparison"]["per_site"]["site-01"]

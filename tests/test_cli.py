@@ -10,7 +10,7 @@ import pytest
 
 from lhs_federated import load_study
 from lhs_federated.cli import main
-from lhs_federated.data.builtin import BUILTIN_CONTRACTS
+from lhs_federated.data.contract import BUILTIN_CONTRACTS
 from lhs_federated.data.io import read_table
 from lhs_federated.data.validation import validate_table
 

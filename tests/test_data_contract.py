@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lhs_federated.data.builtin import BUILTIN_CONTRACTS
-from lhs_federated.data.contract import load_contract
+from lhs_federated.data.contract import BUILTIN_CONTRACTS, load_contract
 from lhs_federated.data.encoding import encoded_feature_names, prepare_table
 from lhs_federated.data.io import read_table, write_table
 from lhs_federated.data.validation import validate_table

@@ -7,11 +7,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from lhs_federated import load_study
-from lhs_federated.models import build_model, get_arrays, set_arrays
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import get_arrays, set_arrays
+from lhs_federated.learning.training import predict_proba
 from lhs_federated.privacy.accounting import epsilon_of, merge_history, plan_study
 from lhs_federated.privacy.dp_sgd import PrivateTraining, train_private
 from lhs_federated.study import ModelSpec
-from lhs_federated.training import predict_proba
 
 
 def data(n=90, d=4, seed=0):

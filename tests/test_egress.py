@@ -24,8 +24,8 @@ from lhs_federated.apps import client_app, records, server_app
 from lhs_federated.apps.client_app import site_errors_mod
 from lhs_federated.apps.client_site import resolve_site
 from lhs_federated.apps.egress import egress_guard_mod, guard_reply
+from lhs_federated.apps.engines import run_inprocess
 from lhs_federated.privacy.egress import EgressBlocked
-from lhs_federated.simulation import run_inprocess
 
 
 def leak_row(content: RecordDict, data) -> None:
@@ -112,8 +112,9 @@ def test_a_blocked_evaluation_is_recorded_and_the_run_goes_on(tmp_path, small_st
 
 
 def train_content(study, **metrics) -> RecordDict:
-    from lhs_federated.models import build_model, get_arrays
-    from lhs_federated.site import n_features
+    from lhs_federated.learning.models import build_model
+    from lhs_federated.learning.parameters import get_arrays
+    from lhs_federated.learning.site import n_features
 
     arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
     values = {records.NUM_EXAMPLES: 40, records.TRAIN_LOSS: 0.5, **metrics}
@@ -172,7 +173,7 @@ def test_small_query_counts_are_withheld(small_study):
 
 
 def evaluation(n: int, prevalence: float, reason: str = "") -> RecordDict:
-    from lhs_federated.metrics import METRIC_NAMES
+    from lhs_federated.learning.metrics import METRIC_NAMES
 
     values = dict.fromkeys(METRIC_NAMES, 0.7)
     values.update(n=float(n), prevalence=prevalence)

@@ -12,12 +12,12 @@ from faulty import faulty_client, run_with
 
 from lhs_federated import StudyRunError, load_study, simulate
 from lhs_federated.apps import server_app
+from lhs_federated.apps.engines import run_inprocess
 from lhs_federated.apps.strategies import STRATEGIES
 from lhs_federated.data.io import write_table
 from lhs_federated.data.synthetic import OUTCOME, SyntheticCohort, generate_cohort
 from lhs_federated.errors import DataError, SiteRefusal
-from lhs_federated.metrics import METRIC_NAMES
-from lhs_federated.simulation import run_inprocess
+from lhs_federated.learning.metrics import METRIC_NAMES
 
 
 def test_small_study_writes_every_result_file(tmp_path, small_study):
@@ -103,7 +103,7 @@ def write_sites(folder, tables):
     folder.mkdir()
     for name, table in tables.items():
         write_table(table, folder / f"{name}.csv")
-    from lhs_federated.data.builtin import builtin_contract_text
+    from lhs_federated.data.contract import builtin_contract_text
 
     (folder / "contract.toml").write_text(builtin_contract_text("cardio-risk"))
 

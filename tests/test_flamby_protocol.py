@@ -13,7 +13,7 @@ from lhs_federated import load_study, simulate
 from lhs_federated.data.encoding import encoded_feature_names
 from lhs_federated.data.sources import load_sites
 from lhs_federated.data.uci_heart import load_uci_heart
-from lhs_federated.site import site_standardizer
+from lhs_federated.learning.site import site_standardizer
 
 REPO = Path(__file__).resolve().parents[1]
 

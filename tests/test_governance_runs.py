@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from lhs_federated import StudyRunError, simulate
 from lhs_federated.apps import client_app, records, server_app
 from lhs_federated.apps.client_app import site_errors_mod
+from lhs_federated.apps.engines import run_inprocess
 from lhs_federated.apps.site_governance import (
     CLOSE_ACTION,
     acknowledge_close,
@@ -29,8 +30,7 @@ from lhs_federated.governance.report import render_report
 from lhs_federated.governance.run_audit import audit_run
 from lhs_federated.governance.site_folder import SiteFolder
 from lhs_federated.governance.verify import Anchor, load_entries, verify_ledger
-from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
-from lhs_federated.simulation import run_inprocess
+from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
 
 SITES = ("site-01", "site-02", "site-03")
 

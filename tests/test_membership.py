@@ -7,7 +7,7 @@ import pytest
 
 from lhs_federated import simulate
 from lhs_federated.data.sources import load_sites
-from lhs_federated.models.export import ReleasedModel
+from lhs_federated.learning.export import ReleasedModel
 from lhs_federated.privacy.membership import (
     attack_released_model,
     dp_advantage_bound,

@@ -12,7 +12,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from lhs_federated.metrics import clinical_metrics, expected_calibration_error, nan_weighted_mean
+from lhs_federated.learning.metrics import (
+    clinical_metrics,
+    expected_calibration_error,
+    nan_weighted_mean,
+)
 
 
 @pytest.fixture

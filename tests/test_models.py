@@ -6,10 +6,11 @@ import torch
 from opacus import GradSampleModule
 
 from lhs_federated.errors import LhsError
-from lhs_federated.models import build_model, get_arrays, set_arrays
-from lhs_federated.models.export import ReleasedModel, to_sklearn
+from lhs_federated.learning.export import ReleasedModel, to_sklearn
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import get_arrays, set_arrays
+from lhs_federated.learning.training import predict_proba
 from lhs_federated.study import ModelSpec
-from lhs_federated.training import predict_proba
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from flwr.app import Context, RecordDict
 from lhs_federated import ConfigError, simulate
 from lhs_federated.apps import records
 from lhs_federated.apps.scaffold import SiteControl
-from lhs_federated.scaffold import drift_correction, refreshed_control
-from lhs_federated.training import LocalUpdate
+from lhs_federated.learning.scaffold import drift_correction, refreshed_control
+from lhs_federated.learning.training import LocalUpdate
 
 
 def test_option_two_recovers_a_constant_gradient():

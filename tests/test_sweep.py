@@ -13,8 +13,8 @@ from scipy import stats
 
 from lhs_federated import ConfigError
 from lhs_federated.cli import main
-from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
-from lhs_federated.sweep import SweepProgress, load_sweep, run_sweep
+from lhs_federated.research.sweep import SweepProgress, load_sweep, run_sweep
+from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lhs_federated.data.builtin import BUILTIN_CONTRACTS
+from lhs_federated.data.contract import BUILTIN_CONTRACTS
 from lhs_federated.data.synthetic import OUTCOME, SyntheticCohort, generate_cohort
 from lhs_federated.data.validation import validate_table
 

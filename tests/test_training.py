@@ -3,9 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lhs_federated.models import build_model, get_arrays
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import get_arrays
+from lhs_federated.learning.training import planned_steps, train_local
 from lhs_federated.study import ModelSpec, TrainingSpec
-from lhs_federated.training import planned_steps, train_local
 
 
 def data(n=120, d=4, seed=0):

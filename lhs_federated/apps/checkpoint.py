@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import Strategy
 
 from lhs_federated.data.statistics import Standardizer
 from lhs_federated.errors import StudyRunError
-from lhs_federated.metrics import MetricReport
+from lhs_federated.learning.metrics import MetricReport
 from lhs_federated.study import Study
 
 CHECKPOINT_FILE = "checkpoint.pkl"

@@ -1,4 +1,4 @@
-"""The site's Flower ClientApp: messages in, calls of :mod:`lhs_federated.site` out.
+"""The site's Flower ClientApp: messages in, calls of :mod:`lhs_federated.learning.site` out.
 
 Three message types: ``query`` (who the site is, its counts and column sums),
 ``train`` (one round of local training from the global model) and
@@ -29,9 +29,9 @@ from lhs_federated.apps.site_governance import (
     site_governance_mod,
 )
 from lhs_federated.errors import LhsError, SiteRefusal
-from lhs_federated.personalisation import personalise
+from lhs_federated.learning.personalisation import personalise
+from lhs_federated.learning.site import evaluate_at_site, site_standardizer, summarise_site
 from lhs_federated.privacy.site_round import train_site_round
-from lhs_federated.site import evaluate_at_site, site_standardizer, summarise_site
 
 
 def site_errors_mod(message: Message, context: Context, call_next) -> Message:

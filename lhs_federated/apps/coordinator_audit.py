@@ -63,8 +63,8 @@ from lhs_federated.governance.run_files import (
     segment_name,
 )
 from lhs_federated.governance.verify import load_entries
-from lhs_federated.metrics import MetricReport
-from lhs_federated.results import versions
+from lhs_federated.learning.metrics import MetricReport
+from lhs_federated.results.writer import versions
 from lhs_federated.study import Study
 
 _STAGES = {MessageType.QUERY: "discovery", MessageType.TRAIN: "train"}

@@ -28,7 +28,8 @@ from flwr.app import (
 
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import resolve_site
-from lhs_federated.metrics import METRIC_NAMES
+from lhs_federated.learning.metrics import METRIC_NAMES
+from lhs_federated.learning.site import n_features
 from lhs_federated.privacy.egress import (
     EgressBlocked,
     Problem,
@@ -40,7 +41,6 @@ from lhs_federated.privacy.egress import (
     suppress_evaluation,
     suppress_sums,
 )
-from lhs_federated.site import n_features
 from lhs_federated.study import Study
 
 LOGGER = logging.getLogger("lhs_federated.egress")

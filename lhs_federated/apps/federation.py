@@ -36,12 +36,13 @@ from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import Standardizer
 from lhs_federated.errors import StudyRunError
-from lhs_federated.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
-from lhs_federated.models import build_model, get_arrays
-from lhs_federated.models.export import save_model
-from lhs_federated.progress import RoundProgress, report_progress
-from lhs_federated.results import RunWriter, utc_now
-from lhs_federated.site import SiteSummary, federated_standardizer, n_features
+from lhs_federated.learning.export import save_model
+from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import get_arrays
+from lhs_federated.learning.site import SiteSummary, federated_standardizer, n_features
+from lhs_federated.results.progress import RoundProgress, report_progress
+from lhs_federated.results.writer import RunWriter, utc_now
 from lhs_federated.study import Study
 
 LOGGER = logging.getLogger("lhs_federated.federation")

@@ -1,6 +1,6 @@
 """FedAvg with local fine-tuning before evaluation (``fedavg-ft``).
 
-The server side of :mod:`lhs_federated.personalisation`: Flower's FedAvg,
+The server side of :mod:`lhs_federated.learning.personalisation`: Flower's FedAvg,
 unchanged for training, whose evaluate messages also say how many local steps
 (and at what learning rate) each site takes from the global model on its own
 training rows before scoring it, the way FedProx's messages carry
@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from lhs_federated.apps import records
-from lhs_federated.personalisation import DEFAULT_FINE_TUNE_STEPS, FineTuning
+from lhs_federated.learning.personalisation import DEFAULT_FINE_TUNE_STEPS, FineTuning
 from lhs_federated.study import TrainingSpec
 
 

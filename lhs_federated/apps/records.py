@@ -17,8 +17,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, MetricRecord
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from lhs_federated.data.statistics import ColumnSums, Standardizer
-from lhs_federated.metrics import METRIC_NAMES, MetricReport
-from lhs_federated.site import SiteSummary
+from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport
+from lhs_federated.learning.site import SiteSummary
 from lhs_federated.study import Study
 
 # Keys of the ConfigRecord the server sends.

@@ -3,7 +3,7 @@
 Flower has no SCAFFOLD, so this wraps its FedAvg: FedAvg still samples the
 sites and computes the weighted average of everything the sites send; SCAFFOLD
 adds the control variates around it (the maths is in
-:mod:`lhs_federated.scaffold`).
+:mod:`lhs_federated.learning.scaffold`).
 
 - ``configure_train`` sends the global model *and* the server's control
   variate ``c`` in the message's one ArrayRecord, ``c`` under names prefixed
@@ -31,9 +31,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from lhs_federated.apps import records
-from lhs_federated.scaffold import drift_correction, refreshed_control, zero_control
+from lhs_federated.learning.scaffold import drift_correction, refreshed_control, zero_control
+from lhs_federated.learning.training import LocalUpdate
 from lhs_federated.study import TrainingSpec
-from lhs_federated.training import LocalUpdate
 
 Arrays = dict[str, np.ndarray]
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from flwr.app import Context, UserConfig
 from flwr.serverapp import Grid, ServerApp
 
+import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps.coordinator_audit import AuditOptions
 from lhs_federated.apps.federation import run_study
 from lhs_federated.apps.run_config import (
@@ -35,7 +36,7 @@ from lhs_federated.apps.run_config import (
     RESUME_KEY,
     STUDY_KEY,
 )
-from lhs_federated.results import write_failure
+from lhs_federated.results.writer import write_failure
 from lhs_federated.study import Study, check_study, load_study
 
 
@@ -53,7 +54,7 @@ def study_from_run_config(run_config: UserConfig) -> Study:
 
 def default_out_dir(study: Study) -> Path:
     """``runs/<study>-<UTC time>``, made unique if that folder exists."""
-    from lhs_federated.results import utc_now
+    from lhs_federated.results.writer import utc_now
 
     stamp = utc_now().replace(":", "").replace("-", "").replace("+0000", "Z")
     base = Path("runs") / f"{study.name}-{stamp}"

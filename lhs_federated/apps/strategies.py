@@ -36,7 +36,7 @@ from lhs_federated.apps.fine_tuning import FedAvgFineTuning
 from lhs_federated.apps.records import ARRAYS, CONFIG, NUM_EXAMPLES, TRAIN_LOSS, UNIT_WEIGHT
 from lhs_federated.apps.scaffold import Scaffold
 from lhs_federated.errors import ConfigError
-from lhs_federated.metrics import nan_weighted_mean
+from lhs_federated.learning.metrics import nan_weighted_mean
 from lhs_federated.study import Study, TrainingSpec
 
 STRATEGIES: dict[str, type[Strategy]] = {

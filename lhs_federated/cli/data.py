@@ -9,8 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lhs_federated.data.builtin import builtin_contract_text
-from lhs_federated.data.contract import contract_from
+from lhs_federated.data.contract import builtin_contract_text, contract_from
 from lhs_federated.data.io import read_table, write_table
 from lhs_federated.data.synthetic import SyntheticCohort, generate_cohort
 from lhs_federated.data.uci_heart import UCI_BASE_URL, download_uci_heart

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lhs_federated.cli.simulate import console
-from lhs_federated.report import write_report
+from lhs_federated.research.report import write_report
 
 
 def report_command(

@@ -17,10 +17,10 @@ from rich.table import Table
 
 from lhs_federated.apps.run_config import BACKENDS
 from lhs_federated.errors import ConfigError
-from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
-from lhs_federated.progress import RoundProgress
-from lhs_federated.report import REPORT_NAME
-from lhs_federated.results import RunResults
+from lhs_federated.research.report import REPORT_NAME
+from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
+from lhs_federated.results.progress import RoundProgress
+from lhs_federated.results.reader import RunResults
 from lhs_federated.study import Study, load_study
 
 console = Console(highlight=False)
@@ -65,6 +65,8 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
 
 def load_with_overrides(study_path: Path | None, assignments: list[str]) -> Study:
     """The study a command names, with its ``--set`` overrides applied."""
+    import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
+
     study = load_study(study_path)
     overrides = parse_overrides(assignments)
     return study.with_overrides(overrides) if overrides else study
@@ -136,7 +138,9 @@ def results_table(results: RunResults) -> Table:
     A study with differential privacy gets a last column: the epsilon each
     site has spent on the study.
     """
-    from lhs_federated.metrics import METRIC_NAMES  # scikit-learn: only when there are results
+    from lhs_federated.learning.metrics import (
+        METRIC_NAMES,  # scikit-learn: only when there are results
+    )
 
     final = results.summary["final"]
     privacy = results.summary.get("privacy")
@@ -221,7 +225,9 @@ def simulate_command(
     """Run a study on its simulated sites and print the per-site results."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
-    from lhs_federated.simulation import simulate  # PyTorch and Flower: only to run a study
+    from lhs_federated.research.simulation import (
+        simulate,  # PyTorch and Flower: only to run a study
+    )
 
     resolved = load_with_overrides(study, set_ or [])
     with round_progress(resolved, enabled=not quiet):

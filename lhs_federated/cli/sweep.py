@@ -15,9 +15,9 @@ from rich.table import Table
 
 from lhs_federated.cli.simulate import console
 from lhs_federated.errors import StudyRunError
-from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
-from lhs_federated.report import REPORT_NAME
-from lhs_federated.sweep import Sweep, SweepProgress, load_sweep, run_sweep
+from lhs_federated.research.report import REPORT_NAME
+from lhs_federated.research.sweep import Sweep, SweepProgress, load_sweep, run_sweep
+from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
 
 
 class _SweepHandler(logging.Handler):

@@ -9,7 +9,11 @@ site's data, so every site encodes identically).
 
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -150,8 +154,6 @@ def contract_from(value: DataContract | str | Path, *, base_dir: Path | None) ->
     """
     if isinstance(value, DataContract):
         return value
-    from lhs_federated.data.builtin import BUILTIN_CONTRACTS
-
     if str(value) in BUILTIN_CONTRACTS:
         return BUILTIN_CONTRACTS[str(value)]()
     path = Path(value)
@@ -163,3 +165,25 @@ def contract_from(value: DataContract | str | Path, *, base_dir: Path | None) ->
             f"({', '.join(sorted(BUILTIN_CONTRACTS))}) nor a .toml file."
         )
     return load_contract(path)
+
+
+def builtin_contract_text(name: str) -> str:
+    """The TOML text of a contract shipped with the package (written beside synthetic data)."""
+    resource = resources.files("lhs_federated.data") / "contracts" / f"{name}.toml"
+    return resource.read_text(encoding="utf-8")
+
+
+def _packaged(name: str) -> Callable[[], DataContract]:
+    @cache
+    def load() -> DataContract:
+        table = tomllib.loads(builtin_contract_text(name))
+        return build(DataContract, table, source=f"built-in contract {name!r}")
+
+    return load
+
+
+#: Contracts shipped with the package, so a fresh install runs without any files.
+BUILTIN_CONTRACTS: dict[str, Callable[[], DataContract]] = {
+    "cardio-risk": _packaged("cardio-risk"),
+    "uci-heart": _packaged("uci-heart"),
+}

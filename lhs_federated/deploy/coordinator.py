@@ -26,13 +26,14 @@ from typing import Any
 
 import tomli_w
 
+import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps import run_config
 from lhs_federated.deploy import processes
 from lhs_federated.deploy.app_bundle import write_bundle_dir
 from lhs_federated.deploy.certs import check_certificate
 from lhs_federated.deploy.server_config import ServerConfig
 from lhs_federated.errors import ConfigError, LhsError, StudyRunError
-from lhs_federated.results import utc_now
+from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, load_study
 
 CONNECTION = "coordinator"  # the connection name in the server's Flower home

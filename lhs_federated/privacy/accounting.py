@@ -24,8 +24,8 @@ from typing import Any
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from lhs_federated.learning.training import planned_steps
 from lhs_federated.study import Study
-from lhs_federated.training import planned_steps
 
 History = tuple[tuple[float, float, int], ...]
 

@@ -34,7 +34,7 @@ from lhs_federated.privacy.accounting import (
     plan_study,
 )
 from lhs_federated.privacy.ledger import LedgerError, PrivacyLedger, RoundSpend
-from lhs_federated.results import utc_now
+from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study
 
 

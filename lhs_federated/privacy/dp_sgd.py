@@ -29,10 +29,10 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lhs_federated.models.parameters import get_arrays
+from lhs_federated.learning.parameters import get_arrays
+from lhs_federated.learning.training import LocalUpdate, make_optimizer
 from lhs_federated.privacy.accounting import DPPlan, History, merge_history
 from lhs_federated.study import TrainingSpec
-from lhs_federated.training import LocalUpdate, make_optimizer
 
 SECURE_RNG = False  # Opacus secure_mode needs torchcsprng, unavailable here.
 

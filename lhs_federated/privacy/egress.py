@@ -32,8 +32,9 @@ import numpy as np
 
 from lhs_federated.data.statistics import ColumnSums
 from lhs_federated.errors import LhsError
-from lhs_federated.models import build_model, get_arrays
-from lhs_federated.site import n_features
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import get_arrays
+from lhs_federated.learning.site import n_features
 from lhs_federated.study import Study
 
 ArraySpec = tuple[tuple[int, ...], str]  # shape, numpy dtype string

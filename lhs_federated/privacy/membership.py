@@ -24,10 +24,11 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.statistics import Standardizer
-from lhs_federated.models import build_model, set_arrays
-from lhs_federated.site import n_features, site_standardizer
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import set_arrays
+from lhs_federated.learning.site import n_features, site_standardizer
+from lhs_federated.learning.training import predict_proba
 from lhs_federated.study import Study
-from lhs_federated.training import predict_proba
 
 _CLIP = 1e-7
 

@@ -16,11 +16,11 @@ import numpy as np
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.split import site_seed
 from lhs_federated.data.statistics import Standardizer
+from lhs_federated.learning.site import train_at_site, training_inputs
+from lhs_federated.learning.training import LocalUpdate
 from lhs_federated.privacy.budget import SiteBudget, SitePrivacy, check_site_size
-from lhs_federated.privacy.dp_sgd import PrivateTraining
-from lhs_federated.site import train_at_site
+from lhs_federated.privacy.dp_sgd import PrivateTraining, train_private
 from lhs_federated.study import Study
-from lhs_federated.training import LocalUpdate
 
 # Salt separating the DP noise stream of a simulated site from its sampling stream.
 _NOISE_SALT = 7919
@@ -82,14 +82,17 @@ def train_site_round(
     )
     with SiteBudget(privacy) as budget:
         grant = budget.grant(study, n_train, server_round)
-        update = train_at_site(
-            study,
-            data,
-            arrays,
-            server_round=server_round,
-            standardizer=standardizer,
+        inputs = training_inputs(
+            study, data, arrays, server_round=server_round, standardizer=standardizer
+        )
+        update = train_private(
+            inputs.model,
+            inputs.features,
+            inputs.outcome,
+            study.training,
+            PrivateTraining(grant.plan, grant.history, noise_seed),
+            seed=inputs.seed,
             proximal_mu=proximal_mu,
-            private=PrivateTraining(grant.plan, grant.history, noise_seed),
         )
         spend = budget.commit(grant, update.privacy_history, server_round)
     return SiteRound(update, spend.epsilon)

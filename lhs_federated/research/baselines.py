@@ -33,10 +33,10 @@ import numpy as np
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.split import site_seed
 from lhs_federated.data.statistics import Standardizer
-from lhs_federated.models import build_model
-from lhs_federated.site import n_features
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.site import n_features
+from lhs_federated.learning.training import planned_steps, train_local
 from lhs_federated.study import Study, TrainingSpec
-from lhs_federated.training import planned_steps, train_local
 
 POOLED = "pooled"
 LOCAL_PREFIX = "local:"

@@ -12,17 +12,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from torch import nn
 
 from lhs_federated.data.encoding import encoded_feature_names
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.split import site_seed
 from lhs_federated.data.statistics import ColumnSums, Standardizer
 from lhs_federated.errors import StudyRunError
-from lhs_federated.metrics import MetricReport, clinical_metrics
-from lhs_federated.models import build_model, set_arrays
-from lhs_federated.privacy.dp_sgd import PrivateTraining, train_private
+from lhs_federated.learning.metrics import MetricReport, clinical_metrics
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import set_arrays
+from lhs_federated.learning.training import LocalUpdate, predict_proba, train_local
 from lhs_federated.study import Study
-from lhs_federated.training import LocalUpdate, predict_proba, train_local
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,52 @@ def site_standardizer(study: Study, site: SiteData, federated: Standardizer | No
     return Standardizer.identity(site.train.features.shape[1])
 
 
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What one round of local training starts from at a site.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The study's model holding the global arrays.
+    features : ndarray
+        The site's training rows, preprocessed with the round's statistics.
+    outcome : ndarray
+        Their outcomes.
+    seed : int
+        The round's seed at this site (batch order, dropout).
+    """
+
+    model: nn.Module
+    features: np.ndarray
+    outcome: np.ndarray
+    seed: int
+
+
+def training_inputs(
+    study: Study,
+    site: SiteData,
+    arrays: dict[str, np.ndarray],
+    *,
+    server_round: int,
+    standardizer: Standardizer,
+) -> TrainingInputs:
+    """The model, rows and seed of one round of local training from the global ``arrays``.
+
+    Shared by plain training (:func:`train_at_site`) and DP-SGD
+    (:func:`lhs_federated.privacy.site_round.train_site_round`), so both start a
+    round from exactly the same state.
+    """
+    model = build_model(study.model, n_features(study), seed=study.seed)
+    set_arrays(model, arrays)
+    return TrainingInputs(
+        model,
+        standardizer.transform(site.train.features),
+        site.train.outcome,
+        site_seed(study.seed, site.name, server_round),
+    )
+
+
 def train_at_site(
     study: Study,
     site: SiteData,
@@ -113,37 +160,25 @@ def train_at_site(
     server_round: int,
     standardizer: Standardizer,
     proximal_mu: float = 0.0,
-    private: PrivateTraining | None = None,
     correction: dict[str, np.ndarray] | None = None,
 ) -> LocalUpdate:
-    """One round of local training from the global ``arrays``.
+    """One round of (non-private) local training from the global ``arrays``.
 
-    With ``private`` (sample-dp studies) the round runs DP-SGD at the plan's
-    noise; callers go through :func:`lhs_federated.privacy.site_round.train_site_round`,
-    which checks and records the site's budget around it. ``correction`` is
-    SCAFFOLD's per-parameter drift correction (see :mod:`lhs_federated.scaffold`);
+    Sample-dp studies train through
+    :func:`lhs_federated.privacy.site_round.train_site_round`, which checks and
+    records the site's budget around DP-SGD. ``correction`` is SCAFFOLD's
+    per-parameter drift correction (see :mod:`lhs_federated.learning.scaffold`);
     studies never combine the two (checked at study load).
     """
-    model = build_model(study.model, n_features(study), seed=study.seed)
-    set_arrays(model, arrays)
-    features = standardizer.transform(site.train.features)
-    seed = site_seed(study.seed, site.name, server_round)
-    if private is not None:
-        return train_private(
-            model,
-            features,
-            site.train.outcome,
-            study.training,
-            private,
-            seed=seed,
-            proximal_mu=proximal_mu,
-        )
+    inputs = training_inputs(
+        study, site, arrays, server_round=server_round, standardizer=standardizer
+    )
     return train_local(
-        model,
-        features,
-        site.train.outcome,
+        inputs.model,
+        inputs.features,
+        inputs.outcome,
         study.training,
-        seed=seed,
+        seed=inputs.seed,
         proximal_mu=proximal_mu,
         correction=correction,
     )

@@ -24,11 +24,11 @@ from sklearn.linear_model import LogisticRegression
 from lhs_federated.data.encoding import encode_features, encoded_feature_names
 from lhs_federated.data.statistics import ColumnSums, Standardizer
 from lhs_federated.data.validation import validate_table
-from lhs_federated.models.families import build_model
-from lhs_federated.models.parameters import set_arrays
-from lhs_federated.site import variance_ddof
-from lhs_federated.study import Study
-from lhs_federated.training import predict_proba
+from lhs_federated.learning.models import build_model
+from lhs_federated.learning.parameters import set_arrays
+from lhs_federated.learning.site import variance_ddof
+from lhs_federated.learning.training import predict_proba
+from lhs_federated.study import Study, read_resolved_study
 
 
 def to_sklearn(arrays: dict[str, np.ndarray]) -> LogisticRegression:
@@ -92,10 +92,8 @@ class ReleasedModel:
     @classmethod
     def load(cls, run_dir: str | Path) -> ReleasedModel:
         """Load the model of a run folder (its ``model/`` and resolved study)."""
-        from lhs_federated.study import load_study
-
         run_dir = Path(run_dir)
-        study = load_study(run_dir / "study.resolved.toml")
+        study = read_resolved_study(run_dir / "study.resolved.toml")
         description = json.loads((run_dir / "model" / "model.json").read_text(encoding="utf-8"))
         with np.load(run_dir / "model" / "model.npz") as npz:
             arrays = {name: npz[name] for name in npz.files}

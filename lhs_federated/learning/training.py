@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lhs_federated.models.parameters import get_arrays
+from lhs_federated.learning.parameters import get_arrays
 from lhs_federated.study import TrainingSpec
 
 

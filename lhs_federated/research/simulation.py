@@ -14,23 +14,18 @@ The same seed gives identical results on both.
 
 from __future__ import annotations
 
-import os
-import random
-import warnings
 from pathlib import Path
 
-from flwr.app import Context, RecordDict
-from flwr.clientapp import ClientApp
-
-from lhs_federated.analysis import analyse_run
-from lhs_federated.apps import client_app, server_app
-from lhs_federated.apps.inprocess import InProcessGrid
-from lhs_federated.apps.run_config import BACKENDS, LEDGER_KEY, Backend
+import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
+from lhs_federated.apps import server_app
+from lhs_federated.apps.engines import run_inprocess, run_ray
+from lhs_federated.apps.run_config import BACKENDS, EXPECTED_SITES_KEY, LEDGER_KEY, Backend
 from lhs_federated.data.sources import load_sites
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.keys import load_private_key
-from lhs_federated.report import write_run_report
-from lhs_federated.results import RunResults, read_results
+from lhs_federated.research.analysis import analyse_run
+from lhs_federated.research.report import write_run_report
+from lhs_federated.results.reader import RunResults, read_results
 from lhs_federated.study import Study, load_study
 
 
@@ -44,7 +39,7 @@ def simulate(
 ) -> RunResults:
     """Run a study on its simulated sites and return its results.
 
-    After the federation, the run is analysed (:mod:`lhs_federated.analysis`:
+    After the federation, the run is analysed (:mod:`lhs_federated.research.analysis`:
     pooled and local-only baselines unless ``[baselines] enabled = false``,
     calibration) and, with ``report``, ``report.html`` is written.
 
@@ -90,6 +85,9 @@ def simulate(
         server_app.STUDY_KEY: study.to_json(),
         server_app.OUT_DIR_KEY: str(out),
         server_app.ENGINE_KEY: backend,
+        # Ray starts its virtual nodes one by one: wait for all of them, or a
+        # loaded machine runs the study on whichever had registered.
+        EXPECTED_SITES_KEY: str(n_sites),
     }
     if coordinator_key is not None:
         load_private_key(coordinator_key)  # a bad key fails here, before anything is written
@@ -97,47 +95,8 @@ def simulate(
     if backend == "inprocess":
         run_inprocess(run_config, n_sites)
     else:
-        _run_ray(run_config, n_sites)
+        run_ray(run_config, n_sites)
     analyse_run(study, out)
     if report:
         write_run_report(out)
     return read_results(out)
-
-
-def run_inprocess(
-    run_config: dict[str, str], n_sites: int, *, client: ClientApp | None = None
-) -> None:
-    """Run the ServerApp on an :class:`InProcessGrid` of ``n_sites`` nodes.
-
-    ``client`` replaces the site ClientApp (fault-injection tests use it).
-    """
-    from flwr.supercore.task_identity import TaskIdentity
-
-    run_id = random.getrandbits(63)
-    # Flower's Message constructor reads the run from the task identity, which
-    # its own engines set; this engine is the task.
-    TaskIdentity.run_id = run_id
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
-    grid = InProcessGrid(client or client_app.app, n_sites, run_id=run_id)
-    context = Context(
-        run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
-    )
-    server_app.app(grid, context)
-
-
-def _run_ray(run_config: dict[str, str], n_sites: int) -> None:
-    from flwr.simulation import run_simulation
-
-    backend_config = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(
-            server_app=server_app.build_server_app(run_config),
-            client_app=client_app.app,
-            num_supernodes=n_sites,
-            backend_config=backend_config,
-        )

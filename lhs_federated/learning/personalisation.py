@@ -21,7 +21,7 @@ import numpy as np
 
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.statistics import Standardizer
-from lhs_federated.site import train_at_site
+from lhs_federated.learning.site import train_at_site
 from lhs_federated.study import Study
 
 # Strategy names whose sites fine-tune before scoring (see apps/fine_tuning.py).

@@ -27,7 +27,8 @@ from typing import Any
 import pandas as pd
 
 from lhs_federated.errors import ConfigError
-from lhs_federated.results import read_results, utc_now
+from lhs_federated.results.reader import read_results
+from lhs_federated.results.writer import utc_now
 
 REPORT_NAME = "report.html"
 SHOWN_METRICS = ("auroc", "accuracy", "balanced_accuracy", "brier", "calibration_slope", "ece")
@@ -70,7 +71,7 @@ def write_report(folder: str | Path) -> Path:
 
 def write_run_report(run_dir: str | Path) -> Path:
     """Write the HTML report of a completed run folder; return its path."""
-    from lhs_federated import plots
+    from lhs_federated.research import plots
 
     run_dir = Path(run_dir)
     results = read_results(run_dir)
@@ -205,7 +206,7 @@ def _comparison_section(comparison: dict[str, Any], summary: dict[str, Any], plo
 
 def write_sweep_report(sweep_dir: str | Path) -> Path:
     """Write the HTML report of a sweep folder; return its path."""
-    from lhs_federated import plots
+    from lhs_federated.research import plots
 
     sweep_dir = Path(sweep_dir)
     spec = _read_toml(sweep_dir / "sweep.toml")

@@ -2,7 +2,7 @@
 
 Only a simulation holds every site's rows in one place, so only here can the
 federated model be set beside the pooled and local-only models
-(:mod:`lhs_federated.baselines`) and scored on all sites' test rows together.
+(:mod:`lhs_federated.research.baselines`) and scored on all sites' test rows together.
 :func:`analyse_run` does that for a finished run folder and adds to it:
 
 - ``comparison.csv``: every model (``federated``, ``pooled``, ``local:<site>``)
@@ -30,18 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from lhs_federated.baselines import POOLED, local_name, train_baselines
 from lhs_federated.data.sources import SiteData, load_sites
-from lhs_federated.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
-from lhs_federated.personalisation import fine_tuning_of, personalise
-from lhs_federated.results import write_json
-from lhs_federated.site import (
+from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
+from lhs_federated.learning.personalisation import fine_tuning_of, personalise
+from lhs_federated.learning.site import (
     federated_standardizer,
     predict_at_site,
     score_predictions,
     site_standardizer,
     summarise_site,
 )
+from lhs_federated.research.baselines import POOLED, local_name, train_baselines
+from lhs_federated.results.writer import write_json
 from lhs_federated.study import Study
 
 FEDERATED = "federated"

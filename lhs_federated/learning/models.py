@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lhs_federated.study import ModelSpec
+from lhs_federated.errors import ConfigError
+from lhs_federated.study import ModelSpec, Study
 
 
 class LogisticRegressionModel(nn.Module):
@@ -64,3 +65,18 @@ def build_model(spec: ModelSpec, n_features: int, *, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         return MODEL_FAMILIES[spec.name](spec, n_features)
+
+
+def check_model_family(study: Study, source: str) -> None:
+    """Check the study's ``model.name`` against the registry (at study load).
+
+    Raises
+    ------
+    ConfigError
+        If the name is not a model family.
+    """
+    if study.model.name not in MODEL_FAMILIES:
+        raise ConfigError(
+            f"{source}: model.name {study.model.name!r} is not a model family; "
+            f"choose one of {', '.join(sorted(MODEL_FAMILIES))}."
+        )

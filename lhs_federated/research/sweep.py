@@ -46,9 +46,9 @@ from scipy import stats
 
 from lhs_federated.config import build, read_toml, setting, to_plain
 from lhs_federated.errors import ConfigError, LhsError
-from lhs_federated.metrics import METRIC_NAMES
-from lhs_federated.progress import LOGGER as PROGRESS_LOGGER
-from lhs_federated.results import versions, write_json
+from lhs_federated.learning.metrics import METRIC_NAMES
+from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
+from lhs_federated.results.writer import versions, write_json
 from lhs_federated.study import Study, load_study
 
 MODEL_KINDS = ("federated", "pooled", "local", "gain")
@@ -162,6 +162,8 @@ def plan_sweep(spec: SweepSpec, *, base_dir: Path, source: str) -> Sweep:
     empty = [key for key, values in spec.grid.items() if not values]
     if empty:
         raise ConfigError(f"{source}: grid key {empty[0]!r} has no values; list at least one.")
+    import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks; Flower)
+
     base = load_study((base_dir / spec.study) if spec.study else None)
     base = _override(base, spec.fixed, source=source, what="fixed")
     for key, values in spec.grid.items():  # name the key at fault before building combinations
@@ -241,7 +243,7 @@ def run_sweep(
     aggregate = aggregate_runs(rows, grid_keys, metric_columns(sweep.spec.metrics))
     _write_frame(out / AGGREGATE_NAME, aggregate)
     if report:
-        from lhs_federated.report import write_sweep_report
+        from lhs_federated.research.report import write_sweep_report
 
         write_sweep_report(out)
     return rows, aggregate, out
@@ -344,7 +346,7 @@ def _init_worker() -> None:
     """
     import torch
 
-    import lhs_federated.simulation  # noqa: F401  (imports Flower)
+    import lhs_federated.research.simulation  # noqa: F401  (imports Flower)
 
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -354,7 +356,7 @@ def _execute(
     run_id: str, labels: dict[str, Any], study_json: str, out_dir: str, metrics: tuple[str, ...]
 ) -> dict[str, Any]:
     """Run one study (in a worker); return its row. Failures become rows, not exceptions."""
-    from lhs_federated.simulation import simulate
+    from lhs_federated.research.simulation import simulate
 
     started = time.monotonic()
     row: dict[str, Any] = {"run": run_id, **{k: _label(v) for k, v in labels.items()}}
