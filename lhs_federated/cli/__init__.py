@@ -17,6 +17,7 @@ from rich.console import Console
 from lhs_federated.cli import (
     audit,
     certs,
+    dashboard,
     data,
     keys,
     report,
@@ -48,6 +49,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
 app.command("sweep")(sweep.sweep_command)
 app.command("report")(report.report_command)
+app.command("dashboard")(dashboard.dashboard_command)
 
 _errors = Console(stderr=True, highlight=False, soft_wrap=True)
 

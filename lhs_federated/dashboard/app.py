@@ -35,7 +35,13 @@ from starlette.templating import Jinja2Templates
 
 from lhs_federated.dashboard import charts
 from lhs_federated.dashboard.consortium import ConsortiumReader
-from lhs_federated.dashboard.runs import SITE_METRICS, NotFound, RunsFolder, RunView, fingerprint
+from lhs_federated.dashboard.runs import (
+    SITE_METRICS,
+    NotServedError,
+    RunsFolder,
+    RunView,
+    fingerprint,
+)
 from lhs_federated.errors import LhsError
 
 HERE = Path(__file__).parent
@@ -45,6 +51,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 #: before the browser reconnects (EventSource does so by itself).
 POLL_SECONDS = 0.5
 STREAM_SECONDS = 300.0
+SETTLED_SECONDS = 5.0
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -63,6 +70,7 @@ class TokenGate:
         self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 401 unless the request carries the token."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -207,7 +215,7 @@ def create_app(
     app: Any = Starlette(
         routes=routes,
         exception_handlers={
-            NotFound: not_found,
+            NotServedError: not_found,
             LhsError: bad_request,
             HTTPException: http_error,
         },
@@ -235,23 +243,27 @@ def _event_stream(
     """Server-sent events: ``progress`` (one per run) whenever ``state()`` changes.
 
     A single run's stream ends with a ``done`` event once the run completed or
-    failed; every stream closes after :data:`STREAM_SECONDS` (the browser
-    reconnects) so that no connection outlives its use.
+    failed and its files stopped changing for :data:`SETTLED_SECONDS`; every
+    stream closes after :data:`STREAM_SECONDS` (the browser reconnects) so
+    that no connection outlives its use.
     """
 
     async def events() -> AsyncIterator[str]:
-        last, ping = None, time.monotonic()
+        last, changed, ping = None, time.monotonic(), time.monotonic()
         deadline = time.monotonic() + STREAM_SECONDS
+        final = False
         while time.monotonic() < deadline and not await request.is_disconnected():
             current = await run_in_threadpool(state)
             if current != last:
-                last = current
+                last, changed = current, time.monotonic()
                 found = await run_in_threadpool(views)
                 for view in found:
                     yield f"event: progress\ndata: {json.dumps(view.progress())}\n\n"
-                if not forever and all(v.status in ("completed", "failed") for v in found):
-                    yield "event: done\ndata: {}\n\n"
-                    return
+                final = not forever and all(v.status in ("completed", "failed") for v in found)
+            elif final and time.monotonic() - changed > SETTLED_SECONDS:
+                # summary.json comes first; baselines and the report are added after it
+                yield "event: done\ndata: {}\n\n"
+                return
             elif time.monotonic() - ping > 15:
                 ping = time.monotonic()
                 yield ": keep-alive\n\n"

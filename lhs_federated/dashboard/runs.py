@@ -42,7 +42,7 @@ SITE_METRICS = ("auroc", "auprc", "brier", "calibration_slope", "ece")
 SERVED_SUFFIXES = (".csv", ".json", ".jsonl", ".html", ".png", ".svg", ".toml", ".txt")
 
 
-class NotFound(ConfigError):
+class NotServedError(ConfigError):
     """A run or file the dashboard was asked for that it does not serve."""
 
 
@@ -89,9 +89,7 @@ class RunView:
     status: str = "running"
     last_change: float = 0.0
     rounds: list[RoundRow] = field(default_factory=list)
-    metrics: dict[int, dict[str, dict[str, tuple[float | None, str]]]] = field(
-        default_factory=dict
-    )
+    metrics: dict[int, dict[str, dict[str, tuple[float | None, str]]]] = field(default_factory=dict)
     epsilon: dict[str, float] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     failure: str | None = None
@@ -188,12 +186,12 @@ class RunsFolder:
 
         Raises
         ------
-        NotFound
+        NotServedError
             If ``run_id`` leaves the root, or names no run folder.
         """
         path = _inside(self.root, run_id, what="run")
         if not (path / STUDY_FILE).is_file():
-            raise NotFound(f"no run {run_id!r} in {self.root}")
+            raise NotServedError(f"no run {run_id!r} in {self.root}")
         return path
 
     def file(self, run_id: str, name: str) -> Path:
@@ -201,14 +199,14 @@ class RunsFolder:
 
         Raises
         ------
-        NotFound
+        NotServedError
             If the name leaves the run folder, is not a file or is not of a
             kind the dashboard serves (tables, reports, plots).
         """
         run_dir = self.run_dir(run_id)
         path = _inside(run_dir, name, what="file")
         if not path.is_file() or path.suffix.lower() not in SERVED_SUFFIXES:
-            raise NotFound(f"run {run_id!r} has no file {name!r} the dashboard serves")
+            raise NotServedError(f"run {run_id!r} has no file {name!r} the dashboard serves")
         return path
 
     def read(self, run_id: str) -> RunView:
@@ -224,10 +222,10 @@ def _run_id(root: Path, run_dir: Path) -> str:
 def _inside(base: Path, relative: str, *, what: str) -> Path:
     """``base / relative`` resolved (symbolic links too), refused unless inside ``base``."""
     if "\x00" in relative or Path(relative).is_absolute():
-        raise NotFound(f"no {what} {relative!r}")
+        raise NotServedError(f"no {what} {relative!r}")
     path = (base / relative).resolve()
     if path != base and base not in path.parents:
-        raise NotFound(f"no {what} {relative!r}")
+        raise NotServedError(f"no {what} {relative!r}")
     return path
 
 
@@ -293,9 +291,7 @@ def _read_rounds(path: Path, warnings: list[str]) -> list[RoundRow]:
     rounds = []
     for row in _rows(path, warnings):
         try:
-            failed = dict(
-                part.split(": ", 1) for part in row["failed"].split("; ") if ": " in part
-            )
+            failed = dict(part.split(": ", 1) for part in row["failed"].split("; ") if ": " in part)
             rounds.append(
                 RoundRow(
                     round=int(row["round"]),

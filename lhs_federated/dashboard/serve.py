@@ -60,8 +60,8 @@ def prepare(
     ConfigError
         For a runs folder that does not exist, an empty token, or a port in use.
     """
-    from lhs_federated.deploy.processes import check_port_free
     from lhs_federated.dashboard.runs import RunsFolder
+    from lhs_federated.deploy.processes import check_port_free
 
     RunsFolder(runs)  # the folder must exist
     if token is not None and len(token) < 16:
