@@ -6,6 +6,7 @@ Exit codes: 0 done, 2 bad input (a one-paragraph message, no traceback),
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -13,43 +14,107 @@ import traceback
 import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from lhs_federated.cli import (
-    audit,
-    certs,
-    dashboard,
-    data,
-    keys,
-    report,
-    server,
-    simulate,
-    site,
-    site_runtime,
-    study,
-    sweep,
-)
 from lhs_federated.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, LhsError
+
+#: Every command: name -> (module in lhs_federated.cli, attribute, one-line help).
+#: A command's module is imported only when that command runs (or its own --help is
+#: asked for): ``lhs-fed --help`` must not pay for PyTorch, Flower or scikit-learn.
+#: The attribute is a Typer app (a group) or a command function. The one-line help
+#: must match the command's own (tests/test_cli_startup.py checks).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "simulate": (
+        "simulate",
+        "simulate_command",
+        "Run a study on its simulated sites and print the per-site results.",
+    ),
+    "data": ("data", "app", "Data contracts, example data and the UCI Heart Disease files."),
+    "study": ("study", "app", "Inspect studies."),
+    "strategies": (
+        "study",
+        "strategies_command",
+        "List the strategies a study can name, with their parameters.",
+    ),
+    "server": ("server", "app", "Run the coordinating centre (a Flower SuperLink)."),
+    "site": ("site", "app", "A site's node, approvals and policy."),
+    "certs": ("certs", "app", "Development TLS certificates and SuperNode keys."),
+    "keys": ("keys", "app", "Signing keys of ledgers."),
+    "audit": ("audit", "app", "Verify, show and cross-check ledgers."),
+    "sweep": (
+        "sweep",
+        "sweep_command",
+        "Run a grid of simulated studies (resuming finished runs) and aggregate over seeds.",
+    ),
+    "report": (
+        "report",
+        "report_command",
+        "Write report.html (self-contained: tables, plots, versions, seeds) into the folder.",
+    ),
+    "dashboard": (
+        "dashboard",
+        "dashboard_command",
+        "Serve the consortium's runs, sites and audits as live web pages (read-only).",
+    ),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """Import command ``name``'s module and build its click command."""
+    module_name, attribute, _ = COMMANDS[name]
+    module = importlib.import_module(f"lhs_federated.cli.{module_name}")
+    if name == "site":  # a site's node (start/stop/check) beside its approvals
+        importlib.import_module("lhs_federated.cli.site_runtime").register(module.app)
+    target = getattr(module, attribute)
+    if isinstance(target, typer.Typer):  # a group, even with one command (`keys init`)
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer()
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: lists every command, imports one only to run it.
+
+    Help listings get a stand-in carrying the one-line help; resolving a
+    command to invoke it (or to show its own help) loads the real one.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:  # noqa: D102
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:  # noqa: D102
+        if cmd_name not in COMMANDS:
+            return None
+        if getattr(ctx, "lhs_resolving", False):
+            return load_command(cmd_name)
+        summary = COMMANDS[cmd_name][2]
+        return click.Command(cmd_name, help=summary, short_help=summary)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # noqa: D102
+        ctx.lhs_resolving = True  # type: ignore[attr-defined]
+        try:
+            return super().resolve_command(ctx, args)
+        finally:
+            ctx.lhs_resolving = False  # type: ignore[attr-defined]
+
 
 app = typer.Typer(
     name="lhs-fed",
-    help="Federated clinical prediction models for learning health systems.",
+    cls=LazyGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("simulate")(simulate.simulate_command)
-app.add_typer(data.app, name="data")
-app.add_typer(study.app, name="study")
-app.command("strategies")(study.strategies_command)
-app.add_typer(server.app, name="server")
-site_runtime.register(site.app)  # a site's node (start/stop/check) beside its approvals
-app.add_typer(site.app, name="site")
-app.add_typer(certs.app, name="certs")
-app.add_typer(keys.app, name="keys")
-app.add_typer(audit.app, name="audit")
-app.command("sweep")(sweep.sweep_command)
-app.command("report")(report.report_command)
-app.command("dashboard")(dashboard.dashboard_command)
+
+
+@app.callback()
+def _root() -> None:
+    """Federated clinical prediction models for learning health systems."""
+
 
 _errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
