@@ -41,7 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lhs-startup-"))
     study = root / "study.toml"
-    study.write_text('name = "startup"\nrounds = 1\n[data.synthetic]\nsites = 3\n')
+    study.write_text(
+        'name = "startup"\nrounds = 1\n[data.synthetic]\nsites = 3\n[governance]\npreapproved = true\n'
+    )
     if lhs_fed(["simulate", str(study), "--quiet", "--out", str(root / "run")]) != 0:
         raise SystemExit("could not run the small study whose ledger is verified")
     synth = ["data", "synth", "--sites", "1", "--rows-per-site", "200", "--out", str(root / "d")]

@@ -346,7 +346,8 @@ def _run_round(
             sites_total=len(grid.sites),
             mean_auroc=mean_auroc,
             failed=failed,
-        )
+        ),
+        run_dir=writer.out_dir,
     )
     return arrays, reports
 

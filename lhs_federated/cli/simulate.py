@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import logging
-import math
+import json
 import tomllib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lhs_federated.apps.run_config import BACKENDS
+from lhs_federated.cli.progress_display import mode_of, progress_display
 from lhs_federated.errors import ConfigError
-from lhs_federated.research.report import REPORT_NAME
-from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
-from lhs_federated.results.progress import RoundProgress
-from lhs_federated.results.reader import RunResults
 from lhs_federated.study import Study, load_study
+
+if TYPE_CHECKING:
+    from lhs_federated.results.reader import RunResults
+
+REPORT_NAME = "report.html"  # lhs_federated.research.report.REPORT_NAME, without pandas
 
 console = Console(highlight=False)
 if not console.is_terminal:  # pipes and CI logs: room for the results table
@@ -70,66 +69,6 @@ def load_with_overrides(study_path: Path | None, assignments: list[str]) -> Stud
     study = load_study(study_path)
     overrides = parse_overrides(assignments)
     return study.with_overrides(overrides) if overrides else study
-
-
-class _ProgressHandler(logging.Handler):
-    """Draws the coordinator's round events on a Rich progress bar."""
-
-    def __init__(self, progress: Progress, task: Any) -> None:
-        super().__init__(logging.INFO)
-        self.progress = progress
-        self.task = task
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event: RoundProgress | None = getattr(record, "lhs_progress", None)
-        if event is None:
-            return
-        auroc = "n/a" if math.isnan(event.mean_auroc) else f"{event.mean_auroc:.3f}"
-        self.progress.update(
-            self.task,
-            completed=event.round,
-            total=event.rounds,
-            sites=f"{event.sites_done}/{event.sites_total}",
-            auroc=auroc,
-        )
-        for site, why in event.failed.items():
-            self.progress.console.print(f"[yellow]round {event.round}: {site} {why}[/]")
-
-
-@contextmanager
-def round_progress(study: Study, *, enabled: bool):
-    """Show a progress bar fed by the coordinator's progress events.
-
-    Flower's and Ray's own INFO logging is quietened meanwhile, since the bar
-    says the same more briefly.
-    """
-    quiet = {name: logging.getLogger(name) for name in ("flwr", "ray")}
-    levels = {name: logger.level for name, logger in quiet.items()}
-    for logger in quiet.values():
-        logger.setLevel(logging.WARNING)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("round {task.completed:.0f}/{task.total:.0f}"),
-        TextColumn("sites {task.fields[sites]}"),
-        TextColumn("mean AUROC {task.fields[auroc]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-    )
-    task = progress.add_task(study.name, total=study.rounds, sites="-", auroc="-")
-    handler = _ProgressHandler(progress, task)
-    previous_level = PROGRESS_LOGGER.level
-    PROGRESS_LOGGER.setLevel(logging.INFO)
-    PROGRESS_LOGGER.addHandler(handler)
-    try:
-        with progress:
-            yield
-    finally:
-        PROGRESS_LOGGER.removeHandler(handler)
-        PROGRESS_LOGGER.setLevel(previous_level)
-        for name, logger in quiet.items():
-            logger.setLevel(levels[name])
 
 
 def results_table(results: RunResults) -> Table:
@@ -213,7 +152,13 @@ def simulate_command(
         list[str] | None,
         typer.Option("--set", help="Override a study key, e.g. --set rounds=20 (repeatable)."),
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar (warnings only).")] = False,
+    json_lines: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print progress events as JSON lines, then the results' location."
+        ),
+    ] = False,
     coordinator_key: Annotated[
         Path | None,
         typer.Option(
@@ -230,13 +175,18 @@ def simulate_command(
     )
 
     resolved = load_with_overrides(study, set_ or [])
-    with round_progress(resolved, enabled=not quiet):
+    mode = mode_of(quiet=quiet, json_lines=json_lines)
+    with progress_display(resolved.name, resolved.rounds, mode=mode, console=console):
         results = simulate(
             resolved,
             backend=backend,  # type: ignore[arg-type]
             out_dir=out,
             coordinator_key=coordinator_key,
         )
+    if json_lines:
+        done = {"kind": "result", "out_dir": str(results.out_dir)}
+        print(json.dumps({**done, "summary": str(results.out_dir / "summary.json")}))
+        return
     console.print(results_table(results))
     console.print("slope: calibration slope; CITL: calibration-in-the-large (intercept)")
     comparison = comparison_table(results)

@@ -20,8 +20,9 @@ COORDINATOR_PUBLIC_KEY = "coordinator.pub"
 SIMULATED_SITES_DIR = "sites"
 #: Ledgers of interrupted runs that were resumed: coordinator.segment-1.jsonl, -2, ...
 SEGMENT_GLOB = "coordinator.segment-*.jsonl"
-#: Files written after the study-finished record, so not covered by it.
-WRITTEN_AFTER = ("summary.json", "failure.json")
+#: Files written after the study-finished record, so not covered by it (events.jsonl is
+#: the live progress log that goes on after it: analysis and report steps).
+WRITTEN_AFTER = ("summary.json", "failure.json", "events.jsonl")
 
 
 def segment_name(number: int) -> str:

@@ -25,6 +25,7 @@ from lhs_federated.errors import ConfigError
 from lhs_federated.governance.keys import load_private_key
 from lhs_federated.research.analysis import analyse_run
 from lhs_federated.research.report import write_run_report
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.results.reader import RunResults, read_results
 from lhs_federated.study import Study, load_study
 
@@ -96,7 +97,15 @@ def simulate(
         run_inprocess(run_config, n_sites)
     else:
         run_ray(run_config, n_sites)
+    baselines = "pooled and local-only baselines, " if study.baselines.enabled else ""
+    report_progress(
+        ProgressEvent("step", f"analysing the run: {baselines}calibration", {"step": "analysis"}),
+        run_dir=out,
+    )
     analyse_run(study, out)
     if report:
+        report_progress(
+            ProgressEvent("step", "writing report.html", {"step": "report"}), run_dir=out
+        )
         write_run_report(out)
     return read_results(out)
