@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "server": ("server", "app", "Run the coordinating centre (a Flower SuperLink)."),
     "site": ("site", "app", "A site's node, approvals and policy."),
     "certs": ("certs", "app", "Development TLS certificates and SuperNode keys."),
+    "bundle": ("bundle", "app", "The app bundle deployed runs ship to the sites."),
     "keys": ("keys", "app", "Signing keys of ledgers."),
     "audit": ("audit", "app", "Verify, show and cross-check ledgers."),
     "sweep": (

@@ -44,6 +44,7 @@ class Display:
 
     def __init__(self, mode: Mode, console: Console, title: str, total: int | None) -> None:
         self.mode = mode
+        self.title = title
         self.console = console
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -81,7 +82,9 @@ class Display:
             for site, why in done.failed.items():
                 self.console.print(f"[yellow]round {done.round}: {site} {why}[/]")
         elif event.kind in ("step", "waiting"):
-            self.progress.update(self.task, description=event.message)
+            # the line prints once, above; the bar names only the step
+            step = event.data.get("step") or event.kind
+            self.progress.update(self.task, description=f"{self.title} ({step})")
             self.console.print(f"[dim]{event.at[11:19]}[/] {event.message}")
         elif event.kind == "run-failed":
             self.console.print(f"[red]{event.message}[/]")

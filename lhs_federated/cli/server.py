@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -9,14 +10,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lhs_federated.cli.progress_display import Mode, mode_of, progress_display
 from lhs_federated.cli.simulate import load_with_overrides
 from lhs_federated.deploy import coordinator
 from lhs_federated.deploy.server_config import ServerConfig, load_server_config
+from lhs_federated.results.progress import EVENTS_FILE, read_events
 
 app = typer.Typer(help="Run the coordinating centre (a Flower SuperLink).", no_args_is_help=True)
 console = Console(highlight=False)
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The server's server.toml.")]
+QuietOption = Annotated[bool, typer.Option(help="No progress bar (warnings only).")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print progress events as JSON lines on stdout.")
+]
 
 
 @app.command("start")
@@ -34,6 +41,18 @@ def start_command(
         )
         return
     coordinator.start_server(server)
+
+
+@app.command("check")
+def check_command(config: ConfigOption) -> None:
+    """Check server.toml, the TLS files and the port, without starting anything."""
+    server = load_server_config(config)
+    coordinator.check_server(server)
+    console.print(
+        f"ok {server.path}: {len(server.sites)} sites listed; "
+        f"{'TLS off (insecure)' if server.tls.insecure else 'certificate valid'}; "
+        f"port {server.server.port} on {server.server.host} is free"
+    )
 
 
 @app.command("stop")
@@ -62,13 +81,17 @@ def run_command(
     out: Annotated[Path | None, typer.Option("--out", help="Results folder.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 3600.0,
+    quiet: QuietOption = False,
+    json_lines: JsonOption = False,
 ) -> None:
     """Submit a study to the sites; print the run id and, once done, the results folder."""
     server = load_server_config(config)
     resolved = load_with_overrides(study, set_ or [])
     submitted = coordinator.submit_study(server, resolved, out_dir=out)
-    console.print(f"run {submitted.run_id}: study {resolved.name!r} ({resolved.hash[:12]}…)")
-    _finish(server, submitted, wait=wait, timeout=timeout)
+    if not json_lines:
+        console.print(f"run {submitted.run_id}: study {resolved.name!r} ({resolved.hash[:12]}…)")
+    mode = mode_of(quiet=quiet, json_lines=json_lines)
+    _finish(server, submitted, wait=wait, timeout=timeout, mode=mode)
 
 
 @app.command("resume")
@@ -77,22 +100,48 @@ def resume_command(
     config: ConfigOption,
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 3600.0,
+    quiet: QuietOption = False,
+    json_lines: JsonOption = False,
 ) -> None:
     """Continue a stopped run from its last completed round."""
     server = load_server_config(config)
     submitted = coordinator.resume_study(server, run_dir.resolve())
-    console.print(f"run {submitted.run_id}: resuming {run_dir}")
-    _finish(server, submitted, wait=wait, timeout=timeout)
+    if not json_lines:
+        console.print(f"run {submitted.run_id}: resuming {run_dir}")
+    mode = mode_of(quiet=quiet, json_lines=json_lines)
+    _finish(server, submitted, wait=wait, timeout=timeout, mode=mode)
 
 
 def _finish(
-    server: ServerConfig, submitted: coordinator.SubmittedRun, *, wait: bool, timeout: float
+    server: ServerConfig,
+    submitted: coordinator.SubmittedRun,
+    *,
+    wait: bool,
+    timeout: float,
+    mode: Mode,
 ) -> None:
-    """Wait for a submitted run (unless told not to) and print how it ended."""
+    """Wait for a submitted run (unless told not to), showing its progress; print how it ended.
+
+    The ServerApp runs in the SuperLink's processes; it appends its progress
+    events to the run folder's ``events.jsonl``, which this follows.
+    """
     if not wait:
         console.print(f"results will be in {submitted.out_dir}")
         return
-    summary = coordinator.wait_for_run(server, submitted, timeout=timeout)
+    events_file, offset = submitted.out_dir / EVENTS_FILE, 0
+    study = submitted.study
+
+    def follow() -> None:
+        nonlocal offset
+        events, offset = read_events(events_file, offset=offset)
+        for event in events:
+            display.show(event)
+
+    with progress_display(study.name, study.rounds, mode=mode, console=console) as display:
+        summary = coordinator.wait_for_run(server, submitted, timeout=timeout, on_poll=follow)
+    if mode == "json":
+        print(json.dumps({"kind": "result", "out_dir": str(submitted.out_dir)}))
+        return
     mean = summary["final"]["mean"]
     console.print(
         f"completed: {len(summary['sites'])} sites, {summary['rounds']} rounds, mean AUROC "

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,8 +301,17 @@ def submit_study(
     return SubmittedRun(str(payload["run-id"]), out_dir, study)
 
 
-def wait_for_run(config: ServerConfig, run: SubmittedRun, *, timeout: float) -> dict[str, Any]:
+def wait_for_run(
+    config: ServerConfig,
+    run: SubmittedRun,
+    *,
+    timeout: float,
+    on_poll: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Wait until a run finishes; return its summary.
+
+    ``on_poll`` is called twice a second meanwhile (the CLI follows the run's
+    ``events.jsonl`` with it, to draw the same per-round bar as ``simulate``).
 
     Raises
     ------
@@ -321,7 +331,11 @@ def wait_for_run(config: ServerConfig, run: SubmittedRun, *, timeout: float) -> 
             if status.startswith("finished"):
                 break
             next_check = time.monotonic() + 15.0
+        if on_poll is not None:
+            on_poll()
         time.sleep(0.5)
+    if on_poll is not None:
+        on_poll()
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     if failure.is_file():
