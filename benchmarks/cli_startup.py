@@ -42,7 +42,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="lhs-startup-"))
     study = root / "study.toml"
     study.write_text(
-        'name = "startup"\nrounds = 1\n[data.synthetic]\nsites = 3\n[governance]\npreapproved = true\n'
+        'name = "startup"\nrounds = 1\n[data.synthetic]\nsites = 3\n'
+        "[governance]\npreapproved = true\n"
     )
     if lhs_fed(["simulate", str(study), "--quiet", "--out", str(root / "run")]) != 0:
         raise SystemExit("could not run the small study whose ledger is verified")
