@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from lhs_federated.config import build, read_toml, setting
 from lhs_federated.errors import ConfigError
@@ -69,6 +70,12 @@ class DataSection:
     file: str = setting(doc="the site's table (CSV, TSV or Parquet)")
     contract: str | None = setting(
         None, doc="contract `lhs-fed site check` validates against (a study brings its own)"
+    )
+    csv_separator: Literal["auto", ",", ";", "\t", "|"] = setting(
+        "auto", doc="a CSV table's field separator (auto: detected from the file)"
+    )
+    csv_decimal: Literal["auto", ".", ","] = setting(
+        "auto", doc="a CSV table's decimal mark (auto: a decimal comma is detected)"
     )
 
 

@@ -50,6 +50,14 @@ class DataSpec:
         "default: the source's own (folder: contract.toml in the folder)",
     )
     sites: tuple[str, ...] | None = setting(None, doc="use only these sites, in this order")
+    csv_separator: Literal["auto", ",", ";", "\t", "|"] = setting(
+        "auto", doc="folder: the CSV files' field separator (auto: detected in each file)"
+    )
+    csv_decimal: Literal["auto", ".", ","] = setting(
+        "auto",
+        doc="folder: the CSV files' decimal mark (auto: a decimal comma is detected in "
+        "files whose fields are not comma-separated)",
+    )
     test_fraction: float = setting(0.3, doc="share of each site's rows held out", gt=0, lt=1)
     split_seed: int | None = setting(None, doc="seed of the train/test splits (default: seed)")
     split_seeding: Literal["per-site", "shared"] = setting(
@@ -160,6 +168,12 @@ class BaselineSpec:
     )
     learning_rate: float | None = setting(
         None, doc="learning rate of the baselines (default: training.learning_rate)", gt=0
+    )
+    pooled_scaling: Literal["sites", "pooled"] = setting(
+        "sites",
+        doc="the pooled model's training rows: sites (each row scaled as its site scales it "
+        "in the federation) or pooled (standardised with the pooled training rows' own "
+        "statistics, as FLamby's pooled baseline); scored at each site as the site scales",
     )
 
 
@@ -437,6 +451,12 @@ def check_study(study: Study, *, source: str) -> Study:
         raise ConfigError(
             f"{source}: data.source = {study.data.source!r} needs data.path, the folder "
             "holding the files."
+        )
+    if study.baselines.pooled_scaling == "pooled" and study.preprocessing.scaling == "none":
+        raise ConfigError(
+            f"{source}: baselines.pooled_scaling = 'pooled' standardises the pooled model's "
+            "rows, but preprocessing.scaling = 'none' scales no site's: use 'sites', or "
+            "scaling 'site' or 'federated'."
         )
     if study.preprocessing.scaling == "none" and study.contract.missing == "impute":
         raise ConfigError(

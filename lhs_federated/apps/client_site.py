@@ -114,7 +114,12 @@ def deployed_site(config_path: str, study: Study) -> SiteRuntime:
     # Keyed on the file's modification time: a site that updates its table is re-read.
     key = (str(table_path), table_path.stat().st_mtime_ns, config.site.name, study.hash)
     if key not in _PREPARED:
-        table = read_table(table_path, na_values=study.contract.na_values)
+        table = read_table(
+            table_path,
+            na_values=study.contract.na_values,
+            separator=config.data.csv_separator,
+            decimal=config.data.csv_decimal,
+        )
         _PREPARED.clear()  # one site, one study at a time: keep memory flat
         _PREPARED[key] = prepare_site(RawSite(config.site.name, table, str(table_path)), study)
     privacy = SitePrivacy(

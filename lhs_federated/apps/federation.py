@@ -31,6 +31,7 @@ from flwr.serverapp.strategy import Strategy
 from lhs_federated.apps import records
 from lhs_federated.apps.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
+from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.privacy_log import PrivacyLog
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
@@ -100,9 +101,13 @@ def run_study(
     started = time.monotonic()
     random.seed(study.seed)  # Flower strategies sample sites with `random`
     checkpoint = load_checkpoint(out_dir, study) if resume else None
+    if not resume:
+        check_out_dir(out_dir)  # before waiting for any site
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
     summaries, site_grid = discover_sites(audit.grid, study, expected_sites=expected_sites)
     if checkpoint is None:
+        for warning in check_sites(study, summaries.values()):
+            LOGGER.warning("preflight: %s", warning)
         standardizer = federated_standardizer(study, summaries.values())
         strategy = build_strategy(study, n_sites=len(summaries))
         arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
@@ -279,7 +284,10 @@ def _run_round(
         if node not in connected:
             trained.failed[site] = "not connected"
     if len(trained.ok) < needed:
-        failures = "; ".join(f"{site}: {why}" for site, why in trained.failed.items()) or "none"
+        failures = (
+            "; ".join(f"{site}: {why.rstrip('.')}" for site, why in trained.failed.items())
+            or "none"
+        )
         raise StudyRunError(
             f"round {server_round}: {len(trained.ok)} of {len(messages)} sites returned a "
             f"training update; the study needs {needed} (federation.min_sites). "

@@ -28,6 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps.coordinator_audit import AuditOptions
 from lhs_federated.apps.federation import run_study
+from lhs_federated.apps.preflight import ResultsFolderExists
 from lhs_federated.apps.run_config import (
     DEPLOYMENT,
     ENGINE_KEY,
@@ -118,6 +119,8 @@ def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
                 audit_options=AuditOptions.from_run_config(config),
                 expected_sites=int(config.get(EXPECTED_SITES_KEY) or 0),
             )
+        except ResultsFolderExists:
+            raise  # the folder is someone else's: write nothing into it
         except Exception as error:
             write_failure(out_dir, error)
             raise

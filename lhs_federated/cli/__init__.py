@@ -14,6 +14,7 @@ import traceback
 import click
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperGroup
 
 from lhs_federated.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, LhsError
@@ -117,7 +118,8 @@ def _root() -> None:
     """Federated clinical prediction models for learning health systems."""
 
 
-_errors = Console(stderr=True, highlight=False, soft_wrap=True)
+# Messages carry user text ("unknown key 'x' in [data]"): never read as Rich markup.
+_errors = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = command.main(args=argv, prog_name="lhs-fed", standalone_mode=False)
     except LhsError as error:
-        _errors.print(f"[bold red]error:[/] {error.message}")
+        _errors.print(Text.assemble(("error: ", "bold red"), error.message))
         return error.exit_code
     except click.exceptions.Exit as done:
         return int(done.exit_code)
@@ -140,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         _errors.print("aborted")
         return EXIT_INTERNAL
     except Exception:
-        _errors.print("[bold red]internal error[/] (please report it with this traceback):")
-        _errors.print(traceback.format_exc(), markup=False)
+        _errors.print(
+            Text.assemble(
+                ("internal error", "bold red"), " (please report it with this traceback):"
+            )
+        )
+        _errors.print(traceback.format_exc())
         return EXIT_INTERNAL
     return int(result or 0)
 

@@ -20,6 +20,7 @@ from typing import Literal
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
@@ -64,7 +65,7 @@ class Display:
             sys.stdout.write(json.dumps(event.to_dict(), default=str) + "\n")
             sys.stdout.flush()
         elif self.mode == "lines":
-            self.console.print(f"[dim]{event.at[11:19]}[/] {event.message}", markup=True)
+            self.console.print(f"[dim]{event.at[11:19]}[/] {escape(event.message)}")
         elif self.mode == "bar":
             self._draw(event)
 
@@ -80,14 +81,14 @@ class Display:
                 auroc="n/a" if auroc is None else f"{auroc:.3f}",
             )
             for site, why in done.failed.items():
-                self.console.print(f"[yellow]round {done.round}: {site} {why}[/]")
+                self.console.print(f"[yellow]round {done.round}: {escape(site)} {escape(why)}[/]")
         elif event.kind in ("step", "waiting"):
             # the line prints once, above; the bar names only the step
             step = event.data.get("step") or event.kind
             self.progress.update(self.task, description=f"{self.title} ({step})")
-            self.console.print(f"[dim]{event.at[11:19]}[/] {event.message}")
+            self.console.print(f"[dim]{event.at[11:19]}[/] {escape(event.message)}")
         elif event.kind == "run-failed":
-            self.console.print(f"[red]{event.message}[/]")
+            self.console.print(f"[red]{escape(event.message)}[/]")
 
 
 class _EventHandler(logging.Handler):

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lhs_federated.cli.progress_display import Mode, mode_of, progress_display
@@ -147,7 +148,7 @@ def _finish(
         f"completed: {len(summary['sites'])} sites, {summary['rounds']} rounds, mean AUROC "
         f"{mean['auroc']:.3f}, accuracy {mean['accuracy']:.3f}"
     )
-    console.print(f"results in [bold]{submitted.out_dir}[/]")
+    console.print(f"results in [bold]{escape(str(submitted.out_dir))}[/]")
 
 
 @app.command("status")

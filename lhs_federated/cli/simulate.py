@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lhs_federated.apps.run_config import BACKENDS
@@ -201,13 +202,13 @@ def simulate_command(
         )
     for site, reasons in results.summary["final"]["undefined"].items():
         for metric, reason in reasons.items():
-            console.print(f"  — {site} {metric}: {reason}")
+            console.print(f"  — {site} {metric}: {reason}", markup=False)
     console.print(f"study hash {results.summary['study_hash']}")
-    console.print(f"results in [bold]{results.out_dir}[/]")
+    console.print(f"results in [bold]{escape(str(results.out_dir))}[/]")
     ledger = results.summary["ledger"]
     console.print(
         f"ledger {ledger['file']} (final hash {ledger['final_hash'][:16]}…); "
         f"audit it with: lhs-fed audit report {results.out_dir}"
     )
     if (results.out_dir / REPORT_NAME).is_file():
-        console.print(f"report: [bold]{results.out_dir / REPORT_NAME}[/]")
+        console.print(f"report: [bold]{escape(str(results.out_dir / REPORT_NAME))}[/]")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lhs_federated.deploy import site_node
 from lhs_federated.site_config import load_site_config
@@ -46,7 +47,7 @@ def check_command(
 ) -> None:
     """Validate the site's data, certificate and key, and test the connection."""
     for line in site_node.check_site(load_site_config(config), connect=connect):
-        console.print(f"[green]ok[/] {line}")
+        console.print(f"[green]ok[/] {escape(line)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lhs_federated.cli.simulate import load_with_overrides
 
@@ -39,7 +40,7 @@ def strategies_command() -> None:
     """List the strategies a study can name, with their parameters."""
     from lhs_federated.apps.strategies import STRATEGIES, accepted_params  # imports PyTorch
 
-    table = Table(title="strategies ([strategy] name, and [strategy.params])")
+    table = Table(title=Text("strategies ([strategy] name, and [strategy.params])"))
     for column in ("name", "Flower class", "parameters (default)"):
         table.add_column(column)
     for name, cls in STRATEGIES.items():

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 from rich import box
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -108,7 +109,7 @@ def sweep_command(
     console.print(aggregate_table(aggregate, sweep))
     failed = rows[rows["status"] != "completed"] if len(rows) else rows
     for _, row in failed.iterrows():
-        console.print(f"[red]run {row['run']} failed:[/] {row['error']}")
+        console.print(f"[red]run {escape(str(row['run']))} failed:[/] {escape(str(row['error']))}")
     console.print(
         f"runs: [bold]{folder / 'runs.csv'}[/]; aggregate: [bold]{folder / 'aggregate.csv'}[/]"
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
@@ -21,6 +22,9 @@ from lhs_federated.data.synthetic import generate_cohort
 from lhs_federated.data.uci_heart import load_uci_heart
 from lhs_federated.errors import DataError
 from lhs_federated.study import Study
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,17 @@ def _folder(study: Study) -> list[RawSite]:
         raise DataError(
             f"data folder {str(folder)!r} has two files for site(s) {', '.join(duplicated)}."
         )
-    return [
-        RawSite(p.stem, read_table(p, na_values=study.contract.na_values), str(p)) for p in files
-    ]
+
+    def read(path: Path) -> RawSite:
+        table = read_table(
+            path,
+            na_values=study.contract.na_values,
+            separator=study.data.csv_separator,
+            decimal=study.data.csv_decimal,
+        )
+        return RawSite(path.stem, table, str(path))
+
+    return each_or_all_errors(read, files, what="site files")
 
 
 SOURCES: dict[str, Callable[[Study], list[RawSite]]] = {
@@ -125,7 +137,31 @@ def load_sites(study: Study) -> list[SiteData]:
 @lru_cache(maxsize=4)
 def _load_sites_cached(study_hash: str, study_json: str) -> tuple[SiteData, ...]:
     study = Study.from_json(study_json, source=f"study {study_hash[:12]}")
-    return tuple(prepare_site(raw, study) for raw in raw_sites(study))
+    raws = raw_sites(study)
+    return tuple(each_or_all_errors(lambda raw: prepare_site(raw, study), raws, what="sites"))
+
+
+def each_or_all_errors(
+    function: Callable[[_Item], _Result], items: list[_Item], *, what: str
+) -> list[_Result]:
+    """``function`` of every item, or one :class:`DataError` with every item's error.
+
+    A consortium's data teams fix their tables in one pass when a run names
+    every site whose table fails, not only the first.
+    """
+    results, errors = [], []
+    for item in items:
+        try:
+            results.append(function(item))
+        except DataError as error:
+            errors.append(error.message)
+    if len(errors) == 1:
+        raise DataError(errors[0])
+    if errors:
+        raise DataError(
+            f"{len(errors)} of the {len(items)} {what} cannot be used:\n" + "\n".join(errors)
+        )
+    return results
 
 
 def prepare_site(raw: RawSite, study: Study) -> SiteData:

@@ -9,6 +9,9 @@ below its header.
 
 from __future__ import annotations
 
+import difflib
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,6 +22,9 @@ from lhs_federated.data.contract import DataContract, Feature, Level
 from lhs_federated.errors import DataError
 
 MAX_ROWS_SHOWN = 10
+MAX_ERRORS_SHOWN = 10
+MAX_NAMES_SHOWN = 12
+_DECIMAL_COMMA = re.compile(r"^[+-]?(\d+,\d*|,\d+)$")
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,12 @@ class Finding:
     rows: tuple[int, ...] = ()
 
     def __str__(self) -> str:
-        text = f"{self.file}: {self.column}: {self.rule}"
+        return f"{self.file}: {self.problem}"
+
+    @property
+    def problem(self) -> str:
+        """The column, the rule and the rows, without the file (``chol: 3 values ...``)."""
+        text = f"{self.column}: {self.rule}"
         if self.rows:
             shown = ", ".join(str(r) for r in self.rows[:MAX_ROWS_SHOWN])
             more = len(self.rows) - MAX_ROWS_SHOWN
@@ -72,13 +83,23 @@ class ValidationReport:
             If any finding is an error.
         """
         if self.errors:
-            lines = "; ".join(str(f) for f in self.errors)
-            raise DataError(
-                f"{self.file} does not meet its data contract "
-                f"({len(self.errors)} problem{'s' if len(self.errors) > 1 else ''}): "
-                f"{lines}. Fix the data, or the contract if it is the contract "
-                "that is wrong."
+            raise DataError(self.error_summary())
+
+    def error_summary(self) -> str:
+        """One paragraph: the file once, the first errors, and how many more there are."""
+        errors = self.errors
+        shown = "; ".join(f.problem for f in errors[:MAX_ERRORS_SHOWN])
+        more = len(errors) - MAX_ERRORS_SHOWN
+        if more > 0:
+            shown += (
+                f"; and {more} more (`lhs-fed data validate --contract CONTRACT FILE` "
+                "lists them all)"
             )
+        return (
+            f"{self.file} does not meet its data contract "
+            f"({len(errors)} problem{'s' if len(errors) > 1 else ''}): {shown}. Fix the "
+            "data, or the contract if it is the contract that is wrong."
+        )
 
 
 def validate_table(
@@ -115,17 +136,14 @@ def validate_table(
         add("(table)", "the table has no data rows")
         return report
     required = contract.columns if with_outcome else contract.columns[:-1]
+    found = [str(c) for c in table.columns]
     missing_columns = [c for c in required if c not in table.columns]
-    for column in missing_columns:
-        role = "outcome" if column == contract.outcome.column else "feature"
-        add(
-            column,
-            f"{role} column is missing (columns found: {', '.join(map(str, table.columns))})",
-        )
-    extra = [str(c) for c in table.columns if c not in contract.columns]
+    if missing_columns:
+        add(names_list(missing_columns), _missing_columns_rule(missing_columns, contract, found))
+    extra = [c for c in found if c not in contract.columns]
     if extra:
         severity = "error" if contract.extra_columns == "error" else "warning"
-        add(", ".join(extra), "columns not in the contract (not used)", severity)
+        add(names_list(extra), f"{len(extra)} columns not in the contract (not used)", severity)
 
     for feature in contract.features:
         if feature.name in table.columns:
@@ -133,6 +151,95 @@ def validate_table(
     if with_outcome and contract.outcome.column in table.columns:
         _check_outcome(table[contract.outcome.column], contract, add)
     return report
+
+
+def training_size_findings(
+    file: str,
+    n_rows: int,
+    n_positive: int,
+    *,
+    rows_to_train: int,
+    min_cell_size: int,
+    test_fraction: float,
+    outcome: str,
+) -> list[Finding]:
+    """Warnings about a site whose usable rows are too few to train on, or one-sided.
+
+    Parameters
+    ----------
+    file : str
+        The table, as findings name it.
+    n_rows, n_positive : int
+        Rows left once the contract's missing-value policy has applied, and
+        their positive cases.
+    rows_to_train : int
+        Fewest training rows a site trains on
+        (:meth:`~lhs_federated.privacy.spec.PrivacySpec.rows_to_train`).
+    min_cell_size : int
+        The site's minimum cell size.
+    test_fraction : float
+        Share of the rows a study holds out for testing.
+    outcome : str
+        The outcome column (named in class findings).
+    """
+    found = []
+    n_train = n_rows - math.ceil(test_fraction * n_rows)  # scikit-learn's split sizes
+    if n_train < rows_to_train:
+        found.append(
+            Finding(
+                file,
+                "(rows)",
+                f"{n_rows} usable rows leave {n_train} training rows (test_fraction "
+                f"{test_fraction:g}), fewer than {rows_to_train} (privacy.min_train_rows or "
+                "the minimum cell size): this site will refuse to train; it can still be scored",
+                "warning",
+            )
+        )
+    for label, count in (("positive", n_positive), ("negative", n_rows - n_positive)):
+        if count < 2:
+            rule = (
+                f"{count} {label} row{'s' if count != 1 else ''}: the train/test split cannot be "
+                f"stratified, and one of its parts holds no {label} case"
+            )
+        elif count < min_cell_size:
+            rule = (
+                f"{count} {label} rows, fewer than the minimum cell size {min_cell_size}: "
+                "counts and metrics on them are withheld, and the model learns little from them"
+            )
+        else:
+            continue
+        found.append(Finding(file, outcome, rule, "warning"))
+    return found
+
+
+def names_list(names: list[str], limit: int = MAX_NAMES_SHOWN) -> str:
+    """``a, b, c and 4 more``: a list of names kept to one readable line."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _missing_columns_rule(missing: list[str], contract: DataContract, found: list[str]) -> str:
+    """Which contract columns are missing, said once, with the header found and near misses."""
+    outcome = contract.outcome.column in missing
+    if len(missing) == 1:
+        what = f"{'outcome' if outcome else 'feature'} column is missing"
+    else:
+        what = f"{len(missing)} of the contract's {len(contract.columns)} columns are missing" + (
+            " (the outcome among them)" if outcome else ""
+        )
+    lowered = {name.lower(): name for name in found}
+    near = {}
+    for column in missing:
+        match = lowered.get(column.lower()) or next(
+            iter(difflib.get_close_matches(column, found, n=1, cutoff=0.8)), None
+        )
+        if match is not None:
+            near[column] = match
+    text = f"{what}; the table's columns: {names_list(found)}"
+    if near:
+        pairs = ", ".join(f"{found_as!r} for {column!r}" for column, found_as in near.items())
+        text += f"; did you mean {pairs}?"
+    return text
 
 
 def _check_feature(column: pd.Series, feature: Feature, contract: DataContract, add) -> None:
@@ -154,8 +261,16 @@ def _check_feature(column: pd.Series, feature: Feature, contract: DataContract, 
         numbers = pd.to_numeric(values, errors="coerce")
         non_numeric = present & numbers.isna().to_numpy()
         if non_numeric.any():
-            examples = ", ".join(repr(v) for v in pd.unique(values[non_numeric])[:3])
-            add(name, f"{int(non_numeric.sum())} non-numeric values ({examples})", rows=non_numeric)
+            unique = pd.unique(values[non_numeric])
+            examples = ", ".join(repr(v) for v in unique[:3])
+            hint = ""
+            if all(_DECIMAL_COMMA.match(str(v).strip()) for v in unique[:3]):
+                hint = '; decimal commas? set `[data] csv_decimal = ","`'
+            add(
+                name,
+                f"{int(non_numeric.sum())} non-numeric values ({examples}{hint})",
+                rows=non_numeric,
+            )
         numbers = numbers.to_numpy(dtype=float)
         with np.errstate(invalid="ignore"):
             low = feature.min if feature.min is not None else -np.inf
@@ -176,7 +291,7 @@ def _check_feature(column: pd.Series, feature: Feature, contract: DataContract, 
         add(
             name,
             f"{int(unknown.sum())} values not among the levels "
-            f"{', '.join(repr(v) for v in levels)} ({examples})",
+            f"{names_list([repr(v) for v in levels])} ({examples})",
             rows=unknown,
         )
 

@@ -29,6 +29,7 @@ import tomli_w
 
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps import run_config
+from lhs_federated.apps.preflight import check_out_dir
 from lhs_federated.deploy import processes
 from lhs_federated.deploy.app_bundle import write_bundle_dir
 from lhs_federated.deploy.certs import check_certificate
@@ -275,6 +276,8 @@ def submit_study(
         If the coordinator is not running.
     """
     paths = ServerPaths(config.state_dir)
+    if out_dir is not None and not resume:
+        check_out_dir(out_dir.resolve())  # now, not once the sites have joined
     if processes.read_pid_file(paths.pid) is None:
         raise ConfigError(
             f"the coordinator is not running (no live pid in {paths.pid}); "

@@ -128,7 +128,11 @@ def check_site(config: SiteConfig, *, connect: bool = True) -> list[str]:
     check_site_key(key)  # type: ignore[arg-type]
     passed.append(f"site key {key}: an EC key Flower can use")
     table_path = config.resolve(config.data.file)
-    table = read_table(table_path)  # type: ignore[arg-type]
+    table = read_table(
+        table_path,  # type: ignore[arg-type]
+        separator=config.data.csv_separator,
+        decimal=config.data.csv_decimal,
+    )
     if config.data.contract is not None:
         contract = contract_from(str(config.resolve(config.data.contract)), base_dir=None)
         validate_table(table, contract, file=str(table_path)).raise_for_errors()

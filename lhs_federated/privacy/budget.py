@@ -86,7 +86,7 @@ def check_site_size(study: Study, site: str, n_train: int, *, min_cell_size: int
         Naming the site's and the study's limits (not the exact count, which
         may itself be a small cell).
     """
-    needed = max(study.privacy.min_train_rows, min_cell_size)
+    needed = study.privacy.rows_to_train(min_cell_size)
     if n_train < needed:
         raise SiteRefusal(
             site,

@@ -101,6 +101,15 @@ class PrivacySpec:
                 "promises nothing."
             )
 
+    def rows_to_train(self, min_cell_size: int) -> int:
+        """Fewest training rows a site trains on: the study's minimum or the site's cell size.
+
+        A site below it refuses every round (its updates would reveal too much
+        about few patients); the preflight of a run and ``lhs-fed data validate``
+        apply the same rule beforehand.
+        """
+        return max(self.min_train_rows, min_cell_size)
+
     @property
     def sample_dp(self) -> bool:
         """Whether sites train with DP-SGD."""

@@ -116,6 +116,7 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     if baselines:
         summary["baselines"] = {
             "budget": "fixed epochs" if study.baselines.epochs else "the federation's steps",
+            "pooled_scaling": study.baselines.pooled_scaling,
             "models": {
                 name: {
                     "rows": model.n_rows,

@@ -11,7 +11,12 @@ possible only in simulation, where one process holds every site's rows:
 
 Same model family, initialisation, preprocessing (each row scaled as its
 site scales it in the federation), batch size and, by default, optimiser and
-learning rate as the federated run. The training budget follows one rule:
+learning rate as the federated run. ``[baselines] pooled_scaling = "pooled"``
+instead standardises the pooled model's training rows with the pooled rows'
+own mean and scale, which is what FLamby's pooled baseline does
+(``FedHeartDisease(pooled=True)`` normalises with the statistics of all
+centres' training rows together); like FLamby's, that model is still scored at
+each site on the rows as the site scales them. The training budget follows one rule:
 each baseline gets the optimiser steps the federation spent on its rows.
 A local model takes its site's local steps of every round
 (``rounds x steps per round``); the pooled model takes all sites' steps
@@ -32,9 +37,9 @@ import numpy as np
 
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.split import site_seed
-from lhs_federated.data.statistics import Standardizer
+from lhs_federated.data.statistics import ColumnSums, Standardizer
 from lhs_federated.learning.models import build_model
-from lhs_federated.learning.site import n_features
+from lhs_federated.learning.site import n_features, variance_ddof
 from lhs_federated.learning.training import planned_steps, train_local
 from lhs_federated.study import Study, TrainingSpec
 
@@ -114,24 +119,49 @@ def train_baselines(
     dict of str to BaselineModel
         ``pooled`` first, then ``local:<site>`` in site order.
     """
-    inputs = {s.name: standardizers[s.name].transform(s.train.features) for s in sites}
     per_round = {s.name: planned_steps(len(s.train.outcome), study.training) for s in sites}
-    pooled_x = np.vstack([inputs[s.name] for s in sites])
-    pooled_y = np.concatenate([s.train.outcome for s in sites])
+    pooled_x, pooled_y = pooled_training_rows(study, sites, standardizers)
     models = {
-        POOLED: _train(study, POOLED, pooled_x, pooled_y, study.rounds * sum(per_round.values()))
+        POOLED: train_baseline(
+            study, POOLED, pooled_x, pooled_y, study.rounds * sum(per_round.values())
+        )
     }
     for site in sites:
         name = local_name(site.name)
-        models[name] = _train(
-            study, name, inputs[site.name], site.train.outcome, study.rounds * per_round[site.name]
+        models[name] = train_baseline(
+            study,
+            name,
+            standardizers[site.name].transform(site.train.features),
+            site.train.outcome,
+            study.rounds * per_round[site.name],
         )
     return models
 
 
-def _train(
+def pooled_training_rows(
+    study: Study, sites: list[SiteData], standardizers: dict[str, Standardizer]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled model's training inputs and outcomes: every site's training rows.
+
+    Scaled as each site scales them (``baselines.pooled_scaling = "sites"``), or
+    standardised with the pooled rows' own statistics (``"pooled"``, FLamby's).
+    """
+    outcome = np.concatenate([s.train.outcome for s in sites])
+    if study.baselines.pooled_scaling == "pooled":
+        raw = np.vstack([s.train.features for s in sites])
+        pooled = Standardizer.from_sums(ColumnSums.of(raw), ddof=variance_ddof(study))
+        return pooled.transform(raw), outcome
+    scaled = [standardizers[s.name].transform(s.train.features) for s in sites]
+    return np.vstack(scaled), outcome
+
+
+def train_baseline(
     study: Study, name: str, features: np.ndarray, outcome: np.ndarray, federation_steps: int
 ) -> BaselineModel:
+    """Train one baseline model (``pooled`` or ``local:<site>``) on prepared rows.
+
+    ``federation_steps`` is the default budget (see :func:`baseline_training`).
+    """
     training = baseline_training(study, len(outcome), federation_steps)
     model = build_model(study.model, n_features(study), seed=study.seed)
     update = train_local(model, features, outcome, training, seed=site_seed(study.seed, name))

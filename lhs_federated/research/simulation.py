@@ -1,8 +1,9 @@
 """Running a study on simulated sites: the researcher's entry point.
 
-``simulate`` checks the study and every simulated site's data first (so bad
-input fails before any results folder exists), then runs the real ServerApp
-and ClientApp on one of two engines:
+``simulate`` checks the study, the results folder, every simulated site's data
+and whether the sites can run the study (:mod:`lhs_federated.apps.preflight`)
+first, so bad input fails in seconds and before any results folder exists;
+then it runs the real ServerApp and ClientApp on one of two engines:
 
 - ``inprocess`` (default): :class:`~lhs_federated.apps.inprocess.InProcessGrid`,
   no Ray start-up, one process;
@@ -19,10 +20,12 @@ from pathlib import Path
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps import server_app
 from lhs_federated.apps.engines import run_inprocess, run_ray
+from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.run_config import BACKENDS, EXPECTED_SITES_KEY, LEDGER_KEY, Backend
 from lhs_federated.data.sources import load_sites
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.keys import load_private_key
+from lhs_federated.learning.site import summarise_site
 from lhs_federated.research.analysis import analyse_run
 from lhs_federated.research.report import write_run_report
 from lhs_federated.results.progress import ProgressEvent, report_progress
@@ -68,20 +71,24 @@ def simulate(
     Raises
     ------
     ConfigError, DataError
-        For a bad study or bad site data, before anything is written.
+        For a bad study, an existing results folder or bad site data, before
+        anything is written.
     StudyRunError
-        If the federation cannot complete (too few sites return updates).
+        If the sites cannot run the study (before anything is written: too few
+        can train, see :func:`~lhs_federated.apps.preflight.check_sites`), or
+        the federation cannot complete.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
     if not isinstance(study, Study):
         study = load_study(study)
-    n_sites = len(load_sites(study))
     out = Path(out_dir) if out_dir is not None else server_app.default_out_dir(study)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(
-            f"results folder {str(out)!r} already exists and is not empty; choose another."
-        )
+    check_out_dir(out)
+    sites = load_sites(study)
+    # Warnings are the coordinator's to log (it runs the same check after discovery).
+    min_cell_size = study.sites.min_cell_size
+    check_sites(study, [summarise_site(s, study, min_cell_size=min_cell_size) for s in sites])
+    n_sites = len(sites)
     run_config = {
         server_app.STUDY_KEY: study.to_json(),
         server_app.OUT_DIR_KEY: str(out),
