@@ -13,7 +13,8 @@ from lhs_federated import load_study, simulate
 from lhs_federated.data.encoding import encoded_feature_names
 from lhs_federated.data.sources import load_sites
 from lhs_federated.data.uci_heart import load_uci_heart
-from lhs_federated.learning.site import site_standardizer
+from lhs_federated.learning.site import predict_at_site, score_predictions, site_standardizer
+from lhs_federated.research.baselines import POOLED, pooled_training_rows, train_baseline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,44 @@ def test_validation_split_leaves_test_rows_untouched(flamby):
         both = np.vstack([held.train.features, held.test.features])
         assert sorted(map(tuple, both)) == sorted(map(tuple, plain.train.features))
         assert len(held.test.outcome) == int(np.ceil(0.2 * len(plain.train.outcome)))
+
+
+def test_pooled_rows_are_normalised_as_flambys_pooled_dataset(flamby, uci_folder):
+    """FedHeartDisease(pooled=True) standardises with all centres' training rows together."""
+    sites = load_sites(flamby)
+    standardizers = {s.name: site_standardizer(flamby, s, None) for s in sites}
+    pooled_x, pooled_y = pooled_training_rows(flamby, sites, standardizers)
+    raw = load_uci_heart(uci_folder)
+    train_age = np.concatenate([flamby_split(raw[s.name])[0] for s in sites])
+    expected = (train_age - train_age.mean()) / train_age.std(ddof=1)  # torch's std()
+    np.testing.assert_allclose(pooled_x[:, 0], expected, rtol=1e-5, atol=1e-6)
+    assert len(pooled_y) == 486
+    per_site = flamby.with_overrides({"baselines.pooled_scaling": "sites"})
+    by_site, _ = pooled_training_rows(per_site, sites, standardizers)
+    assert not np.allclose(by_site[:, 0], expected, atol=1e-3)  # the step that differed
+
+
+@pytest.mark.slow
+def test_pooled_row_reproduces_flambys_anchor(flamby, uci_folder):
+    """Seed 42's pooled model at the four centres, beside FLamby's published row."""
+    published = pd.read_csv(
+        uci_folder.parent / "flamby-fed-heart-disease-results" / "heart_seed42.csv"
+    )
+    rows = published[
+        (published["Method"] == "Pooled Training") & (published["Test"] != "Pooled Test")
+    ]
+    study = flamby.with_overrides({"seed": 42})
+    sites = load_sites(study)
+    standardizers = {s.name: site_standardizer(study, s, None) for s in sites}
+    x, y = pooled_training_rows(study, sites, standardizers)
+    model = train_baseline(study, POOLED, x, y, federation_steps=0)
+    accuracy = [
+        score_predictions(
+            study,
+            s.test.outcome,
+            predict_at_site(study, model.arrays, s.test.features, standardizers[s.name]),
+        ).values["accuracy"]
+        for s in sites
+    ]
+    # FLamby's pooled row: 0.739 at seed 42, 0.735 (SD 0.003) over seeds 42-46.
+    assert abs(np.mean(accuracy) - rows["Metric"].mean()) < 0.006

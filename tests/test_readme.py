@@ -43,7 +43,8 @@ def test_readme_lhs_fed_command_runs(command, in_copy_of_repo, uci_folder, http_
         base_url, state = http_folder
         state["dir"] = str(uci_folder.parent)
         args += ["--base-url", base_url.replace("/heart/", "/uci-heart-disease/")]
-    if args[:2] == ["data", "validate"] and not Path("site-data").exists():
+    uses_site_data = args[:2] in (["data", "validate"], ["data", "infer-contract"])
+    if uses_site_data and not Path("site-data").exists():
         assert main(["data", "synth", "--sites", "3", "--out", "site-data"]) == 0
     assert main(args) == 0, command
 
@@ -54,6 +55,9 @@ def test_readme_python_example_runs(in_copy_of_repo):
     exec(compile(block, "README.md", "exec"), namespace)
     results = namespace["results"]
     assert results.summary["rounds"] == 5 and (in_copy_of_repo / results.out_dir).is_dir()
+    # The example's model learned: it tells cases from non-cases at every site.
+    per_site = results.summary["final"]["per_site"]
+    assert all(site["balanced_accuracy"] > 0.55 for site in per_site.values()), per_site
 
 
 @pytest.mark.slow

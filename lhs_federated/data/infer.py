@@ -325,7 +325,8 @@ def contract_toml(draft: DraftContract) -> str:
         "",
         _line("name", draft.name),
         'description = ""',
-        _line("missing", draft.missing) + f"  # {draft.missing_note}",
+        f"# missing: {draft.missing_note}",
+        _line("missing", draft.missing),
         'extra_columns = "ignore"',
         "",
         "[outcome]",
@@ -348,4 +349,12 @@ def contract_toml(draft: DraftContract) -> str:
 
 
 def _line(key: str, value: Any) -> str:
+    """``key = value`` with lists on one line, as people write contracts."""
+    if isinstance(value, list):
+        name = _scalar(key, 0).rsplit(" = ", 1)[0]  # the key, quoted if TOML needs it
+        return f"{name} = [{', '.join(_scalar('v', v).split(' = ', 1)[1] for v in value)}]"
+    return _scalar(key, value)
+
+
+def _scalar(key: str, value: Any) -> str:
     return tomli_w.dumps({key: value}).strip()

@@ -157,8 +157,7 @@ def _check_field_counts(text: str, separator: str, path: Path) -> list[str]:
                 "with ';' between fields, or quote the numbers"
             )
         raise DataError(
-            f"data file {str(path)!r}: the header has {len(header)} fields but {shown}"
-            f"{more}{hint}."
+            f"data file {str(path)!r}: the header has {len(header)} fields but {shown}{more}{hint}."
         )
     return header
 

@@ -73,6 +73,14 @@ def _folder(study: Study) -> list[RawSite]:
             f"data folder {str(folder)!r} holds no site tables ({', '.join(TABLE_SUFFIXES)} files)."
         )
     stems = [p.stem for p in files]
+    # A file's stem is its site's name, with the rule of a deployed site's name.
+    unnamed = [p.name for p in files if not all(c.isalnum() or c in "-_." for c in p.stem)]
+    if unnamed:
+        raise DataError(
+            f"data folder {str(folder)!r}: a file's name without its suffix is its site's "
+            "name, which must be letters, digits, '-', '_' or '.'; rename "
+            f"{', '.join(map(repr, unnamed))}."
+        )
     duplicated = sorted({s for s in stems if stems.count(s) > 1})
     if duplicated:
         raise DataError(
