@@ -107,7 +107,10 @@ POOLED_NOTE = (
     "pooled rows' mean and SD (n-1), as FLamby's FedHeartDisease(pooled=True) does; scored "
     "at each centre on rows standardised with that centre's own statistics (FLamby's "
     "per-centre test sets). Standardising each centre's rows with its own statistics "
-    'instead (baselines.pooled_scaling = "sites") gives 0.714 (SD 0.001).'
+    'instead (baselines.pooled_scaling = "sites") gives 0.714 (SD 0.001). '
+    "'FLamby acc all' is FLamby's 'Pooled Test': every model scored on all test rows "
+    "standardised with the pooled training statistics; our 'acc all' scores each centre's "
+    "rows as that centre scales them, so those two columns differ by construction."
 )
 
 

@@ -143,7 +143,9 @@ def test_bad_site_data_fails_before_any_results_folder(tmp_path):
         {"data.source": "folder", "data.path": str(tmp_path / "data")}
     )
     with pytest.raises(
-        DataError, match=r"site-02\.csv: age: 1 values outside \[18, 100\] years at rows 6"
+        DataError,
+        match=r"site-02\.csv does not meet its data contract \(1 problem\): "
+        r"age: 1 values outside \[18, 100\] years at rows 6",
     ):
         simulate(study, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()

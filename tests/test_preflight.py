@@ -60,6 +60,7 @@ def test_enough_sites_run_and_the_small_ones_are_named(six_sites, tmp_path, capl
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "2 of 6 sites will refuse to train every round" in warned
     assert "site-e" in warned and "site-f" in warned and "they are still scored" in warned
+    assert "test splits with fewer rows or positive cases than the minimum cell size" in warned
     assert results.summary["rounds"] == 1
     rounds = (tmp_path / "run" / "rounds.csv").read_text()
     assert "site-e" in rounds  # the refusal itself is still recorded by the round

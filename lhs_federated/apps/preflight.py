@@ -119,9 +119,7 @@ def check_sites(study: Study, summaries: Iterable[SiteSummary]) -> list[str]:
             f"(fewer training rows than privacy.min_train_rows = {limit} or their minimum "
             f"cell size): {why}; they are still scored."
         )
-    for summary in summaries:
-        warnings += _class_balance(summary, study.sites.min_cell_size)
-    return warnings
+    return warnings + _class_balance(summaries, study.sites.min_cell_size)
 
 
 def _train_rows(summary: SiteSummary) -> str:
@@ -130,28 +128,38 @@ def _train_rows(summary: SiteSummary) -> str:
     return f"{summary.n_train} training rows"
 
 
-def _class_balance(summary: SiteSummary, min_cell_size: int) -> list[str]:
-    """Warnings about a site's splits that hold few cases of one class.
+def _class_balance(summaries: list[SiteSummary], min_cell_size: int) -> list[str]:
+    """Warnings about sites whose splits hold few cases of one class, one per kind.
 
     No count is named: a withheld count is below the site's minimum cell size,
     and a negative count derived from two disclosed ones is only compared
     with the study's (``sites.min_cell_size``).
     """
-    found = []
-    if summary.n_train is not None:
-        if summary.positives_train is None:
-            found.append(
-                f"site {summary.name!r}: fewer positive training cases than its minimum "
-                "cell size (possibly none): the model learns little about the event there."
-            )
-        elif summary.n_train - summary.positives_train < min_cell_size:
-            found.append(
-                f"site {summary.name!r}: fewer negative training cases than the minimum "
-                f"cell size ({min_cell_size}; possibly none)."
-            )
-    if summary.n_test is None or summary.positives_test is None:
-        found.append(
-            f"site {summary.name!r}: its test split has fewer rows or positive cases than "
-            "its minimum cell size: its metrics rest on very few patients."
-        )
-    return found
+    few_positive = [
+        s.name for s in summaries if s.n_train is not None and s.positives_train is None
+    ]
+    few_negative = [
+        s.name
+        for s in summaries
+        if s.n_train is not None
+        and s.positives_train is not None
+        and s.n_train - s.positives_train < min_cell_size
+    ]
+    small_test = [s.name for s in summaries if s.n_test is None or s.positives_test is None]
+    positive = (
+        "fewer positive training cases than the minimum cell size (possibly none): the "
+        "model learns little about the event there"
+    )
+    negative = (
+        f"fewer negative training cases than the minimum cell size ({min_cell_size}; possibly none)"
+    )
+    test = (
+        "test splits with fewer rows or positive cases than the minimum cell size: their "
+        "metrics rest on very few patients"
+    )
+    kinds = ((few_positive, positive), (few_negative, negative), (small_test, test))
+    return [
+        f"{'site' if len(names) == 1 else 'sites'} {', '.join(names)}: {what}."
+        for names, what in kinds
+        if names
+    ]
