@@ -8,14 +8,13 @@ run here with a bracketed name in the text.
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 from exports import CONTRACT, clinical_table, european, plain_csv
 from faulty import faulty_client, run_with
 
 from lhs_federated.cli import main
-from lhs_federated.cli.simulate import round_progress
+from lhs_federated.cli.progress_display import progress_display
+from lhs_federated.cli.simulate import console
 from lhs_federated.errors import SiteRefusal, StudyRunError
 from lhs_federated.results.progress import RoundProgress, report_progress
 
@@ -66,8 +65,9 @@ def test_validate_prints_bracketed_columns(tmp_path, capsys):
     assert "columns not in the contract" in out
 
 
-def test_round_failures_print_bracketed_reasons(capsys, small_study):
-    with round_progress(small_study, enabled=True):
+@pytest.mark.parametrize("mode", ["bar", "lines"])
+def test_progress_prints_bracketed_reasons(mode, capsys):
+    with progress_display("small", 2, mode=mode, console=console):
         report_progress(
             RoundProgress(
                 study="small",
@@ -79,9 +79,7 @@ def test_round_failures_print_bracketed_reasons(capsys, small_study):
                 failed={"site-03": "refused: [privacy] min_train_rows is 20"},
             )
         )
-    assert "round 1: site-03 refused: [privacy] min_train_rows is 20" in words(
-        capsys.readouterr().out
-    )
+    assert "site-03 refused: [privacy] min_train_rows is 20" in words(capsys.readouterr().out)
 
 
 def test_failed_sweep_runs_print_bracketed_errors(exported, tmp_path, capsys):
@@ -105,7 +103,7 @@ def test_a_refusal_reason_ends_the_sentence_once(tmp_path, small_study):
     assert "few patients." in caught.value.message and ".." not in caught.value.message
 
 
-def test_preflight_warnings_reach_the_log(tmp_path, caplog):
+def test_preflight_warnings_reach_the_terminal(tmp_path, capsys):
     folder = tmp_path / "sites"
     folder.mkdir()
     (folder / "contract.toml").write_text(CONTRACT)
@@ -113,6 +111,5 @@ def test_preflight_warnings_reach_the_log(tmp_path, caplog):
         plain_csv(clinical_table(n, seed=n), folder / f"{name}.csv")
     args = ["simulate", "--quiet", "--set", "rounds=1", "--set", "data.source=folder"]
     args += ["--set", f"data.path={folder}", "--set", "federation.min_sites=1"]
-    with caplog.at_level(logging.WARNING):
-        assert main([*args, "--set", "baselines.enabled=false", "--out", str(tmp_path / "r")]) == 0
-    assert any("1 of 2 sites will refuse to train" in r.getMessage() for r in caplog.records)
+    assert main([*args, "--set", "baselines.enabled=false", "--out", str(tmp_path / "r")]) == 0
+    assert "1 of 2 sites will refuse to train every round" in words(capsys.readouterr().out)
