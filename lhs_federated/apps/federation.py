@@ -43,7 +43,8 @@ from lhs_federated.learning.export import save_model
 from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
 from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import get_arrays
-from lhs_federated.learning.site import SiteSummary, federated_standardizer, n_features
+from lhs_federated.learning.site import SiteSummary, federated_statistics, n_features
+from lhs_federated.results.notes import departures_line, preprocessing_summary
 from lhs_federated.results.progress import RoundProgress, report_progress
 from lhs_federated.results.writer import RunWriter, utc_now
 from lhs_federated.study import Study
@@ -107,10 +108,14 @@ def run_study(
         check_out_dir(out_dir)  # before waiting for any site
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
     summaries, site_grid = discover_sites(audit.grid, study, expected_sites=expected_sites)
+    statistics = federated_statistics(study, summaries.values())
+    departures = [d.to_json() for d in statistics.departures] if statistics else []
+    if departures:
+        LOGGER.warning("%s", departures_line(departures, n_features(study)))
     if checkpoint is None:
         for warning in check_sites(study, summaries.values()):
             LOGGER.warning("preflight: %s", warning)
-        standardizer = federated_standardizer(study, summaries.values())
+        standardizer = statistics.standardizer if statistics else None
         strategy = build_strategy(study, n_sites=len(summaries))
         arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
         final_reports: dict[str, MetricReport] = {}
@@ -155,6 +160,7 @@ def run_study(
         summary = _summary(
             study, summaries, final_reports, arrays, model_files, time.monotonic() - started
         )
+        summary["preprocessing"] = preprocessing_summary(study, departures, n_features(study))
         if privacy.active:
             summary["privacy"] = privacy.summary()
         summary["ledger"] = audit.finish(arrays)
