@@ -9,15 +9,17 @@ federated model be set beside the pooled and local-only models
   scored at every site's test split and on all test rows together
   (``all-sites``), one row per model, place and metric;
 - ``calibration.csv``: the final federated model's calibration curve at each
-  site (equal-width bins; bins with fewer people than the minimum cell size
-  are left out);
+  site (equal-width bins; bins with fewer people, or fewer cases of a class,
+  than the minimum cell size are left out);
 - ``summary.json``: a ``comparison`` table (federated, pooled and local per
   site and on average, and the gain from federation, federated minus local)
   and the ``baselines`` budget, rewritten atomically.
 
 The federated model is scored exactly as the sites scored it (same
 preprocessing, same fine-tuning for personalised strategies), so the
-comparison's federated column equals the last round of ``metrics.csv``.
+comparison's federated column equals the last round of ``metrics.csv``; and
+under the same disclosure control as a site's replies (a site's metrics on
+fewer test rows than the minimum cell size are withheld, whatever the model).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from lhs_federated.learning.site import (
     site_standardizer,
     summarise_site,
 )
+from lhs_federated.privacy.egress import suppress_evaluation
 from lhs_federated.research.baselines import POOLED, local_name, train_baselines
 from lhs_federated.results.writer import write_json
 from lhs_federated.study import Study
@@ -112,7 +115,12 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             s.name: predict_at_site(study, model.arrays, s.test.features, standardizers[s.name])
             for s in sites
         }
-    scores = {name: _score(study, sites, by_site) for name, by_site in predictions.items()}
+    rows = {FEDERATED: study.sites.min_cell_size}  # sites below the cell size never train
+    rows.update({name: model.n_rows for name, model in baselines.items()})
+    scores = {
+        name: _score(study, sites, by_site, trained_on=rows[name])
+        for name, by_site in predictions.items()
+    }
 
     _write_comparison(out_dir / "comparison.csv", scores)
     _write_calibration(out_dir / "calibration.csv", study, sites, predictions[FEDERATED])
@@ -120,12 +128,13 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     counted = summary["final"].get("counted_sites", [s.name for s in sites])
     summary["comparison"] = comparison_table(scores, [s.name for s in sites], counted)
     if baselines:
+        cell = study.sites.min_cell_size
         summary["baselines"] = {
             "budget": "fixed epochs" if study.baselines.epochs else "the federation's steps",
             "pooled_scaling": study.baselines.pooled_scaling,
             "models": {
                 name: {
-                    "rows": model.n_rows,
+                    "rows": model.n_rows if model.n_rows >= cell else f"<{cell}",
                     "steps": model.training.steps,
                     "optimizer": model.training.optimizer,
                     "learning_rate": model.training.learning_rate,
@@ -138,11 +147,40 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-def _score(study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray]) -> ModelScores:
-    per_site = {s.name: score_predictions(study, s.test.outcome, by_site[s.name]) for s in sites}
+def _score(
+    study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray], *, trained_on: int
+) -> ModelScores:
+    """A model's scores, under the disclosure control a site's egress guard applies.
+
+    A site's metrics on fewer test rows than the minimum cell size are
+    withheld, and so is its prevalence when it gives a small count of cases
+    away (:func:`~lhs_federated.privacy.egress.suppress_evaluation`); every
+    score of a model trained on fewer rows than the cell size (the local-only
+    model of a tiny site) is withheld too.
+    """
+    cell = study.sites.min_cell_size
     outcome = np.concatenate([s.test.outcome for s in sites])
     everything = np.concatenate([by_site[s.name] for s in sites])
-    return ModelScores(per_site, score_predictions(study, outcome, everything))
+    places = {s.name: score_predictions(study, s.test.outcome, by_site[s.name]) for s in sites}
+    places[ALL_SITES] = score_predictions(study, outcome, everything)
+    if trained_on < cell:
+        reason = f"withheld: model trained on fewer rows than the minimum cell size ({cell})"
+        places = {
+            place: MetricReport(
+                {m: float("nan") for m in report.values}, dict.fromkeys(report.values, reason)
+            )
+            for place, report in places.items()
+        }
+    guarded = {
+        place: MetricReport(
+            *suppress_evaluation(
+                report.values, report.undefined, n_key="n", weight_keys=(), min_cell_size=cell
+            )
+        )
+        for place, report in places.items()
+    }
+    all_sites = guarded.pop(ALL_SITES)
+    return ModelScores(guarded, all_sites)
 
 
 def comparison_table(
@@ -234,7 +272,7 @@ def _write_comparison(path: Path, scores: dict[str, ModelScores]) -> None:
 def _write_calibration(
     path: Path, study: Study, sites: list[SiteData], predictions: dict[str, np.ndarray]
 ) -> None:
-    bins = study.evaluation.calibration_bins
+    bins, cell = study.evaluation.calibration_bins, study.sites.min_cell_size
     edges = np.linspace(0.0, 1.0, bins + 1)
     rows = []
     for site in sites:
@@ -243,8 +281,9 @@ def _write_calibration(
         for b in range(bins):
             members = which == b
             n = int(members.sum())
-            if n < study.sites.min_cell_size:
-                continue
+            positives = int(site.test.outcome[members].sum())
+            if n < cell or any(0 < count < cell for count in (positives, n - positives)):
+                continue  # a bin of few people, or one giving a small count of cases away
             rows.append(
                 (
                     FEDERATED,

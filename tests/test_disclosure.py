@@ -1,0 +1,184 @@
+"""Nothing computed on fewer rows than the minimum cell size reaches a reader (issue 10, item 3).
+
+One simulated run on a messy table of our own making with small sites (6 and 14
+patients: fewer test and training rows than the cell size of 10; a site of 40
+with fewer than 10 positive test cases) is scanned file by file. Every file the
+run writes must have a check here, so a new output cannot skip the rule. The
+report's figures are drawn from the folder's own files (sites.csv, metrics.csv,
+calibration.csv and summary.json: see research/report.py), so checking those
+checks the PNGs' source data; the HTML's tables are checked cell by cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from lhs_federated import load_study, simulate
+from lhs_federated.data.sources import load_sites
+
+sys.path.insert(0, str(Path(__file__).parent))
+from messy import messy_sites, write_messy_folder
+
+CELL = 10
+
+
+@pytest.fixture(scope="module")
+def small_sites_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("disclosure")
+    write_messy_folder(folder / "data", messy_sites((6, 14, 40, 60), seed=1))
+    study = load_study(None).with_overrides(
+        {
+            "name": "small-sites",
+            "data.source": "folder",
+            "data.path": str(folder / "data"),
+            "federation.min_sites": 2,
+            "rounds": 2,
+            "sites.min_cell_size": CELL,
+        }
+    )
+    results = simulate(study, out_dir=folder / "run")
+    truth = {}
+    for site in load_sites(study):
+        test, train = site.test.outcome, site.train.outcome
+        truth[site.name] = {
+            "n_test": len(test),
+            "test_classes": (int(test.sum()), int(len(test) - test.sum())),
+            "n_train": len(train),
+            "train_classes": (int(train.sum()), int(len(train) - train.sum())),
+        }
+    return results, truth
+
+
+def small(count: int) -> bool:
+    return 0 < count < CELL
+
+
+def empty(value) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def check_sites_csv(path, truth):
+    for row in _rows(path):
+        for column in ("n_train", "n_test", "positives_train", "positives_test"):
+            assert row[column] == f"<{CELL}" or int(row[column]) >= CELL, (row, column)
+
+
+def check_metrics_csv(path, truth):
+    for row in _rows(path):
+        site = truth[row["site"]]
+        if row["split"] == "test" and site["n_test"] < CELL:
+            assert row["value"] == "", row
+        classes = site["test_classes"]
+        if row["split"] == "test" and row["metric"] == "prevalence" and any(map(small, classes)):
+            assert row["value"] == "", row
+        if row["split"] == "train" and row["metric"] == "n":
+            assert float(row["value"]) >= CELL, row
+
+
+def check_comparison_csv(path, truth):
+    for row in _rows(path):
+        place, model = row["evaluated_at"], row["model"]
+        if place in truth and truth[place]["n_test"] < CELL:
+            assert row["value"] == "", row
+        if model.startswith("local:") and truth[model.removeprefix("local:")]["n_train"] < CELL:
+            assert row["value"] == "", row
+        if place in truth and row["metric"] == "prevalence":
+            assert not any(map(small, truth[place]["test_classes"])) or row["value"] == "", row
+
+
+def check_calibration_csv(path, truth):
+    for row in _rows(path):
+        n = int(row["n"])
+        positives = round(float(row["observed"]) * n)
+        assert n >= CELL and not small(positives) and not small(n - positives), row
+
+
+def check_summary_json(path, truth):
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    tiny_test = [s for s, t in truth.items() if t["n_test"] < CELL]
+    tiny_train = [s for s, t in truth.items() if t["n_train"] < CELL]
+    for site in tiny_test:
+        assert all(empty(v) for v in summary["final"]["per_site"].get(site, {}).values())
+        for column, values in summary["comparison"]["per_site"][site].items():
+            assert all(empty(v) for v in values.values()), (site, column)
+        for metric in summary["comparison"]["cross_site"].values():
+            assert all(empty(metric[local][site]) for local in metric), site
+    for site in tiny_train:
+        for metric in summary["comparison"]["cross_site"].values():
+            assert all(empty(v) for v in metric[site].values()), site
+        assert all(empty(v) for v in summary["comparison"]["all-sites"][f"local:{site}"].values())
+    for model in summary["baselines"]["models"].values():
+        assert model["rows"] == f"<{CELL}" or model["rows"] >= CELL
+
+
+def check_report_html(path, truth):
+    """Rows of the report's tables that name a small site hold no metric computed there."""
+    page = path.read_text(encoding="utf-8")
+    tiny = {s for s, t in truth.items() if t["n_test"] < CELL}
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page, flags=re.S):
+        cells = [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(
+            r"<t[dh][^>]*>(.*?)</t[dh]>", row, flags=re.S)]  # fmt: skip
+        if not cells or cells[0].removesuffix(" *") not in tiny:
+            continue
+        for cell in cells[1:]:
+            assert cell in ("—", "", f"<{CELL}") or (cell.isdigit() and int(cell) >= CELL), cells
+
+
+def check_text(path, truth):
+    """Free text (reasons, events, ledgers) names no count below the cell size of a small site."""
+    text = path.read_text(encoding="utf-8")
+    for site, t in truth.items():
+        counts = {t["n_test"], t["n_train"], *t["test_classes"], *t["train_classes"]}
+        for count in filter(small, counts):
+            pattern = rf"\b{count} (training |test )?(rows|patients|positive|negative)"
+            assert not re.search(pattern, text), (path.name, site, count)
+
+
+def no_patient_data(path, truth):
+    """The study, versions, keys and the released model trained on sites above the cell size."""
+
+
+CHECKS = {
+    "sites.csv": check_sites_csv,
+    "metrics.csv": check_metrics_csv,
+    "comparison.csv": check_comparison_csv,
+    "calibration.csv": check_calibration_csv,
+    "summary.json": check_summary_json,
+    "report.html": check_report_html,
+    "rounds.csv": check_text,
+    "events.jsonl": check_text,
+    "*.jsonl": check_text,  # ledgers and approvals
+    "study.resolved.toml": no_patient_data,
+    "versions.json": no_patient_data,
+    "*.key": no_patient_data,
+    "*.pub": no_patient_data,
+    "model.npz": no_patient_data,
+    "model.json": no_patient_data,
+    "model.pkl": no_patient_data,
+    "checkpoint.pkl": no_patient_data,
+}
+
+
+def test_no_output_file_shows_what_a_small_cell_computes(small_sites_run):
+    results, truth = small_sites_run
+    assert truth["site-1"]["n_test"] < CELL and truth["site-2"]["n_train"] < CELL
+    assert small(truth["site-3"]["test_classes"][0])
+    files = sorted(p for p in results.out_dir.rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"report.html", "comparison.csv", "calibration.csv"}
+    for path in files:
+        check = CHECKS.get(path.name) or CHECKS.get(f"*{path.suffix}")
+        assert check is not None, f"{path}: no disclosure check; add one to CHECKS"
+        check(path, truth)
