@@ -151,6 +151,13 @@ class EvaluationSpec:
         0.5, doc="probability above which a case is called positive", gt=0, lt=1
     )
     calibration_bins: int = setting(10, doc="equal-width bins of the ECE", ge=2, le=100)
+    min_test_cases: int | None = setting(
+        None,
+        doc="a site's metrics count in the federation's means only with at least this many "
+        "test rows and of each outcome class (default: sites.min_cell_size); others are "
+        "shown, marked",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)
