@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weigh
 from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import get_arrays
 from lhs_federated.learning.site import SiteSummary, federated_standardizer, n_features
-from lhs_federated.results.progress import RoundProgress, report_progress
+from lhs_federated.results.progress import ProgressEvent, RoundProgress, report_progress
 from lhs_federated.results.writer import RunWriter, utc_now
 from lhs_federated.study import Study
 
@@ -66,6 +67,7 @@ def run_study(
     resume: bool = False,
     audit_options: AuditOptions | None = None,
     expected_sites: int = 0,
+    write_results: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``study`` on ``grid`` and write its results folder.
 
@@ -87,6 +89,10 @@ def run_study(
     expected_sites : int
         Sites registered at the coordinator, waited for before discovery
         (0: start with those connected).
+    write_results : callable, optional
+        Writes the run's further files for readers (a simulation's analysis
+        and report) once ``summary.json`` is written and before the ledger is
+        sealed over every file (upper layers pass it in: they own those files).
 
     Returns
     -------
@@ -155,11 +161,29 @@ def run_study(
             summary["privacy"] = privacy.summary()
         summary["ledger"] = audit.finish(arrays)
         writer.finish(summary)
+        if write_results is not None:
+            write_results(out_dir)
+        _report_close(out_dir, *audit.seal())
     except Exception as error:
         writer.fail(error)
         audit.fail(error)
         raise
     return summary
+
+
+def _report_close(out_dir: Path, notified: list[str], not_notified: dict[str, str]) -> None:
+    """Log which sites hold the sealed ledger's final hash (the sealed files cannot say)."""
+    for site, why in not_notified.items():
+        LOGGER.warning("site %s was not told the ledger's final hash: %s", site, why)
+    report_progress(
+        ProgressEvent(
+            "ledger-sealed",
+            f"ledger sealed; final hash sent to {len(notified)} of "
+            f"{len(notified) + len(not_notified)} sites",
+            {"sites_notified": notified, "sites_not_notified": not_notified},
+        ),
+        run_dir=out_dir,
+    )
 
 
 def discover_sites(

@@ -105,7 +105,12 @@ def crosscheck_command(
     for result in results:
         console.print(result.describe(), markup=False)
     server, site = results
-    outcome = crosscheck(list(server.entries), list(site.entries))
+    outcome = crosscheck(
+        list(server.entries),
+        list(site.entries),
+        unverified=list(server.unverified),
+        site_unverified=list(site.unverified),
+    )
     console.print(outcome.describe(), markup=False)
     if not (server.ok and site.ok and outcome.ok):
         raise typer.Exit(1)
@@ -140,15 +145,20 @@ def report_command(
 
 
 def _summary_anchor(path: Path) -> Anchor:
+    """The ledger's study-finished record as summary.json names it, and the seal after it."""
     try:
         ledger = json.loads(path.read_text(encoding="utf-8"))["ledger"]
-        return Anchor(int(ledger["final_seq"]), str(ledger["final_hash"]), str(path))
+        if "finished_hash" not in ledger:  # a run from before the seal
+            return Anchor(int(ledger["final_seq"]), str(ledger["final_hash"]), str(path))
+        seq = int(ledger["finished_seq"])
+        then = int(ledger["sealed_seq"]) - seq
+        return Anchor(seq, str(ledger["finished_hash"]), str(path), then)
     except FileNotFoundError as exc:
         raise ConfigError(f"summary file {str(path)!r} does not exist.") from exc
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(
-            f"{path}: not a run summary with a final ledger hash (ledger.final_seq and "
-            f"ledger.final_hash): {exc}"
+            f"{path}: not a run summary naming its ledger's study-finished record "
+            f"(ledger.finished_seq, ledger.finished_hash, ledger.sealed_seq): {exc}"
         ) from exc
 
 

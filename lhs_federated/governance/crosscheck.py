@@ -70,7 +70,13 @@ class CrossCheck:
         return "\n".join(lines)
 
 
-def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
+def crosscheck(
+    coordinator: list[Entry],
+    site: list[Entry],
+    *,
+    unverified: list[Entry] | None = None,
+    site_unverified: list[Entry] | None = None,
+) -> CrossCheck:
     """Match a site's ``message-sent`` records with the coordinator's ``site-reply`` records.
 
     Parameters
@@ -79,6 +85,10 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
         The coordinator ledger's records (verified beforehand, ideally).
     site : list of Entry
         The site ledger's records.
+    unverified, site_unverified : list of Entry, optional
+        Records of either ledger that did not verify (already reported): a
+        reply only such a record holds is noted as not compared, not reported
+        as missing.
 
     Raises
     ------
@@ -113,9 +123,21 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
         )
         return result
     late = _late_sites(coordinator, name)
+    unsure_received = {
+        str(e.data.get("message_id")): e for e in unverified or [] if e.kind == "site-reply"
+    }
+    unsure_sent = {
+        str(e.data.get("reply_to")): e for e in site_unverified or [] if e.kind == MESSAGE_SENT
+    }
     for message_id, reply in received.items():
         mine = sent.get(message_id)
         where = _where(reply.data.get("stage"), reply.data.get("round"), message_id)
+        if mine is None and message_id in unsure_sent:
+            result.notes.append(
+                f"the reply to {where} is not compared: the site's record of it (record "
+                f"{unsure_sent[message_id].seq}) does not verify"
+            )
+            continue
         if mine is None:
             result.problems.append(
                 f"the coordinator records a reply to {where} that the site's ledger does not "
@@ -143,11 +165,25 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
             )
         else:
             result.matched += 1
+    cut_after = _cut_after(coordinator, site, run_id)
+    last_recorded = max(
+        (_stage_key(e.data) for e in coordinator if e.kind == "site-reply"), default=(0, 0)
+    )
     for message_id, mine in sent.items():
         if message_id in received:
             continue
         where = _where(mine.data.get("message_type"), mine.data.get("server_round"), message_id)
-        if int(mine.data.get("server_round", 0)) in late:
+        if message_id in unsure_received:
+            result.notes.append(
+                f"the reply to {where} is not compared: the coordinator's record of it (record "
+                f"{unsure_received[message_id].seq}) does not verify"
+            )
+        elif cut_after is not None and _stage_key(mine.data) > last_recorded:
+            result.notes.append(
+                f"the site's reply to {where} is not in the coordinator's ledger, which was "
+                f"cut short after record {cut_after} (reported as such)"
+            )
+        elif int(mine.data.get("server_round", 0)) in late:
             result.notes.append(
                 f"the site replied to {where}, but the coordinator had stopped waiting "
                 "(it records the site as not replying in that round)"
@@ -163,12 +199,16 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
             f"the site refused {len(refusals)} message(s) of this run: "
             f"{refusals[0].data.get('reason')}"
         )
-    _check_close(coordinator, site, run_id, result)
+    _check_close(coordinator, site, run_id, result, {e.seq for e in unverified or []})
     return result
 
 
 def _check_close(
-    coordinator: list[Entry], site: list[Entry], run_id: int, result: CrossCheck
+    coordinator: list[Entry],
+    site: list[Entry],
+    run_id: int,
+    result: CrossCheck,
+    unverified: set[int],
 ) -> None:
     closed = [e for e in site if e.kind == STUDY_CLOSED and int(e.data.get("run_id", -1)) == run_id]
     if not closed:
@@ -181,14 +221,21 @@ def _check_close(
     final = closed[-1].data["coordinator_ledger"]
     seq, digest = int(final["final_seq"]), str(final["final_hash"])
     last = coordinator[-1]
-    if seq < len(coordinator) and coordinator[seq].hash == digest:
+    by_seq = {entry.seq: entry for entry in coordinator}
+    if seq in unverified:
+        result.notes.append(
+            f"the coordinator's final record {seq}, which the site holds the hash of, does "
+            "not verify: not compared"
+        )
+        return
+    if seq in by_seq and by_seq[seq].hash == digest:
         if last.seq != seq:
             result.problems.append(
                 f"the coordinator's ledger goes on after record {seq}, which the site was "
                 "told is its final record: records were appended after the study closed"
             )
         return
-    if last.seq < seq:
+    if seq not in by_seq:
         result.problems.append(
             f"the coordinator's ledger ends at record {last.seq}, but the site was told the "
             f"final record is {seq} (hash {digest[:16]}…): the ledger was cut short"
@@ -196,8 +243,26 @@ def _check_close(
     else:
         result.problems.append(
             f"the site was told record {seq} has hash {digest[:16]}…, the coordinator's "
-            f"ledger has {coordinator[seq].hash[:16]}…: the ledger was rewritten"
+            f"ledger has {by_seq[seq].hash[:16]}…: the ledger was rewritten"
         )
+
+
+def _cut_after(coordinator: list[Entry], site: list[Entry], run_id: int) -> int | None:
+    """The coordinator ledger's last record, if the site knows the ledger went on past it."""
+    closed = [e for e in site if e.kind == STUDY_CLOSED and int(e.data.get("run_id", -1)) == run_id]
+    if not closed:
+        return None
+    final_seq = int(closed[-1].data["coordinator_ledger"]["final_seq"])
+    last = coordinator[-1].seq
+    return last if last < final_seq else None
+
+
+def _stage_key(data: dict) -> tuple[int, int]:
+    """(round, stage) of a reply as either ledger records it, to order replies in time."""
+    stage = str(data.get("stage") or data.get("message_type") or "")
+    number = data.get("round", data.get("server_round", 0))
+    order = {"discovery": 0, "query": 0, "train": 1, "evaluate": 2}
+    return int(number or 0), order.get(stage, 3)
 
 
 def _late_sites(coordinator: list[Entry], site: str) -> set[int]:

@@ -13,7 +13,6 @@ sites published, since whoever could rewrite the folder could replace them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,9 @@ from lhs_federated.governance.run_files import (
     COORDINATOR_LEDGER,
     COORDINATOR_PUBLIC_KEY,
     GOVERNANCE_DIR,
+    SEAL,
     SIMULATED_SITES_DIR,
+    compare_files,
 )
 from lhs_federated.governance.site_folder import LEDGER_FILE, PUBLIC_FILE
 from lhs_federated.governance.verify import Anchor, Verification, verify_ledger
@@ -111,7 +112,7 @@ class RunAudit:
 
 
 def audit_run(run_dir: str | Path, *, public_key: str | Path | None = None) -> RunAudit:
-    """Verify every ledger of a run folder and cross-check them.
+    """Verify every ledger of a run folder, cross-check them, re-hash every file.
 
     Parameters
     ----------
@@ -136,26 +137,29 @@ def audit_run(run_dir: str | Path, *, public_key: str | Path | None = None) -> R
         )
     key_path = Path(public_key) if public_key else governance / COORDINATOR_PUBLIC_KEY
     key = load_public_key(key_path)  # a bad key given by the auditor is bad input
-    summary = _read_summary(run_dir)
     audit = RunAudit(run_dir, LedgerCheck("coordinator", ledger_path, str(key_path)))
-    anchor = _anchor(summary, audit)
     try:
-        audit.coordinator.verification = verify_ledger(ledger_path, key, anchor=anchor)
+        verification = verify_ledger(ledger_path, key)
     except LhsError as error:
         audit.coordinator.error = error.message
         audit.problems.append(f"coordinator ledger: {error.message}")
         return audit
-    verification = audit.coordinator.verification
-    if not verification.ok:
-        audit.problems.append(f"coordinator ledger: {verification.problem.describe()}")
+    summary = _read_summary(run_dir, audit)
+    sealed = any(e.kind == SEAL for e in verification.entries)
+    anchor = _anchor(summary, audit) if summary is not None and not sealed else None
+    if anchor is not None:  # no seal: summary.json says where the ledger ends
+        verification = verify_ledger(ledger_path, key, anchor=anchor)
+    audit.coordinator.verification = verification
+    audit.problems += [f"coordinator ledger: {p.describe()}" for p in verification.problems]
     earlier = _check_segments(governance, list(verification.entries), audit)
     try:
         audit.view = StudyView.from_entries(earlier + list(verification.entries))
     except ConfigError as error:
-        audit.problems.append(f"coordinator ledger: {error.message}")
+        audit.notes.append(f"the study cannot be read from the coordinator ledger: {error.message}")
         return audit
-    _check_summary(summary, audit.view, audit)
     _check_files(run_dir, audit.view, audit)
+    if summary is not None and audit.files.get("summary.json") in (None, "unchanged"):
+        _check_summary(summary, audit.view, verification, audit)
     _check_sites(run_dir, audit)
     return audit
 
@@ -187,61 +191,84 @@ def _check_segments(governance: Path, entries: list[Entry], audit: RunAudit) -> 
             check.error = error.message
             audit.problems.append(f"{check.owner}: {error.message}")
             return earlier
-        if not check.verification.ok:
-            audit.problems.append(f"{check.owner}: {check.verification.problem.describe()}")
+        audit.problems += [f"{check.owner}: {p.describe()}" for p in check.verification.problems]
         entries = list(check.verification.entries)
         earlier = entries + earlier
 
 
-def _read_summary(run_dir: Path) -> dict | None:
+def _read_summary(run_dir: Path, audit: RunAudit) -> dict | None:
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        summary = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}).") from exc
-
-
-def _anchor(summary: dict | None, audit: RunAudit) -> Anchor | None:
-    if summary is None:
-        audit.notes.append(
-            "no summary.json (the study did not complete): the ledger's end is checked "
-            "against its closing record only"
-        )
+        audit.notes.append(f"summary.json is not valid JSON ({exc}); its claims are not used")
         return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _anchor(summary: dict, audit: RunAudit) -> Anchor | None:
+    """Where ``summary.json`` says the ledger ends (its study-finished record, then the seal)."""
     ledger = summary.get("ledger")
-    if not isinstance(ledger, dict) or "final_hash" not in ledger:
-        audit.problems.append("summary.json names no final ledger hash")
+    try:
+        if "finished_hash" in ledger:
+            seq = int(ledger["finished_seq"])
+            return Anchor(
+                seq, str(ledger["finished_hash"]), "summary.json", int(ledger["sealed_seq"]) - seq
+            )
+        return Anchor(int(ledger["final_seq"]), str(ledger["final_hash"]), "summary.json")
+    except (KeyError, TypeError, ValueError):
+        audit.problems.append("summary.json names no study-finished record of the ledger")
         return None
-    return Anchor(int(ledger["final_seq"]), str(ledger["final_hash"]), "summary.json")
 
 
-def _check_summary(summary: dict | None, view: StudyView, audit: RunAudit) -> None:
-    if summary is None:
-        return
+def _check_summary(
+    summary: dict, view: StudyView, verification: Verification, audit: RunAudit
+) -> None:
+    """What ``summary.json`` claims against the ledger (a coordinator that contradicts itself)."""
     if summary.get("study_hash") != view.study_hash:
         audit.problems.append(
             f"summary.json names study {summary.get('study_hash')}, the ledger {view.study_hash}"
         )
-    model = summary.get("model", {}).get("arrays_sha256")
+    model = (summary.get("model") or {}).get("arrays_sha256")
     if view.final_model_hash is not None and model != view.final_model_hash:
         audit.problems.append(
             f"summary.json names final model {model}, the ledger {view.final_model_hash}"
         )
+    anchor = _anchor(summary, audit) if view.sealed else None
+    if anchor is None:
+        return
+    named = next((e for e in verification.entries if e.seq == anchor.seq), None)
+    if named is not None and named.hash != anchor.hash:
+        audit.problems.append(
+            f"coordinator ledger: summary.json names hash {anchor.hash[:16]}… for record "
+            f"{anchor.seq} (study-finished), the ledger has {named.hash[:16]}…: the ledger was "
+            "rewritten and re-signed"
+        )
 
 
 def _check_files(run_dir: Path, view: StudyView, audit: RunAudit) -> None:
-    for relative, expected in view.result_files.items():
-        path = run_dir / relative
-        if not path.is_file():
-            audit.files[relative] = "missing"
-            audit.problems.append(f"result file {relative} is missing")
-            continue
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
-        audit.files[relative] = "unchanged" if actual == expected else "changed"
-        if actual != expected:
-            audit.problems.append(f"result file {relative} was changed after the study finished")
+    """Re-hash every file against the closing record (or, without one, study-finished)."""
+    if view.sealed_files is not None:
+        record = "the ledger's closing record" if view.sealed else "the study-failed record"
+        findings = compare_files(run_dir, view.sealed_files, view.sealed_logs, complete=True)
+    elif view.result_files:
+        record = "the study-finished record"
+        findings = compare_files(run_dir, view.result_files, complete=False)
+        audit.notes.append(
+            "no closing record hashes the files written after study-finished "
+            "(summary.json, analysis, report): they are not covered"
+        )
+    else:
+        audit.notes.append("the ledger lists no result files (the study did not finish)")
+        return
+    for finding in findings:
+        audit.files[finding.name] = finding.state
+        if not finding.ok:
+            audit.problems.append(finding.describe(record))
+        elif finding.state == "appended":
+            audit.notes.append(finding.describe(record))
 
 
 def _check_sites(run_dir: Path, audit: RunAudit) -> None:
@@ -267,7 +294,13 @@ def _check_sites(run_dir: Path, audit: RunAudit) -> None:
             check.error = error.message
             audit.problems.append(f"site {site}: {error.message}")
             continue
-        if not check.verification.ok:
-            audit.problems.append(f"site {site} ledger: {check.verification.problem.describe()}")
-        check.crosscheck = crosscheck(coordinator, list(check.verification.entries))
+        audit.problems += [
+            f"site {site} ledger: {p.describe()}" for p in check.verification.problems
+        ]
+        check.crosscheck = crosscheck(
+            coordinator,
+            list(check.verification.entries),
+            unverified=[*audit.coordinator.verification.unverified],
+            site_unverified=[*check.verification.unverified],
+        )
         audit.problems += [f"site {site}: {p}" for p in check.crosscheck.problems]
