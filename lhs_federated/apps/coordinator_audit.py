@@ -47,6 +47,7 @@ from lhs_federated.apps.reply_digest import content_hash, digest_reply, update_n
 from lhs_federated.apps.run_config import LEDGER_KEY, SIMULATED_SITES
 from lhs_federated.apps.site_governance import (
     CLOSE_TYPE,
+    COORDINATOR_KEY,
     FINAL_HASH,
     FINAL_SEQ,
     LEDGER_ID,
@@ -142,8 +143,14 @@ class CoordinatorAudit:
         self.grid = AuditedGrid(grid, self)
 
     def stamp(self, message: Message) -> None:
-        """Tell simulated sites where their governance folders are (deployed sites ignore it)."""
-        message.content[records.CONFIG][records.SIMULATED_SITE_FOLDERS] = str(self._simulated_sites)
+        """Name the ledger's key to every site; tell simulated sites where their folders are.
+
+        Each site records the key's fingerprint, so an auditor can tell whether
+        the run folder's ``coordinator.pub`` is the key the sites saw.
+        """
+        config = message.content[records.CONFIG]
+        config[records.SIMULATED_SITE_FOLDERS] = str(self._simulated_sites)
+        config[COORDINATOR_KEY] = fingerprint(self._key.public_key())
 
     def open(
         self, sites: Mapping[int, str], *, engine: str, resumed_after: int | None = None

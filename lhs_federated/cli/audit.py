@@ -126,12 +126,22 @@ def report_command(
     public_key: Annotated[
         Path | None,
         typer.Option(
-            "--public-key", help="Coordinator's public key (default: the run's own copy)."
+            "--public-key",
+            help="Coordinator's published public key (default: the run's own copy, checked "
+            "against the key the site ledgers record).",
+        ),
+    ] = None,
+    site_ledger: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--site-ledger",
+            help="A site's ledger.jsonl (site.pub beside it), for sites that keep theirs "
+            "outside the run folder; repeat for each site.",
         ),
     ] = None,
 ) -> None:
     """Write a self-contained HTML governance report of a run, with its verdict."""
-    audit = audit_run(run_dir, public_key=public_key)
+    audit = audit_run(run_dir, public_key=public_key, site_ledgers=site_ledger or [])
     path = write_report(audit, out or run_dir / GOVERNANCE_DIR / "report.html")
     if audit.ok:
         console.print(f"INTACT: {run_dir}: every ledger verifies and agrees; no result changed.")
@@ -139,6 +149,8 @@ def report_command(
         console.print(f"NOT INTACT: {run_dir}:", markup=False)
         for problem in audit.problems:
             console.print(f"  {problem}", markup=False)
+    for note in audit.notes:
+        console.print(f"  note: {note}", markup=False)
     console.print(f"report: {path}")
     if not audit.ok:
         raise typer.Exit(1)

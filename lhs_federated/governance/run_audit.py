@@ -14,13 +14,14 @@ sites published, since whoever could rewrite the folder could replace them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lhs_federated.errors import ConfigError, LhsError
 from lhs_federated.governance.crosscheck import CrossCheck, crosscheck
 from lhs_federated.governance.keys import load_public_key
-from lhs_federated.governance.ledger import Entry
+from lhs_federated.governance.ledger import Entry, read_header
 from lhs_federated.governance.ledger_view import StudyView
 from lhs_federated.governance.run_files import (
     COORDINATOR_LEDGER,
@@ -94,6 +95,10 @@ class RunAudit:
         Everything that is wrong; the run is intact when it is empty.
     notes : list of str
         What could not be checked here, and why.
+    key_given : bool
+        The auditor gave the coordinator's public key (``--public-key``).
+    key_trust : str
+        Which coordinator key the audit trusted, and why.
     """
 
     run_dir: Path
@@ -104,6 +109,8 @@ class RunAudit:
     files: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    key_given: bool = False
+    key_trust: str = ""
 
     @property
     def ok(self) -> bool:
@@ -111,7 +118,12 @@ class RunAudit:
         return not self.problems
 
 
-def audit_run(run_dir: str | Path, *, public_key: str | Path | None = None) -> RunAudit:
+def audit_run(
+    run_dir: str | Path,
+    *,
+    public_key: str | Path | None = None,
+    site_ledgers: Sequence[Path] = (),
+) -> RunAudit:
     """Verify every ledger of a run folder, cross-check them, re-hash every file.
 
     Parameters
@@ -119,7 +131,11 @@ def audit_run(run_dir: str | Path, *, public_key: str | Path | None = None) -> R
     run_dir : str or Path
         A run folder (``lhs-fed simulate --out``, or a deployment's results).
     public_key : str or Path, optional
-        The coordinator's public key; default: the one in the run folder.
+        The coordinator's public key (pinned); default: the one in the run
+        folder, checked against the key the sites' ledgers record.
+    site_ledgers : sequence of Path
+        Site ledgers kept outside the run folder (deployed sites'), each with
+        its ``site.pub`` beside it.
 
     Raises
     ------
@@ -138,6 +154,7 @@ def audit_run(run_dir: str | Path, *, public_key: str | Path | None = None) -> R
     key_path = Path(public_key) if public_key else governance / COORDINATOR_PUBLIC_KEY
     key = load_public_key(key_path)  # a bad key given by the auditor is bad input
     audit = RunAudit(run_dir, LedgerCheck("coordinator", ledger_path, str(key_path)))
+    audit.key_given = public_key is not None
     try:
         verification = verify_ledger(ledger_path, key)
     except LhsError as error:
@@ -160,7 +177,9 @@ def audit_run(run_dir: str | Path, *, public_key: str | Path | None = None) -> R
     _check_files(run_dir, audit.view, audit)
     if summary is not None and audit.files.get("summary.json") in (None, "unchanged"):
         _check_summary(summary, audit.view, verification, audit)
-    _check_sites(run_dir, audit)
+    _check_sites(run_dir, audit, site_ledgers)
+    if not audit.sites and not audit.key_given:
+        _check_key(audit)
     return audit
 
 
@@ -271,25 +290,31 @@ def _check_files(run_dir: Path, view: StudyView, audit: RunAudit) -> None:
             audit.notes.append(finding.describe(record))
 
 
-def _check_sites(run_dir: Path, audit: RunAudit) -> None:
+def _check_sites(run_dir: Path, audit: RunAudit, site_ledgers: Sequence[Path]) -> None:
+    """Verify each site ledger found with its own key; cross-check it with the coordinator's."""
     view = audit.view
     if view is None:
         return
     named = view.study.get("governance", {}).get("site_folders")
     folders = Path(named) if named else run_dir / GOVERNANCE_DIR / SIMULATED_SITES_DIR
-    if not folders.is_dir():
+    ledgers = {}
+    if folders.is_dir():
+        ledgers = {site: folders / site / LEDGER_FILE for site in view.participants}
+    for path in site_ledgers:
+        ledgers[str(read_header(path).data.get("owner"))] = Path(path)
+    if not ledgers:
         audit.notes.append(
-            f"no site ledgers at {folders} (deployed sites keep their own): cross-check each "
-            "with `lhs-fed audit crosscheck` at the site"
+            f"no site ledgers at {folders} (deployed sites keep their own): pass them with "
+            "--site-ledger, or cross-check each with `lhs-fed audit crosscheck` at the site"
         )
         return
-    coordinator = list(audit.coordinator.verification.entries)
-    for site in view.participants:
-        folder = folders / site
-        check = LedgerCheck(site, folder / LEDGER_FILE, str(folder / PUBLIC_FILE))
+    coordinator = audit.coordinator.verification
+    lost = any(p.kind in ("deleted", "modified") for p in coordinator.problems)
+    for site, path in ledgers.items():
+        check = LedgerCheck(site, path, str(path.parent / PUBLIC_FILE))
         audit.sites.append(check)
         try:
-            check.verification = verify_ledger(check.path, load_public_key(folder / PUBLIC_FILE))
+            check.verification = verify_ledger(path, load_public_key(path.parent / PUBLIC_FILE))
         except LhsError as error:
             check.error = error.message
             audit.problems.append(f"site {site}: {error.message}")
@@ -298,9 +323,44 @@ def _check_sites(run_dir: Path, audit: RunAudit) -> None:
             f"site {site} ledger: {p.describe()}" for p in check.verification.problems
         ]
         check.crosscheck = crosscheck(
-            coordinator,
+            list(coordinator.entries),
             list(check.verification.entries),
-            unverified=[*audit.coordinator.verification.unverified],
-            site_unverified=[*check.verification.unverified],
+            unverified=list(coordinator.unverified),
+            site_unverified=list(check.verification.unverified),
+            coordinator_lost=lost,
+            site_lost=any(p.kind in ("deleted", "modified") for p in check.verification.problems),
         )
-        audit.problems += [f"site {site}: {p}" for p in check.crosscheck.problems]
+        for problem in check.crosscheck.problems:
+            if coordinator.ok or problem not in check.crosscheck.end_problems:
+                audit.problems.append(f"site {site}: {problem}")
+            else:  # the coordinator ledger's own check already says so
+                audit.notes.append(f"site {site} confirms: {problem}")
+    _check_key(audit)
+
+
+def _check_key(audit: RunAudit) -> None:
+    """Say which coordinator key the audit trusted, and whether the sites saw that key."""
+    used = audit.coordinator.verification.key_fingerprint
+    checks = [c.crosscheck for c in audit.sites if c.crosscheck is not None]
+    seen = set().union(*(c.keys_seen for c in checks)) if checks else set()
+    mismatched = [c for c in checks if c.key_mismatch]
+    if seen and used not in seen:
+        audit.problems = [p for p in audit.problems if "it is not the ledger the site" not in p]
+        audit.problems.append(
+            f"coordinator key: the run folder's ledger is verified with key {used}, but the "
+            f"sites' ledgers ({', '.join(sorted(c.site for c in mismatched))}) record key "
+            f"{', '.join(sorted(seen))}: the coordinator ledger was replaced and re-signed "
+            "with another key, or the wrong public key was given"
+        )
+        audit.key_trust = f"not trusted: the sites saw {', '.join(sorted(seen))}"
+    elif seen:
+        audit.key_trust = f"{used}, the key the sites' ledgers record"
+    elif audit.key_given:
+        audit.key_trust = f"{used}, the key given with --public-key"
+    if not seen and not audit.key_given:
+        audit.key_trust = f"{used}, found only in the run folder"
+        audit.notes.append(
+            f"the coordinator key {used} was found only in the run folder, which whoever could "
+            "rewrite the folder could replace: pass the published key with --public-key, or "
+            "the site ledgers (--site-ledger), whose records pin it"
+        )
