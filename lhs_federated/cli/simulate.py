@@ -199,7 +199,8 @@ def simulate_command(
     console.print(f"results in [bold]{escape(str(results.out_dir))}[/]")
     ledger = results.summary["ledger"]
     console.print(
-        f"ledger {ledger['file']} (final hash {ledger['final_hash'][:16]}…); "
+        f"ledger {ledger['file']} (study-finished {ledger['finished_hash'][:16]}…, sealed "
+        f"at record {ledger['sealed_seq']}); "
         f"audit it with: lhs-fed audit report {results.out_dir}"
     )
     if (results.out_dir / REPORT_NAME).is_file():

@@ -35,6 +35,7 @@ from lhs_federated.deploy.app_bundle import write_bundle_dir
 from lhs_federated.deploy.certs import check_certificate
 from lhs_federated.deploy.server_config import ServerConfig
 from lhs_federated.errors import ConfigError, LhsError, StudyRunError
+from lhs_federated.governance.run_files import GOVERNANCE_DIR, ledger_closed
 from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, load_study
 
@@ -327,7 +328,8 @@ def wait_for_run(
     summary_path, failure = run.out_dir / "summary.json", run.out_dir / "failure.json"
     # The ServerApp writes summary.json or failure.json when the run ends; asking the
     # SuperLink (a `flwr` process each time) is only for runs that end without either.
-    while time.monotonic() < deadline and not summary_path.exists() and not failure.exists():
+    # summary.json comes before the ledger's seal: wait for the seal (or a failure).
+    while time.monotonic() < deadline and not _run_over(run.out_dir):
         if time.monotonic() >= next_check:
             runs = flwr(config, "ls", CONNECTION, "--run-id", run.run_id)["runs"]
             status = str(runs[0]["status"]) if runs else "unknown"
@@ -348,6 +350,13 @@ def wait_for_run(
             f"run {run.run_id} did not finish within {timeout:g} s (status {status})."
         )
     raise StudyRunError(f"run {run.run_id} ended ({status}) without results in {run.out_dir}.")
+
+
+def _run_over(run_dir: Path) -> bool:
+    """The run's ledger is closed, or it failed before opening one."""
+    if ledger_closed(run_dir):
+        return True
+    return (run_dir / "failure.json").exists() and not (run_dir / GOVERNANCE_DIR).exists()
 
 
 def server_status(config: ServerConfig) -> dict[str, Any]:
