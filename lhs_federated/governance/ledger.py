@@ -443,7 +443,8 @@ class Ledger:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[int]:
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    # 0600: the owner's record, not world-readable.
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd
