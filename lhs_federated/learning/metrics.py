@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-    brier_score_loss,
-    roc_auc_score,
+
+from lhs_federated.learning.binary_scores import (
+    accuracy,
+    average_precision,
+    balanced_accuracy,
+    brier,
+    roc_auc,
 )
 
 METRIC_NAMES = (
@@ -81,8 +82,8 @@ def clinical_metrics(
         return MetricReport(values, undefined)
     predicted = (p >= threshold).astype(int)
     values["prevalence"] = float(y.mean())
-    values["accuracy"] = float(accuracy_score(y, predicted))
-    values["brier"] = float(brier_score_loss(y, p, pos_label=1))
+    values["accuracy"] = accuracy(y, predicted)
+    values["brier"] = brier(y, p)
     values["ece"] = expected_calibration_error(y, p, bins=bins)
     if y.min() == y.max():
         reason = f"single-class test set (all {n} rows are {'positive' if y[0] else 'negative'})"
@@ -95,9 +96,9 @@ def clinical_metrics(
         ):
             undefined[name] = reason
         return MetricReport(values, undefined)
-    values["auroc"] = float(roc_auc_score(y, p))
-    values["auprc"] = float(average_precision_score(y, p))
-    values["balanced_accuracy"] = float(balanced_accuracy_score(y, predicted))
+    values["auroc"] = roc_auc(y, p)
+    values["auprc"] = average_precision(y, p)
+    values["balanced_accuracy"] = balanced_accuracy(y, predicted)
     logit = np.log(np.clip(p, _EPS, 1 - _EPS) / (1 - np.clip(p, _EPS, 1 - _EPS)))
     values["calibration_intercept"] = _calibration_in_the_large(y, logit)
     if values["auroc"] in (0.0, 1.0):
