@@ -1,0 +1,84 @@
+"""Large simulated studies: batched ledger durability changes no record, reports stay small."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from lhs_federated.apps import server_app
+from lhs_federated.apps.engines import run_inprocess
+from lhs_federated.governance.run_files import GOVERNANCE_DIR, SIMULATED_SITES_DIR
+from lhs_federated.governance.site_folder import LEDGER_FILE
+from lhs_federated.governance.verify import load_entries
+
+#: What differs between two runs of one study whatever the engine does: the run's and
+#: messages' random ids, record times (so each record's hash, chain link and signature),
+#: each run's new site keys and ledger ids, and the hashes of records a record cites (the
+#: approval, the coordinator ledger's final record): their hashes cover their times.
+PER_RUN_FIELDS = frozenset(
+    {"run_id", "reply_to", "ledger_id", "public_key", "key_fingerprint"}
+    | {"approval", "registry_record", "final_hash"}
+)
+
+
+def _without_per_run_fields(data):
+    if isinstance(data, dict):
+        return {k: _without_per_run_fields(v) for k, v in data.items() if k not in PER_RUN_FIELDS}
+    return data
+
+
+def _site_records(run_dir, site):
+    entries = load_entries(run_dir / GOVERNANCE_DIR / SIMULATED_SITES_DIR / site / LEDGER_FILE)
+    return [(e.seq, e.kind, _without_per_run_fields(e.data)) for e in entries]
+
+
+def test_batched_durability_writes_the_records_and_results_of_per_record_fsync(
+    tmp_path, small_study
+):
+    study = small_study.with_overrides({"data.synthetic.sites": 4})
+    runs = {}
+    for batched in (True, False):
+        out = tmp_path / f"batched-{batched}"
+        config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(out)}
+        run_inprocess(config, 4, batch_durability=batched)
+        runs[batched] = out
+    fast, slow = runs[True], runs[False]
+    for site in ("site-01", "site-02", "site-03", "site-04"):
+        records = _site_records(fast, site)
+        assert records == _site_records(slow, site)
+        assert [kind for _, kind, _ in records].count("message-sent") == 1 + 2 * study.rounds
+    pd.testing.assert_frame_equal(
+        pd.read_csv(fast / "metrics.csv"), pd.read_csv(slow / "metrics.csv")
+    )
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (fast, slow)]
+    assert summaries[0]["model"]["arrays_sha256"] == summaries[1]["model"]["arrays_sha256"]
+    with np.load(fast / "model" / "model.npz") as a, np.load(slow / "model" / "model.npz") as b:
+        assert all(np.array_equal(a[name], b[name]) for name in a.files)
+    coordinator = [
+        [(e.kind, sorted(e.data)) for e in load_entries(run / GOVERNANCE_DIR / "coordinator.jsonl")]
+        for run in (fast, slow)
+    ]
+    assert coordinator[0] == coordinator[1]
+
+
+def test_batched_appends_are_visible_at_once_and_chain_across_writers(tmp_path):
+    from lhs_federated.governance.keys import load_private_key, write_key_pair
+    from lhs_federated.governance.ledger import Ledger, batched_durability
+    from lhs_federated.governance.verify import verify_ledger
+
+    write_key_pair(tmp_path / "site.key")
+    key = load_private_key(tmp_path / "site.key")
+    path = tmp_path / "ledger.jsonl"
+    with batched_durability():
+        first = Ledger.open(path, key, role="site", owner="a")
+        first.append("message-sent", {"n": 1})
+        assert len(load_entries(path)) == 2  # written at once, durable at the block's end
+        other = Ledger.open(path, key, role="site", owner="a")  # another writer
+        other.append("message-sent", {"n": 2})
+        first.append("message-sent", {"n": 3})  # must chain after the other's record
+    entries = load_entries(path)
+    assert [e.data.get("n") for e in entries] == [None, 1, 2, 3]
+    assert entries[3].prev_hash == entries[2].hash
+    assert verify_ledger(path, key.public_key(), allow_open=True).ok
