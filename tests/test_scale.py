@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from lhs_federated import load_study
 from lhs_federated.apps import server_app
 from lhs_federated.apps.engines import run_inprocess
 from lhs_federated.governance.run_files import GOVERNANCE_DIR, SIMULATED_SITES_DIR
@@ -82,3 +86,49 @@ def test_batched_appends_are_visible_at_once_and_chain_across_writers(tmp_path):
     assert [e.data.get("n") for e in entries] == [None, 1, 2, 3]
     assert entries[3].prev_hash == entries[2].hash
     assert verify_ledger(path, key.public_key(), allow_open=True).ok
+
+
+def _same_sites(together, one_by_one):
+    assert [s.name for s in together] == [s.name for s in one_by_one]
+    for a, b in zip(together, one_by_one, strict=True):
+        for part in ("train", "test"):
+            x, y = getattr(a, part), getattr(b, part)
+            np.testing.assert_array_equal(x.features, y.features)
+            np.testing.assert_array_equal(x.outcome, y.outcome)
+            assert (x.site, x.source, x.n_dropped) == (y.site, y.source, y.n_dropped)
+
+
+def test_sites_prepared_together_equal_sites_prepared_one_by_one(uci_folder, small_study):
+    from lhs_federated.data.sources import prepare_site, prepare_sites, raw_sites
+
+    simulations = Path(__file__).resolve().parents[1] / "simulations"
+    uci = load_study(simulations / "heart_disease_lhs.toml").with_overrides(
+        {"data.path": str(uci_folder)}
+    )
+    dropping = load_study(None).with_overrides(
+        {"data.source": "uci-heart", "data.path": str(uci_folder), "data.test_fraction": 0.34}
+    )
+    many = small_study.with_overrides(
+        {
+            "data.synthetic.sites": 30,
+            "data.synthetic.rows_per_site": 40,
+            "data.synthetic.missingness": 0.3,
+        }
+    )
+    for study in (uci, dropping, many):
+        raws = raw_sites(study)
+        _same_sites(prepare_sites(raws, study), [prepare_site(r, study) for r in raws])
+
+
+def test_a_bad_site_among_many_is_named_as_when_prepared_alone(small_study):
+    from lhs_federated.data.sources import RawSite, prepare_sites, raw_sites
+    from lhs_federated.errors import DataError
+
+    study = small_study.with_overrides({"data.synthetic.sites": 6})
+    raws = raw_sites(study)
+    outcome = study.contract.outcome.column
+    one_class = raws[2].table.copy()
+    one_class[outcome] = one_class[outcome].iloc[0]  # a site of a single outcome class
+    raws[2] = RawSite(raws[2].name, one_class, raws[2].source)
+    with pytest.raises(DataError, match=re.escape(raws[2].source) + ".*only one outcome class"):
+        prepare_sites(raws, study)
