@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lhs_federated.cli.progress_display import Mode, mode_of, progress_display
-from lhs_federated.cli.simulate import load_with_overrides
+from lhs_federated.cli.study_input import load_with_overrides
 from lhs_federated.deploy import coordinator
 from lhs_federated.deploy.server_config import ServerConfig, load_server_config
 from lhs_federated.results.progress import EVENTS_FILE, read_events

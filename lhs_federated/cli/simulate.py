@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -15,8 +14,8 @@ from rich.table import Table
 
 from lhs_federated.apps.run_config import BACKENDS
 from lhs_federated.cli.progress_display import mode_of, progress_display
+from lhs_federated.cli.study_input import load_with_overrides
 from lhs_federated.errors import ConfigError
-from lhs_federated.study import Study, load_study
 
 if TYPE_CHECKING:
     from lhs_federated.results.reader import RunResults
@@ -40,36 +39,6 @@ SHORT_LABELS = {
     "calibration_intercept": "CITL",
     "ece": "ECE",
 }
-
-
-def parse_overrides(assignments: list[str]) -> dict[str, Any]:
-    """Parse ``KEY=VALUE`` pairs; values are TOML (bare words are strings).
-
-    Raises
-    ------
-    ConfigError
-        If an assignment has no ``=``.
-    """
-    overrides: dict[str, Any] = {}
-    for assignment in assignments:
-        key, sep, text = assignment.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set rounds=20")
-        try:
-            value = tomllib.loads(f"value = {text}")["value"]
-        except tomllib.TOMLDecodeError:
-            value = text
-        overrides[key.strip()] = value
-    return overrides
-
-
-def load_with_overrides(study_path: Path | None, assignments: list[str]) -> Study:
-    """The study a command names, with its ``--set`` overrides applied."""
-    import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
-
-    study = load_study(study_path)
-    overrides = parse_overrides(assignments)
-    return study.with_overrides(overrides) if overrides else study
 
 
 def results_table(results: RunResults) -> Table:
@@ -200,6 +169,10 @@ def simulate_command(
             f"ε: {privacy['mode']} epsilon spent on this study (delta {privacy['delta']:g}, "
             f"target {privacy['target_epsilon']}); {privacy['note']}"
         )
+    from lhs_federated.results.notes import run_notes
+
+    for note in run_notes(results.summary):
+        console.print(f"note: {note}", markup=False)
     for site, reasons in results.summary["final"]["undefined"].items():
         for metric, reason in reasons.items():
             console.print(f"  — {site} {metric}: {reason}", markup=False)

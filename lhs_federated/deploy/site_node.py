@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
-
 from lhs_federated.data.contract import contract_from
 from lhs_federated.data.io import read_table
 from lhs_federated.data.validation import validate_table
@@ -275,10 +273,18 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
             marker.unlink(missing_ok=True)
 
 
-# Flower's SuperLink counts a node online until HEARTBEAT_PATIENCE heartbeat
-# intervals after its last heartbeat and refuses to activate it again before.
-_ONLINE_AFTER_LAST_HEARTBEAT = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL
 _ALIVE_EVERY = 5.0
+
+
+def _online_after_last_heartbeat() -> float:
+    """How long Flower's SuperLink counts a node online after its last heartbeat.
+
+    It refuses to activate the node again before. Imported here, not at the
+    top: ``site check`` loads this module and must not wait for Flower.
+    """
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
+
+    return HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL
 
 
 def _mark_alive(paths: SitePaths) -> None:
@@ -303,7 +309,7 @@ def _first_launch(
         if not paths.alive.exists():
             raise
         last_alive = paths.alive.stat().st_mtime
-        wait = last_alive + _ALIVE_EVERY + _ONLINE_AFTER_LAST_HEARTBEAT + 1 - time.time()
+        wait = last_alive + _ALIVE_EVERY + _online_after_last_heartbeat() + 1 - time.time()
         if wait <= 0:
             raise
         LOGGER.warning(
