@@ -132,3 +132,33 @@ def test_a_bad_site_among_many_is_named_as_when_prepared_alone(small_study):
     raws[2] = RawSite(raws[2].name, one_class, raws[2].source)
     with pytest.raises(DataError, match=re.escape(raws[2].source) + ".*only one outcome class"):
         prepare_sites(raws, study)
+
+
+def test_vectorised_cross_site_matrix_equals_full_metrics_per_pair(small_study):
+    from lhs_federated.data.sources import load_sites
+    from lhs_federated.learning.site import predict_at_site, score_predictions, site_standardizer
+    from lhs_federated.research.baselines import local_name, train_baselines
+    from lhs_federated.research.cross_site import score_cross_site
+
+    study = small_study.with_overrides(
+        {
+            "data.synthetic.sites": 7,
+            "data.synthetic.rows_per_site": 60,
+            "preprocessing.scaling": "site",
+        }
+    )
+    sites = load_sites(study)
+    standardizers = {s.name: site_standardizer(study, s, None) for s in sites}
+    models = train_baselines(study, sites, standardizers)
+    arrays = [models[local_name(s.name)].arrays for s in sites]
+    matrix = score_cross_site(study, sites, arrays, standardizers)
+    for i, trained in enumerate(sites):
+        for j, at in enumerate(sites):
+            risk = predict_at_site(study, arrays[i], at.test.features, standardizers[at.name])
+            report = score_predictions(study, at.test.outcome, risk)
+            for metric in ("auroc", "accuracy"):
+                expected = report.values[metric]
+                got = matrix.values[metric][i, j]
+                assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(
+                    expected, abs=1e-12
+                ), (trained.name, at.name, metric)
