@@ -5,8 +5,10 @@ coordinator's progress events (:mod:`lhs_federated.results.progress`) as a
 Rich progress bar, with every log line (ours and Flower's) printed above it
 through Rich's logging handler on the same console, never into the bar.
 ``--json`` prints each event as one JSON object a line on stdout (logs go to
-stderr); ``--quiet`` prints warnings only. While a display is open, Flower's
-own console handler is set aside so that each line prints once.
+stderr), and the command's outcome as a last line of the same shape (kind
+``result``, see :func:`print_result`); ``--quiet`` prints warnings only. While
+a display is open, Flower's own console handler is set aside so that each line
+prints once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -82,13 +84,24 @@ class Display:
             )
             for site, why in done.failed.items():
                 self.console.print(f"[yellow]round {done.round}: {escape(site)} {escape(why)}[/]")
-        elif event.kind in ("step", "waiting"):
-            # the line prints once, above; the bar names only the step
-            step = event.data.get("step") or event.kind
-            self.progress.update(self.task, description=f"{self.title} ({step})")
-            self.console.print(f"[dim]{event.at[11:19]}[/] {escape(event.message)}")
         elif event.kind == "run-failed":
             self.console.print(f"[red]{escape(event.message)}[/]")
+        else:  # the line prints once, above; the bar names only the step
+            if event.kind in ("step", "waiting"):
+                step = event.data.get("step") or event.kind
+                self.progress.update(self.task, description=f"{self.title} ({step})")
+            self.console.print(f"[dim]{event.at[11:19]}[/] {escape(event.message)}")
+
+
+def print_result(message: str, data: dict[str, Any]) -> None:
+    """A ``--json`` command's last line: its outcome, shaped like every event before it.
+
+    ``{"at", "kind": "result", "message", "data"}``, so a reader parses every
+    line the same way and finds the outcome (a results folder, a consortium's
+    files) under ``data``.
+    """
+    sys.stdout.write(json.dumps(ProgressEvent("result", message, data).to_dict()) + "\n")
+    sys.stdout.flush()
 
 
 class _EventHandler(logging.Handler):

@@ -20,6 +20,7 @@ from pathlib import Path
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps import server_app
 from lhs_federated.apps.engines import run_inprocess, run_ray
+from lhs_federated.apps.flower_logs import flower_lines_once
 from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.run_config import BACKENDS, EXPECTED_SITES_KEY, LEDGER_KEY, Backend
 from lhs_federated.data.sources import load_sites
@@ -100,10 +101,11 @@ def simulate(
     if coordinator_key is not None:
         load_private_key(coordinator_key)  # a bad key fails here, before anything is written
         run_config[LEDGER_KEY] = str(Path(coordinator_key).resolve())
-    if backend == "inprocess":
-        run_inprocess(run_config, n_sites)
-    else:
-        run_ray(run_config, n_sites)
+    with flower_lines_once():
+        if backend == "inprocess":
+            run_inprocess(run_config, n_sites)
+        else:
+            run_ray(run_config, n_sites)
     baselines = "pooled and local-only baselines, " if study.baselines.enabled else ""
     report_progress(
         ProgressEvent("step", f"analysing the run: {baselines}calibration", {"step": "analysis"}),
