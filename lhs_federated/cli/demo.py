@@ -42,7 +42,10 @@ def next_commands(root: Path, sites: list[str]) -> list[str]:
         *approve,
         f"lhs-fed server run {study} --config {server}",
         f"lhs-fed server status --config {server}",
-        f"lhs-fed dashboard --server {server}",
+        f"lhs-fed dashboard --server {server} "
+        + " ".join(
+            f"--site {shlex.quote(str(root / 'sites' / name / 'site.toml'))}" for name in sites
+        ),
         f"lhs-fed simulate {study}",
         f"lhs-fed demo consortium --dir {shlex.quote(str(root))} --stop",
     ]

@@ -14,7 +14,7 @@ from lhs_federated.cli.progress_display import Mode, mode_of, print_result, prog
 from lhs_federated.cli.study_input import load_with_overrides
 from lhs_federated.deploy import coordinator
 from lhs_federated.deploy.server_config import ServerConfig, load_server_config
-from lhs_federated.results.progress import EVENTS_FILE, read_events
+from lhs_federated.results.progress import EVENTS_FILE, ProgressEvent, read_events
 
 app = typer.Typer(help="Run the coordinating centre (a Flower SuperLink).", no_args_is_help=True)
 console = Console(highlight=False)
@@ -150,6 +150,15 @@ def _finish(
             display.show(event)
 
     with progress_display(study.name, study.rounds, mode=mode, console=console) as display:
+        # Until its first round the ServerApp writes nothing: say what the wait is for.
+        display.show(
+            ProgressEvent(
+                "waiting",
+                f"run {submitted.run_id}: waiting for the ServerApp to start and the "
+                f"{len(server.sites)} registered sites to join (round 1 follows)",
+                {"step": "joining", "run_id": submitted.run_id},
+            )
+        )
         summary = coordinator.wait_for_run(server, submitted, timeout=timeout, on_poll=follow)
     if mode == "json":
         print_result(

@@ -265,7 +265,7 @@ def build_demo(
     study = load_study(None).with_overrides(
         {
             "name": "demo",
-            "rounds": 3,
+            "rounds": 2,
             "data.source": "folder",
             "data.path": str(data.resolve()),
         }
