@@ -93,6 +93,11 @@ class PreprocessingSpec:
     one_hot: Literal["all-levels", "drop-first"] = setting(
         "all-levels", doc="one indicator per contract level, or without the first level"
     )
+    indicators: Literal["centred", "standardised"] = setting(
+        "centred",
+        doc="binary and one-hot columns: centred (share of ones subtracted, not divided by "
+        "the SD, which is tiny for rare levels and withheld at small sites) or standardised",
+    )
     std_divisor: Literal["n", "n-1"] = setting(
         "n", doc="divisor of the variance behind each scale: n (population) or n-1 (sample; FLamby)"
     )

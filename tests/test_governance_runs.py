@@ -289,18 +289,6 @@ def client_with(train) -> ClientApp:
     return app
 
 
-def private_client() -> ClientApp:
-    """Training replies also report epsilon, as DP-SGD sites do."""
-
-    def train(message: Message, context: Context) -> Message:
-        reply = client_app.train(message, context)
-        spent = 0.5 * int(message.content[records.CONFIG][records.ROUND])
-        reply.content[records.METRICS]["epsilon"] = spent
-        return reply
-
-    return client_with(train)
-
-
 def test_site_whose_code_crashes_is_recorded_on_both_sides(tmp_path, small_study):
     def train(message: Message, context: Context) -> Message:
         first_round = message.content[records.CONFIG][records.ROUND] == 1
@@ -319,21 +307,6 @@ def test_site_whose_code_crashes_is_recorded_on_both_sides(tmp_path, small_study
     check = crosscheck(load_entries(coordinator(out)), load_entries(site_ledger(out, "site-03")))
     assert check.ok and check.matched == 5, check.describe()
     assert any("ClientApp raised" in note and "out of memory" in note for note in check.notes)
-
-
-def test_epsilon_reported_by_sites_reaches_both_ledgers_and_the_report(tmp_path, small_study):
-    out = tmp_path / "run"
-    config = {server_app.STUDY_KEY: small_study.to_json(), server_app.OUT_DIR_KEY: str(out)}
-    run_inprocess(config, 3, client=private_client())
-    view = StudyView.from_entries(load_entries(coordinator(out)))
-    assert view.epsilon() == {site: {1: 0.5, 2: 1.0} for site in SITES}
-    sent = [e for e in load_entries(site_ledger(out, "site-02")) if e.kind == "message-sent"]
-    assert [e.data["epsilon"] for e in sent if e.data["message_type"] == "train"] == [0.5, 1.0]
-    audit = audit_run(out)
-    assert audit.ok, audit.problems
-    html = render_report(audit)
-    assert "Privacy spent per site (epsilon, cumulative" in html
-    assert "<td>final</td><td>1</td><td>1</td><td>1</td>" in html
 
 
 def test_resumed_run_chains_its_ledgers(tmp_path, small_study):

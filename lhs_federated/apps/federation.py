@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from lhs_federated.apps.checkpoint import Checkpoint, load_checkpoint, save_chec
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.privacy_log import PrivacyLog
+from lhs_federated.apps.reply_checks import ReplyChecks, ReplyRejectedError
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import Standardizer
@@ -41,7 +43,8 @@ from lhs_federated.learning.export import save_model
 from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
 from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import get_arrays
-from lhs_federated.learning.site import SiteSummary, federated_standardizer, n_features
+from lhs_federated.learning.site import SiteSummary, federated_statistics, n_features
+from lhs_federated.results.notes import departures_line, preprocessing_summary
 from lhs_federated.results.progress import RoundProgress, report_progress
 from lhs_federated.results.writer import RunWriter, utc_now
 from lhs_federated.study import Study
@@ -105,10 +108,14 @@ def run_study(
         check_out_dir(out_dir)  # before waiting for any site
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
     summaries, site_grid = discover_sites(audit.grid, study, expected_sites=expected_sites)
+    statistics = federated_statistics(study, summaries.values())
+    departures = [d.to_json() for d in statistics.departures] if statistics else []
+    if departures:
+        LOGGER.warning("%s", departures_line(departures, n_features(study)))
     if checkpoint is None:
         for warning in check_sites(study, summaries.values()):
             LOGGER.warning("preflight: %s", warning)
-        standardizer = federated_standardizer(study, summaries.values())
+        standardizer = statistics.standardizer if statistics else None
         strategy = build_strategy(study, n_sites=len(summaries))
         arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
         final_reports: dict[str, MetricReport] = {}
@@ -117,6 +124,7 @@ def run_study(
         arrays, final_reports = checkpoint.arrays, checkpoint.reports
         random.setstate(checkpoint.random_state)
     privacy = PrivacyLog(study, strategy)
+    checks = ReplyChecks.from_discovery(study, summaries.values())
     if checkpoint is not None:
         privacy.latest.update(checkpoint.privacy_spent)
     done = checkpoint.round if checkpoint else 0
@@ -139,6 +147,7 @@ def run_study(
                 writer,
                 audit,
                 privacy,
+                checks,
             )
             save_checkpoint(
                 out_dir,
@@ -151,6 +160,7 @@ def run_study(
         summary = _summary(
             study, summaries, final_reports, arrays, model_files, time.monotonic() - started
         )
+        summary["preprocessing"] = preprocessing_summary(study, departures, n_features(study))
         if privacy.active:
             summary["privacy"] = privacy.summary()
         summary["ledger"] = audit.finish(arrays)
@@ -233,14 +243,29 @@ def _round_config(study: Study, standardizer: Standardizer | None) -> ConfigReco
 
 
 def _collect(
-    grid: SiteGrid, messages: list[Message], replies: list[Message], timeout: float
+    grid: SiteGrid,
+    messages: list[Message],
+    replies: list[Message],
+    timeout: float,
+    check: Callable[[str, Message], None],
 ) -> RoundOutcome:
+    """Split replies into those to aggregate and failures with their reasons.
+
+    A reply that fails ``check`` (see :mod:`lhs_federated.apps.reply_checks`)
+    is a failure of its site, never averaged in.
+    """
     outcome = RoundOutcome()
     for reply in replies:
         site = grid.site_of(reply)
         if reply.has_error():
             kind = "refused" if reply.error.code == records.SITE_REFUSED else "failed"
             outcome.failed[site] = f"{kind}: {reply.error.reason}"
+            continue
+        try:
+            check(site, reply)
+        except ReplyRejectedError as rejected:
+            LOGGER.warning("%s: reply rejected: %s", site, rejected)
+            outcome.failed[site] = f"reply rejected: {rejected}"
         else:
             outcome.ok.append((site, reply))
     answered = {grid.node_of(r) for r in replies}
@@ -263,6 +288,7 @@ def _run_round(
     writer: RunWriter,
     audit: CoordinatorAudit,
     privacy: PrivacyLog,
+    checks: ReplyChecks,
 ) -> tuple[dict[str, np.ndarray], dict[str, MetricReport]]:
     started = time.monotonic()
     federation = study.federation
@@ -277,8 +303,13 @@ def _run_round(
             server_round, records.to_array_record(arrays), _round_config(study, standardizer), grid
         )
     )
+    sent = {m.metadata.dst_node_id: m.content[records.ARRAYS] for m in messages}
     trained = _collect(
-        grid, messages, list(grid.send_and_receive(messages, timeout=timeout)), timeout
+        grid,
+        messages,
+        list(grid.send_and_receive(messages, timeout=timeout)),
+        timeout,
+        lambda site, reply: checks.train(site, reply.content, sent[grid.node_of(reply)]),
     )
     for node, site in grid.sites.items():
         if node not in connected:
@@ -298,6 +329,11 @@ def _run_round(
     )
     if new_arrays is not None:
         arrays = records.from_array_record(new_arrays)
+        if not all(np.isfinite(value).all() for value in arrays.values()):
+            raise StudyRunError(
+                f"round {server_round}: the aggregated model holds NaN or infinite values "
+                f"({study.strategy.name}); lower the strategy's server learning rate."
+            )
     audit.aggregated(
         server_round, arrays, train_metrics, [s for s, _ in trained.ok], trained.failed
     )
@@ -319,7 +355,11 @@ def _run_round(
         )
     )
     evaluated = _collect(
-        grid, messages, list(grid.send_and_receive(messages, timeout=timeout)), timeout
+        grid,
+        messages,
+        list(grid.send_and_receive(messages, timeout=timeout)),
+        timeout,
+        lambda site, reply: checks.evaluate(site, reply.content),
     )
     if evaluated.ok:
         strategy.aggregate_evaluate(server_round, [reply for _, reply in evaluated.ok])

@@ -170,6 +170,10 @@ def simulate_command(
             f"ε: {privacy['mode']} epsilon spent on this study (delta {privacy['delta']:g}, "
             f"target {privacy['target_epsilon']}); {privacy['note']}"
         )
+    from lhs_federated.results.notes import run_notes
+
+    for note in run_notes(results.summary):
+        console.print(f"note: {note}", markup=False)
     for site, reasons in results.summary["final"]["undefined"].items():
         for metric, reason in reasons.items():
             console.print(f"  — {site} {metric}: {reason}", markup=False)

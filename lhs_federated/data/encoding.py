@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lhs_federated.data.contract import DataContract, Feature, Level
+from lhs_federated.data.statistics import EncodedColumn
 from lhs_federated.data.validation import matches_levels, validate_table
 from lhs_federated.errors import DataError
 
@@ -63,6 +64,21 @@ def encoded_feature_names(contract: DataContract, one_hot: OneHot) -> list[str]:
         else:
             names.append(feature.name)
     return names
+
+
+def encoded_columns(contract: DataContract, one_hot: OneHot) -> list[EncodedColumn]:
+    """The encoded columns as the coordinator knows them: name, kind, valid range."""
+    columns: list[EncodedColumn] = []
+    names = iter(encoded_feature_names(contract, one_hot))
+    for feature in contract.features:
+        if feature.type == "numeric":
+            columns.append(EncodedColumn(next(names), False, feature.min, feature.max))
+            continue
+        kept = 1
+        if feature.type == "categorical":
+            kept = len(feature.levels or ()) - (1 if one_hot == "drop-first" else 0)
+        columns += [EncodedColumn(next(names), True) for _ in range(kept)]
+    return columns
 
 
 def prepare_table(

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from lhs_federated.errors import ConfigError
+from lhs_federated.results.notes import run_notes
 from lhs_federated.results.reader import read_results
 from lhs_federated.results.writer import utc_now
 
@@ -97,7 +98,9 @@ def write_run_report(run_dir: str | Path) -> Path:
         "<p class='muted'>Counts below a site's minimum cell size are withheld "
         "(shown as &lt;N).</p>",
         _figure(plots.site_data(sites), "Rows and outcome prevalence per site"),
+        _departures(summary.get("preprocessing", {})),
         "<h2>Results</h2>",
+        _notes(run_notes(summary)),
     ]
     if comparison is not None:
         parts.append(_comparison_section(comparison, summary, plots))
@@ -287,6 +290,38 @@ def _final_table(final: dict[str, Any]) -> str:
         rows,
         text_columns={0},
         mean_rows={len(rows) - 1},
+    )
+
+
+def _notes(notes: list[str]) -> str:
+    """What a reader must know to read the figures (the CLI prints the same)."""
+    if not notes:
+        return ""
+    return "<ul class='notes'>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
+
+
+def _departures(preprocessing: dict[str, Any]) -> str:
+    """Columns whose federated statistics are not the pooled rows', and what was used."""
+    departures = preprocessing.get("departures", [])
+    if not departures:
+        return (
+            "<p class='muted'>Federated preprocessing statistics: exactly those of the "
+            "pooled rows.</p>"
+            if preprocessing.get("scaling") == "federated"
+            else ""
+        )
+    table = _table(
+        ["column", "no values from", "used instead"],
+        [[d["column"], ", ".join(d["withheld_at"]), d["used"]] for d in departures],
+        text_columns={0, 1, 2},
+    )
+    return (
+        f"<h3>Federated statistics: {len(departures)} of {preprocessing.get('columns', '?')} "
+        "columns depart from the pooled rows'</h3><p class='muted'>A site withholds a "
+        "column's sums when fewer than its minimum cell size of its patients have a value, "
+        "a one or a zero in it; binary and one-hot columns are centred, not scaled, so there "
+        "the departure touches only imputation and centring.</p>"
+        f"<details><summary>Columns</summary>{table}</details>"
     )
 
 
