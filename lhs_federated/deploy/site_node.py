@@ -31,6 +31,7 @@ from lhs_federated.deploy import processes
 from lhs_federated.deploy.certs import check_certificate, check_site_key
 from lhs_federated.errors import ConfigError, LhsError
 from lhs_federated.governance.site_folder import SiteFolder
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.site_config import SiteConfig
 
 LOGGER = logging.getLogger("lhs_federated.site")
@@ -247,6 +248,14 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
         children = _first_launch(config, paths, stop, timeout=timeout)
         processes.write_pid_file(paths.pid, os.getpid())
         paths.ready.write_text(f"{time.time()}\n")
+        report_progress(
+            ProgressEvent(
+                "started",
+                f"site {config.site.name} joined the coordinator at "
+                f"{config.coordinator.address}; serving until stopped",
+                {"site": config.site.name, "address": config.coordinator.address},
+            )
+        )
         pause = 5.0
         while True:
             while not stop.requested and all(child.poll() is None for child in children):
