@@ -13,10 +13,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import pandas as pd
 
 from lhs_federated.data.encoding import SiteTable, prepare_table
 from lhs_federated.data.io import TABLE_SUFFIXES, read_table
+from lhs_federated.data.periods import periods_of, rows_in_periods
 from lhs_federated.data.split import split_site
 from lhs_federated.data.synthetic import generate_cohort
 from lhs_federated.data.uci_heart import load_uci_heart
@@ -146,7 +148,12 @@ def load_sites(study: Study) -> list[SiteData]:
 def _load_sites_cached(study_hash: str, study_json: str) -> tuple[SiteData, ...]:
     study = Study.from_json(study_json, source=f"study {study_hash[:12]}")
     raws = raw_sites(study)
-    return tuple(each_or_all_errors(lambda raw: prepare_site(raw, study), raws, what="sites"))
+    data_range = periods_of([(r.table, r.name, r.source) for r in raws], study.contract)
+    return tuple(
+        each_or_all_errors(
+            lambda raw: prepare_site(raw, study, data_range=data_range), raws, what="sites"
+        )
+    )
 
 
 def each_or_all_errors(
@@ -172,7 +179,7 @@ def each_or_all_errors(
     return results
 
 
-def prepare_site(raw: RawSite, study: Study) -> SiteData:
+def prepare_site(raw: RawSite, study: Study, *, data_range: list[str] | None = None) -> SiteData:
     """Validate, encode and split one site's raw table for ``study``.
 
     Simulated and deployed sites both go through here, so a deployed site's
@@ -180,14 +187,47 @@ def prepare_site(raw: RawSite, study: Study) -> SiteData:
     ``data.evaluate_on = "validation"`` the test rows are set aside untouched
     and a second split, seeded differently, carves the validation rows (which
     then play the test rows' part) out of the training rows.
+
+    A study that names periods uses only their rows (:mod:`lhs_federated.data.periods`):
+    ``train_periods`` alone are split as above; with ``evaluate_periods`` the
+    rows of the training periods all train (none: no training rows, as in a
+    monitoring study) and every row of the evaluation periods is a test row.
+    ``data_range`` is every period of the data set (all sites; default: this
+    table's own), against which named periods are checked.
     """
-    table = prepare_table(
-        raw.table,
-        study.contract,
-        site=raw.name,
-        source=raw.source,
-        one_hot=study.preprocessing.one_hot,
-    )
+    train_periods, evaluate_periods = study.data.train_periods, study.data.evaluate_periods
+    dated = train_periods is not None or evaluate_periods is not None
+    if dated and data_range is None:
+        data_range = periods_of([(raw.table, raw.name, raw.source)], study.contract)
+
+    def prepared(periods: tuple[str, ...] | None) -> SiteTable:
+        rows = raw.table
+        if periods is not None:
+            rows = rows_in_periods(
+                rows,
+                study.contract,
+                periods,
+                site=raw.name,
+                source=raw.source,
+                data_range=data_range or [],
+            )
+        return prepare_table(
+            rows,
+            study.contract,
+            site=raw.name,
+            source=raw.source,
+            one_hot=study.preprocessing.one_hot,
+        )
+
+    if evaluate_periods is not None:
+        test = prepared(evaluate_periods)
+        if train_periods is None:
+            width = test.features.shape[1]
+            train = SiteTable(raw.name, raw.source, np.empty((0, width)), np.empty(0, np.int64))
+        else:
+            train = prepared(train_periods)
+        return SiteData(raw.name, train, test)
+    table = prepared(train_periods)
     seed = study.data.split_seed if study.data.split_seed is not None else study.seed
     shared = study.data.split_seeding == "shared"
     train, test = split_site(
