@@ -79,7 +79,18 @@ def test_comparison_csv_scores_every_model_everywhere(baseline_run):
     models = {"federated", "pooled", "local:site-01", "local:site-02", "local:site-03"}
     assert set(table["model"]) == models
     assert set(table["evaluated_at"]) == {"site-01", "site-02", "site-03", "all-sites"}
-    assert len(table) == len(models) * 4 * len(METRIC_NAMES)  # models x places x metrics
+    # federated and pooled: 4 places x every metric; local models: at home and all sites
+    assert len(table) == 2 * 4 * len(METRIC_NAMES) + 3 * 2 * len(METRIC_NAMES)
+    local = table[table["model"] == "local:site-02"]
+    assert set(local["evaluated_at"]) == {"site-02", "all-sites"}
+    cross = pd.read_csv(baseline_run.out_dir / "cross_site.csv")
+    sites = ["site-01", "site-02", "site-03"]
+    assert list(cross.columns) == ["metric", "trained_at", *sites, "all-sites"]
+    matrix = baseline_run.summary["comparison"]["cross_site"]
+    auroc = cross[cross["metric"] == "auroc"].set_index("trained_at")
+    for site in ("site-01", "site-02", "site-03"):
+        for at in ("site-01", "site-02", "site-03"):
+            assert auroc.loc[site, at] == pytest.approx(matrix["auroc"][site][at], abs=1e-5)
     calibration = pd.read_csv(baseline_run.out_dir / "calibration.csv")
     assert (calibration["n"] >= 10).all()  # bins below the minimum cell size left out
     assert set(calibration["site"]) <= {"site-01", "site-02", "site-03"}

@@ -99,6 +99,16 @@ def check_comparison_csv(path, truth):
             assert not any(map(small, truth[place]["test_classes"])) or row["value"] == "", row
 
 
+def check_cross_site_csv(path, truth):
+    for row in _rows(path):
+        trained_at = truth[row["trained_at"]]
+        for place, value in row.items():
+            if place in truth and truth[place]["n_test"] < CELL:
+                assert value == "", (row["trained_at"], place)
+            if place in truth or place == "all-sites":
+                assert trained_at["n_train"] >= CELL or value == "", (row["trained_at"], place)
+
+
 def check_calibration_csv(path, truth):
     for row in _rows(path):
         n = int(row["n"])
@@ -156,6 +166,7 @@ CHECKS = {
     "metrics.csv": check_metrics_csv,
     "comparison.csv": check_comparison_csv,
     "calibration.csv": check_calibration_csv,
+    "cross_site.csv": check_cross_site_csv,
     "summary.json": check_summary_json,
     "report.html": check_report_html,
     "rounds.csv": check_text,
@@ -177,7 +188,7 @@ def test_no_output_file_shows_what_a_small_cell_computes(small_sites_run):
     assert truth["site-1"]["n_test"] < CELL and truth["site-2"]["n_train"] < CELL
     assert small(truth["site-3"]["test_classes"][0])
     files = sorted(p for p in results.out_dir.rglob("*") if p.is_file())
-    assert {p.name for p in files} >= {"report.html", "comparison.csv", "calibration.csv"}
+    assert {p.name for p in files} >= {"report.html", "comparison.csv", "cross_site.csv"}
     for path in files:
         check = CHECKS.get(path.name) or CHECKS.get(f"*{path.suffix}")
         assert check is not None, f"{path}: no disclosure check; add one to CHECKS"

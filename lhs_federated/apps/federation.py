@@ -50,7 +50,7 @@ from lhs_federated.learning.site import (
     n_features,
 )
 from lhs_federated.results.notes import departures_line, preprocessing_summary
-from lhs_federated.results.progress import RoundProgress, report_progress
+from lhs_federated.results.progress import ProgressEvent, RoundProgress, report_progress
 from lhs_federated.results.writer import RunWriter, utc_now
 from lhs_federated.study import Study
 
@@ -74,6 +74,7 @@ def run_study(
     resume: bool = False,
     audit_options: AuditOptions | None = None,
     expected_sites: int = 0,
+    write_results: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``study`` on ``grid`` and write its results folder.
 
@@ -95,6 +96,10 @@ def run_study(
     expected_sites : int
         Sites registered at the coordinator, waited for before discovery
         (0: start with those connected).
+    write_results : callable, optional
+        Writes the run's further files for readers (a simulation's analysis
+        and report) once ``summary.json`` is written and before the ledger is
+        sealed over every file (upper layers pass it in: they own those files).
 
     Returns
     -------
@@ -170,11 +175,29 @@ def run_study(
             summary["privacy"] = privacy.summary()
         summary["ledger"] = audit.finish(arrays)
         writer.finish(summary)
+        if write_results is not None:
+            write_results(out_dir)
+        _report_close(out_dir, *audit.seal())
     except Exception as error:
         writer.fail(error)
         audit.fail(error)
         raise
     return summary
+
+
+def _report_close(out_dir: Path, notified: list[str], not_notified: dict[str, str]) -> None:
+    """Log which sites hold the sealed ledger's final hash (the sealed files cannot say)."""
+    for site, why in not_notified.items():
+        LOGGER.warning("site %s was not told the ledger's final hash: %s", site, why)
+    report_progress(
+        ProgressEvent(
+            "ledger-sealed",
+            f"ledger sealed; final hash sent to {len(notified)} of "
+            f"{len(notified) + len(not_notified)} sites",
+            {"sites_notified": notified, "sites_not_notified": not_notified},
+        ),
+        run_dir=out_dir,
+    )
 
 
 def discover_sites(

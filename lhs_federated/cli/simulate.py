@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lhs_federated.apps.run_config import BACKENDS
-from lhs_federated.cli.progress_display import mode_of, progress_display
+from lhs_federated.cli.progress_display import mode_of, print_result, progress_display
 from lhs_federated.cli.study_input import load_with_overrides
 from lhs_federated.errors import ConfigError
 
@@ -173,8 +172,10 @@ def simulate_command(
             coordinator_key=coordinator_key,
         )
     if json_lines:
-        done = {"kind": "result", "out_dir": str(results.out_dir)}
-        print(json.dumps({**done, "summary": str(results.out_dir / "summary.json")}))
+        print_result(
+            f"results in {results.out_dir}",
+            {"out_dir": str(results.out_dir), "summary": str(results.out_dir / "summary.json")},
+        )
         return
     console.print(results_table(results))
     console.print("slope: calibration slope; CITL: calibration-in-the-large (intercept)")
@@ -199,7 +200,8 @@ def simulate_command(
     console.print(f"results in [bold]{escape(str(results.out_dir))}[/]")
     ledger = results.summary["ledger"]
     console.print(
-        f"ledger {ledger['file']} (final hash {ledger['final_hash'][:16]}…); "
+        f"ledger {ledger['file']} (study-finished {ledger['finished_hash'][:16]}…, sealed "
+        f"at record {ledger['sealed_seq']}); "
         f"audit it with: lhs-fed audit report {results.out_dir}"
     )
     if (results.out_dir / REPORT_NAME).is_file():

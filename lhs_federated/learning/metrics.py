@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-    brier_score_loss,
-    roc_auc_score,
-)
 
+from lhs_federated.learning.binary_scores import (
+    accuracy,
+    average_precision,
+    balanced_accuracy,
+    brier,
+    roc_auc,
+)
 from lhs_federated.learning.intervals import delong_interval
 
 METRIC_NAMES = (
@@ -87,8 +87,8 @@ def clinical_metrics(
         return MetricReport(values, undefined)
     predicted = (p >= threshold).astype(int)
     values["prevalence"] = float(y.mean())
-    values["accuracy"] = float(accuracy_score(y, predicted))
-    values["brier"] = float(brier_score_loss(y, p, pos_label=1))
+    values["accuracy"] = accuracy(y, predicted)
+    values["brier"] = brier(y, p)
     values["ece"] = expected_calibration_error(y, p, bins=bins)
     if y.min() == y.max():
         reason = f"single-class test set (all {n} rows are {'positive' if y[0] else 'negative'})"
@@ -103,15 +103,15 @@ def clinical_metrics(
         ):
             undefined[name] = reason
         return MetricReport(values, undefined)
-    values["auroc"] = float(roc_auc_score(y, p))
+    values["auroc"] = roc_auc(y, p)
     interval = delong_interval(y, p)
     if interval is None:
         for name in ("auroc_ci_low", "auroc_ci_high"):
             undefined[name] = "no DeLong interval: fewer than 2 of a class, or AUROC 0 or 1"
     else:
         values["auroc_ci_low"], values["auroc_ci_high"] = interval
-    values["auprc"] = float(average_precision_score(y, p))
-    values["balanced_accuracy"] = float(balanced_accuracy_score(y, predicted))
+    values["auprc"] = average_precision(y, p)
+    values["balanced_accuracy"] = balanced_accuracy(y, predicted)
     logit = np.log(np.clip(p, _EPS, 1 - _EPS) / (1 - np.clip(p, _EPS, 1 - _EPS)))
     intercept = _calibration_in_the_large(y, logit)
     if intercept is None:

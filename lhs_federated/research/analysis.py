@@ -5,9 +5,12 @@ federated model be set beside the pooled and local-only models
 (:mod:`lhs_federated.research.baselines`) and scored on all sites' test rows together.
 :func:`analyse_run` does that for a finished run folder and adds to it:
 
-- ``comparison.csv``: every model (``federated``, ``pooled``, ``local:<site>``)
-  scored at every site's test split and on all test rows together
-  (``all-sites``), one row per model, place and metric;
+- ``comparison.csv``: the ``federated`` and ``pooled`` models scored at every
+  site's test split and on all test rows together (``all-sites``), and each
+  ``local:<site>`` model at its own site (and its AUROC and accuracy on all
+  test rows), one row per model, place and metric;
+- ``cross_site.csv``: each local model's AUROC and accuracy at every site and
+  on all test rows (:mod:`lhs_federated.research.cross_site`);
 - ``calibration.csv``: the final federated model's calibration curve at each
   site (equal-width bins; bins with fewer people, or fewer cases of a class,
   than the minimum cell size are left out);
@@ -49,6 +52,14 @@ from lhs_federated.learning.site import (
 )
 from lhs_federated.privacy.egress import suppress_evaluation
 from lhs_federated.research.baselines import POOLED, local_name, train_baselines
+from lhs_federated.research.cross_site import (
+    CROSS_SITE_FILE,
+    CROSS_SITE_METRICS,
+    SUMMARY_MAX_SITES,
+    CrossSiteMatrix,
+    score_cross_site,
+    write_cross_site,
+)
 from lhs_federated.results.writer import write_json
 from lhs_federated.study import Study
 
@@ -110,23 +121,47 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
         }
     }
     baselines = train_baselines(study, sites, standardizers) if study.baselines.enabled else {}
-    for name, model in baselines.items():
-        predictions[name] = {
-            s.name: predict_at_site(study, model.arrays, s.test.features, standardizers[s.name])
+    if POOLED in baselines:
+        predictions[POOLED] = {
+            s.name: predict_at_site(
+                study, baselines[POOLED].arrays, s.test.features, standardizers[s.name]
+            )
             for s in sites
         }
-    rows = {FEDERATED: study.sites.min_cell_size}  # sites below the cell size never train
+    cell = study.sites.min_cell_size
+    rows = {FEDERATED: cell}  # sites below the cell size never train
     rows.update({name: model.n_rows for name, model in baselines.items()})
     scores = {
         name: _score(study, sites, by_site, trained_on=rows[name])
         for name, by_site in predictions.items()
     }
+    cross = None
+    if baselines:  # local models: full metrics at home, the matrix's metrics everywhere
+        cross = score_cross_site(
+            study, sites, [baselines[local_name(s.name)].arrays for s in sites], standardizers
+        )
+        homes = {}
+        for i, site in enumerate(sites):
+            name = local_name(site.name)
+            home = predict_at_site(
+                study, baselines[name].arrays, site.test.features, standardizers[site.name]
+            )
+            homes[name] = _guarded(
+                score_predictions(study, site.test.outcome, home), cell, rows[name]
+            )
+            for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
+                cross.values[metric][i, i] = homes[name].values[metric]
+        _guard_matrix(cross, sites, [rows[local_name(s.name)] for s in sites], cell)
+        for i, site in enumerate(sites):
+            name = local_name(site.name)
+            scores[name] = ModelScores({site.name: homes[name]}, _matrix_report(cross, i, sites))
+        write_cross_site(out_dir / CROSS_SITE_FILE, cross)
 
     _write_comparison(out_dir / "comparison.csv", scores)
     _write_calibration(out_dir / "calibration.csv", study, sites, predictions[FEDERATED])
     summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     counted = summary["final"].get("counted_sites", [s.name for s in sites])
-    summary["comparison"] = comparison_table(scores, [s.name for s in sites], counted)
+    summary["comparison"] = comparison_table(scores, [s.name for s in sites], counted, cross)
     if baselines:
         cell = study.sites.min_cell_size
         summary["baselines"] = {
@@ -150,41 +185,70 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
 def _score(
     study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray], *, trained_on: int
 ) -> ModelScores:
-    """A model's scores, under the disclosure control a site's egress guard applies.
-
-    A site's metrics on fewer test rows than the minimum cell size are
-    withheld, and so is its prevalence when it gives a small count of cases
-    away (:func:`~lhs_federated.privacy.egress.suppress_evaluation`); every
-    score of a model trained on fewer rows than the cell size (the local-only
-    model of a tiny site) is withheld too.
-    """
+    """A model's scores at every site and on all test rows, guarded (see :func:`_guarded`)."""
     cell = study.sites.min_cell_size
     outcome = np.concatenate([s.test.outcome for s in sites])
     everything = np.concatenate([by_site[s.name] for s in sites])
-    places = {s.name: score_predictions(study, s.test.outcome, by_site[s.name]) for s in sites}
-    places[ALL_SITES] = score_predictions(study, outcome, everything)
+    per_site = {
+        s.name: _guarded(
+            score_predictions(study, s.test.outcome, by_site[s.name]), cell, trained_on
+        )
+        for s in sites
+    }
+    all_sites = _guarded(score_predictions(study, outcome, everything), cell, trained_on)
+    return ModelScores(per_site, all_sites)
+
+
+def _guarded(report: MetricReport, cell: int, trained_on: int) -> MetricReport:
+    """A report under the disclosure control a site's egress guard applies.
+
+    Metrics on fewer test rows than the minimum cell size are withheld, and so
+    is the prevalence when it gives a small count of cases away
+    (:func:`~lhs_federated.privacy.egress.suppress_evaluation`); every score of
+    a model trained on fewer rows than the cell size (the local-only model of a
+    tiny site) is withheld too.
+    """
     if trained_on < cell:
         reason = f"withheld: model trained on fewer rows than the minimum cell size ({cell})"
-        places = {
-            place: MetricReport(
-                {m: float("nan") for m in report.values}, dict.fromkeys(report.values, reason)
-            )
-            for place, report in places.items()
-        }
-    guarded = {
-        place: MetricReport(
-            *suppress_evaluation(
-                report.values, report.undefined, n_key="n", weight_keys=(), min_cell_size=cell
-            )
+        return MetricReport(
+            {m: float("nan") for m in report.values}, dict.fromkeys(report.values, reason)
         )
-        for place, report in places.items()
-    }
-    all_sites = guarded.pop(ALL_SITES)
-    return ModelScores(guarded, all_sites)
+    return MetricReport(
+        *suppress_evaluation(
+            report.values, report.undefined, n_key="n", weight_keys=(), min_cell_size=cell
+        )
+    )
+
+
+def _guard_matrix(
+    cross: CrossSiteMatrix, sites: list[SiteData], trained_on: list[int], cell: int
+) -> None:
+    """Withhold the matrix's cells at small test splits and rows of models trained on few rows."""
+    small_test = np.array([len(s.test.outcome) < cell for s in sites])
+    small_model = np.array([rows < cell for rows in trained_on])
+    for metric in CROSS_SITE_METRICS:
+        cross.values[metric][:, small_test] = np.nan
+        cross.values[metric][small_model, :] = np.nan
+        cross.all_sites[metric][small_model] = np.nan
+
+
+def _matrix_report(cross: CrossSiteMatrix, i: int, sites: list[SiteData]) -> MetricReport:
+    """A local model on all sites' test rows: the matrix's metrics, the rest undefined."""
+    outcome = np.concatenate([s.test.outcome for s in sites])
+    values = {m: float("nan") for m in METRIC_NAMES}
+    values["n"], values["prevalence"] = float(len(outcome)), float(outcome.mean())
+    for metric in CROSS_SITE_METRICS:
+        values[metric] = float(cross.all_sites[metric][i])
+    reason = "local-only models are scored away from home on AUROC and accuracy only"
+    undefined = {m: reason for m in COMPARED_METRICS if m not in CROSS_SITE_METRICS}
+    return MetricReport(values, undefined)
 
 
 def comparison_table(
-    scores: dict[str, ModelScores], sites: list[str], counted: list[str]
+    scores: dict[str, ModelScores],
+    sites: list[str],
+    counted: list[str],
+    cross: CrossSiteMatrix | None = None,
 ) -> dict[str, Any]:
     """Federated, pooled and local per site and on average, and the gain from federation.
 
@@ -194,7 +258,9 @@ def comparison_table(
     (``summary.json`` ``final.mean_definition``): unweighted over the
     ``counted`` sites (those with enough test rows and cases of each class)
     where a metric is defined. ``cross_site`` holds each local model's AUROC
-    and accuracy at every site.
+    and accuracy at every site (``cross``), when there are at most
+    :data:`~lhs_federated.research.cross_site.SUMMARY_MAX_SITES` sites
+    (``cross_site.csv`` always holds it).
     """
 
     def clean(value: float) -> float | None:
@@ -237,16 +303,8 @@ def comparison_table(
             for name, s in scores.items()
         },
     }
-    if POOLED in scores:
-        table["cross_site"] = {
-            metric: {
-                site: {
-                    at: clean(scores[local_name(site)].per_site[at].values[metric]) for at in sites
-                }
-                for site in sites
-            }
-            for metric in ("auroc", "accuracy")
-        }
+    if cross is not None and len(sites) <= SUMMARY_MAX_SITES:
+        table["cross_site"] = {metric: cross.as_dict(metric) for metric in CROSS_SITE_METRICS}
     return table
 
 
