@@ -154,7 +154,8 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
         _guard_matrix(cross, sites, [rows[local_name(s.name)] for s in sites], cell)
         for i, site in enumerate(sites):
             name = local_name(site.name)
-            scores[name] = ModelScores({site.name: homes[name]}, _matrix_report(cross, i, sites))
+            everywhere = _guarded(_matrix_report(cross, i, sites), cell, rows[name])
+            scores[name] = ModelScores({site.name: homes[name]}, everywhere)
         write_cross_site(out_dir / CROSS_SITE_FILE, cross)
 
     _write_comparison(out_dir / "comparison.csv", scores)
