@@ -1,4 +1,6 @@
-"""Nothing computed on fewer rows than the minimum cell size reaches a reader (issue 10, item 3).
+"""A run with small sites (issue 10): disclosure in every file, and what a reader is told.
+
+Item 3: nothing computed on fewer rows than the minimum cell size reaches a reader.
 
 One simulated run on a messy table of our own making with small sites (6 and 14
 patients: fewer test and training rows than the cell size of 10; a site of 40
@@ -33,14 +35,14 @@ CELL = 10
 @pytest.fixture(scope="module")
 def small_sites_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("disclosure")
-    write_messy_folder(folder / "data", messy_sites((6, 14, 40, 60), seed=1))
+    write_messy_folder(folder / "data", messy_sites((6, 14, 40, 150), seed=1))
     study = load_study(None).with_overrides(
         {
             "name": "small-sites",
             "data.source": "folder",
             "data.path": str(folder / "data"),
             "federation.min_sites": 2,
-            "rounds": 2,
+            "rounds": 4,
             "sites.min_cell_size": CELL,
         }
     )
@@ -54,7 +56,7 @@ def small_sites_run(tmp_path_factory):
             "n_train": len(train),
             "train_classes": (int(train.sum()), int(len(train) - train.sum())),
         }
-    return results, truth
+    return results, truth, study
 
 
 def small(count: int) -> bool:
@@ -184,7 +186,7 @@ CHECKS = {
 
 
 def test_no_output_file_shows_what_a_small_cell_computes(small_sites_run):
-    results, truth = small_sites_run
+    results, truth, _ = small_sites_run
     assert truth["site-1"]["n_test"] < CELL and truth["site-2"]["n_train"] < CELL
     assert small(truth["site-3"]["test_classes"][0])
     files = sorted(p for p in results.out_dir.rglob("*") if p.is_file())
@@ -193,3 +195,68 @@ def test_no_output_file_shows_what_a_small_cell_computes(small_sites_run):
         check = CHECKS.get(path.name) or CHECKS.get(f"*{path.suffix}")
         assert check is not None, f"{path}: no disclosure check; add one to CHECKS"
         check(path, truth)
+
+
+def test_the_run_states_departures_means_and_convergence_in_every_output(small_sites_run):
+    """Items 1, 2 and 8: summary.json, the report and the CLI's notes say the same."""
+    from lhs_federated.learning.metrics import nan_weighted_mean
+    from lhs_federated.learning.site import federated_statistics, summarise_site
+    from lhs_federated.results.notes import run_notes
+
+    results, truth, study = small_sites_run
+    summary = results.summary
+    sites = load_sites(study)
+    expected = federated_statistics(
+        study, [summarise_site(s, study, min_cell_size=CELL) for s in sites]
+    )
+    departures = summary["preprocessing"]["departures"]
+    assert departures == [d.to_json() for d in expected.departures] and departures
+    assert {"site-1", "site-2"} <= set(departures[0]["withheld_at"])
+    final = summary["final"]
+    small = {s for s, t in truth.items() if t["n_test"] < CELL or min(t["test_classes"]) < CELL}
+    assert set(final["left_out"]) == small and set(final["counted_sites"]) == set(truth) - small
+    counted = final["counted_sites"]
+    auroc = [final["per_site"][s]["auroc"] for s in counted]
+    assert final["mean"]["auroc"] == pytest.approx(nan_weighted_mean(auroc, [1.0] * len(auroc)))
+    assert summary["comparison"]["counted_sites"] == counted
+    assert summary["convergence"]["line"].startswith("convergence: over the last 1 of 4 rounds")
+    notes = run_notes(summary)
+    assert notes[0] == final["mean_definition"] and any("depart" in n for n in notes)
+    page = html.unescape((results.out_dir / "report.html").read_text(encoding="utf-8"))
+    for note in notes:
+        assert note in page
+    assert f"{len(departures)} of {summary['preprocessing']['columns']} columns depart" in page
+
+
+def test_a_deployed_runs_report_describes_the_sites_that_ran(small_sites_run, tmp_path):
+    """Item 8: not the study's "four synthetic sites" when other sites ran on their own data."""
+    import shutil
+
+    from lhs_federated.research.report import write_report
+
+    results, truth, _ = small_sites_run
+    deployed = shutil.copytree(results.out_dir, tmp_path / "deployed")
+    versions = json.loads((deployed / "versions.json").read_text(encoding="utf-8"))
+    versions["engine"] = "deployment"  # what the coordinator of a deployment records
+    (deployed / "versions.json").write_text(json.dumps(versions), encoding="utf-8")
+    page = html.unescape(write_report(deployed).read_text(encoding="utf-8"))
+    assert f"As run: 4 sites ({', '.join(truth)}); each site's own table" in re.sub(
+        r"<[^>]+>", "", page
+    )
+    assert "<td class='text'>folder" not in page
+
+
+def test_a_model_that_calls_everyone_the_same_is_named():
+    from lhs_federated.results.notes import constant_sites, run_notes
+
+    final = {
+        "per_site": {
+            "a": {"balanced_accuracy": 0.5, "accuracy": 0.8, "prevalence": 0.2},
+            "b": {"balanced_accuracy": 0.71, "accuracy": 0.8, "prevalence": 0.2},
+            "c": {"balanced_accuracy": None, "accuracy": 1.0, "prevalence": 0.0},
+        }
+    }
+    assert constant_sites(final) == {"a": "calls every patient negative"}
+    assert any(
+        "constant at a (calls every patient negative)" in n for n in run_notes({"final": final})
+    )
