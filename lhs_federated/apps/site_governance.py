@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import PARTITION_ID, SITE_CONFIG, resolve_site
@@ -152,6 +152,7 @@ def record_task(
         "study_hash": study_hash,
         "approval": approval.record_hash if approval is not None else None,
         "coordinator_key": coordinator_key,
+        "received_arrays_hash": _arrays_hash(message),
     }
     if reply is None:
         sent = SentMessage(**common, status="crashed", content_hash=None, size=None, detail=crash)
@@ -210,6 +211,14 @@ def simulated_governance(message: Message, context: Context) -> tuple[SiteFolder
     except LhsError as error:
         raise SiteRefusal(site, error.message) from error
     return folder, code_hash, "" if study.governance.site_folders else SIMULATED_REFUSAL_HINT
+
+
+def _arrays_hash(message: Message) -> str | None:
+    """Hash of the model a message brought, as the coordinator hashes what it sent."""
+    arrays = message.content.get(records.ARRAYS)
+    if not isinstance(arrays, ArrayRecord):
+        return None
+    return records.hash_arrays(records.from_array_record(arrays))
 
 
 def _error(message: Message, code: int, reason: str) -> Message:
