@@ -30,11 +30,14 @@ def run_inprocess(
     *,
     client: ClientApp | None = None,
     write_results: Callable[[Path], None] | None = None,
+    batch_durability: bool = True,
 ) -> None:
     """Run the ServerApp on an :class:`InProcessGrid` of ``n_sites`` nodes.
 
     ``client`` replaces the site ClientApp (fault-injection tests use it);
-    ``write_results`` writes further reader files before the ledger is sealed.
+    ``write_results`` writes further reader files before the ledger is sealed;
+    ``batch_durability=False`` syncs each site ledger record on its own (see
+    :class:`InProcessGrid`).
     """
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -44,7 +47,9 @@ def run_inprocess(
     TaskIdentity.run_id = run_id
     TaskIdentity.node_id = 0
     TaskIdentity.task_id = 1
-    grid = InProcessGrid(client or client_app.app, n_sites, run_id=run_id)
+    grid = InProcessGrid(
+        client or client_app.app, n_sites, run_id=run_id, batch_durability=batch_durability
+    )
     context = Context(
         run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
     )

@@ -40,10 +40,15 @@ from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import Standardizer
 from lhs_federated.errors import StudyRunError
 from lhs_federated.learning.export import save_model
-from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
+from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, federation_means
 from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import get_arrays
-from lhs_federated.learning.site import SiteSummary, federated_statistics, n_features
+from lhs_federated.learning.site import (
+    SiteSummary,
+    federated_statistics,
+    min_test_cases,
+    n_features,
+)
 from lhs_federated.results.notes import departures_line, preprocessing_summary
 from lhs_federated.results.progress import ProgressEvent, RoundProgress, report_progress
 from lhs_federated.results.writer import RunWriter, utc_now
@@ -402,9 +407,7 @@ def _run_round(
             )
     writer.add_metrics(rows)
     failed = {**{s: f"evaluation {w}" for s, w in evaluated.failed.items()}, **trained.failed}
-    mean_auroc = nan_weighted_mean(
-        [r.values["auroc"] for r in reports.values()], [1.0] * len(reports)
-    )
+    mean_auroc = federation_means(reports, min_cases=min_test_cases(study)).mean["auroc"]
     writer.add_round(
         server_round, time.monotonic() - started, [s for s, _ in trained.ok], failed, mean_auroc
     )
@@ -445,7 +448,7 @@ def _summary(
     seconds: float,
 ) -> dict[str, Any]:
     sites = list(reports)
-    weights = [reports[s].values["n"] for s in sites]
+    means = federation_means(reports, min_cases=min_test_cases(study))
 
     def clean(value: float) -> float | None:
         return None if np.isnan(value) else value
@@ -461,18 +464,11 @@ def _summary(
         "final": {
             "per_site": {s: {m: clean(v) for m, v in reports[s].values.items()} for s in sites},
             "undefined": {s: reports[s].undefined for s in sites if reports[s].undefined},
-            "mean": {
-                m: clean(
-                    nan_weighted_mean([reports[s].values[m] for s in sites], [1.0] * len(sites))
-                )
-                for m in METRIC_NAMES
-                if m != "n"
-            },
-            "weighted_mean": {
-                m: clean(nan_weighted_mean([reports[s].values[m] for s in sites], weights))
-                for m in METRIC_NAMES
-                if m != "n"
-            },
+            "mean": {m: clean(v) for m, v in means.mean.items()},
+            "weighted_mean": {m: clean(v) for m, v in means.weighted_mean.items()},
+            "counted_sites": list(means.counted),
+            "left_out": means.left_out,
+            "mean_definition": means.definition,
         },
         "model": {"arrays_sha256": records.hash_arrays(arrays), "files": model_files},
     }

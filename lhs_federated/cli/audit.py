@@ -17,7 +17,7 @@ from rich.table import Table
 
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.crosscheck import crosscheck
-from lhs_federated.governance.keys import load_public_key
+from lhs_federated.governance.keys import fingerprint, load_public_key
 from lhs_federated.governance.ledger import Entry, read_header
 from lhs_federated.governance.ledger_view import StudyView
 from lhs_federated.governance.report import write_report
@@ -55,12 +55,33 @@ def verify_command(
 ) -> None:
     """Check every record's hash, signature and place; name the first bad record."""
     key = load_public_key(public_key)
+    _check_key_is_the_ledgers(ledger, key, public_key)
     result = verify_ledger(
         ledger, key, anchor=_summary_anchor(summary) if summary else None, allow_open=allow_open
     )
     console.print(result.describe(), markup=False)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _check_key_is_the_ledgers(ledger: Path, key, key_path: Path) -> None:
+    """A key other than the one the ledger's header names is a wrong input (exit 2).
+
+    Raises
+    ------
+    ConfigError
+        Naming both fingerprints: either the wrong key was given, or the whole
+        ledger was re-signed with another key (compare with the published one).
+    """
+    entries = load_entries(ledger)
+    named = entries[0].data.get("key_fingerprint") if entries else None
+    given = fingerprint(key)
+    if named is not None and named != given:
+        raise ConfigError(
+            f"{ledger}: its header names signing key {named}, but --public-key "
+            f"{key_path} is {given}: a wrong public key, or a ledger re-signed with another "
+            "key (compare with the fingerprint the owner published)."
+        )
 
 
 @app.command("show")

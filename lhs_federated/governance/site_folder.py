@@ -153,6 +153,7 @@ class SiteFolder:
         self.registry = ApprovalRegistry(
             folder / APPROVALS_FILE, site=site, public_key=self.public_key, key=key
         )
+        self._ledger: Ledger | None = None
 
     @classmethod
     def init(cls, folder: str | Path, site: str) -> SiteFolder:
@@ -231,7 +232,11 @@ class SiteFolder:
         """The site ledger, open for appending."""
         if self._key is None:
             raise ConfigError(f"recording in site {self.site!r}'s ledger needs its private key.")
-        return Ledger.open(self.folder / LEDGER_FILE, self._key, role=ROLE, owner=self.site)
+        if self._ledger is None:  # opened once: every append locks and checks the file anyway
+            self._ledger = Ledger.open(
+                self.folder / LEDGER_FILE, self._key, role=ROLE, owner=self.site
+            )
+        return self._ledger
 
     def approve(
         self,

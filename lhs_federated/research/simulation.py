@@ -20,6 +20,7 @@ from pathlib import Path
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps import server_app
 from lhs_federated.apps.engines import run_inprocess, run_ray
+from lhs_federated.apps.flower_logs import flower_lines_once
 from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.run_config import BACKENDS, EXPECTED_SITES_KEY, LEDGER_KEY, Backend
 from lhs_federated.data.sources import load_sites
@@ -118,8 +119,9 @@ def simulate(
             )
             write_run_report(run_dir)
 
-    if backend == "inprocess":
-        run_inprocess(run_config, n_sites, write_results=write_results)
-    else:
-        run_ray(run_config, n_sites, write_results=write_results)
+    with flower_lines_once():
+        if backend == "inprocess":
+            run_inprocess(run_config, n_sites, write_results=write_results)
+        else:
+            run_ray(run_config, n_sites, write_results=write_results)
     return read_results(out)
