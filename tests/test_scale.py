@@ -23,7 +23,7 @@ from lhs_federated.governance.verify import load_entries
 #: approval, the coordinator ledger's final record): their hashes cover their times.
 PER_RUN_FIELDS = frozenset(
     {"run_id", "reply_to", "ledger_id", "public_key", "key_fingerprint"}
-    | {"approval", "registry_record", "final_hash"}
+    | {"approval", "registry_record", "final_hash", "coordinator_key"}
 )
 
 
