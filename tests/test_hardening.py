@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +27,11 @@ from lhs_federated.apps import records
 from lhs_federated.apps.reply_checks import MAX_PARAMETER, ReplyChecks, ReplyRejectedError
 from lhs_federated.apps.run_limits import check_round, preprocessing_digest
 from lhs_federated.cli import main
-from lhs_federated.deploy import coordinator
+from lhs_federated.deploy import coordinator, processes, site_node
 from lhs_federated.deploy.certs import check_site_key, init_certificates, write_site_key
+from lhs_federated.deploy.loopback import free_port
 from lhs_federated.deploy.server_config import load_server_config
-from lhs_federated.errors import ConfigError, SiteRefusal, StudyRunError
+from lhs_federated.errors import ConfigError, LhsError, SiteRefusal, StudyRunError
 from lhs_federated.learning.metrics import clinical_metrics
 from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import get_arrays
@@ -553,3 +557,84 @@ def test_a_site_can_add_calibrated_noise_to_or_coarsen_the_metrics_it_releases()
     coarse = release_metrics(exact, noise=0.0, decimals=1)
     assert coarse.values["accuracy"] == 0.9 and coarse.values["prevalence"] == 0.1
     assert coarse.values["auroc"] == 0.5
+
+
+# ---------------------------------------------------- item 1: a site always comes back
+
+
+def test_the_site_supervisor_retries_a_failed_rejoin_until_it_succeeds(tmp_path):
+    """A SuperNode killed with -9, then two failed rejoins: the site still comes back."""
+    paths = site_node.SitePaths(tmp_path)
+    first = subprocess.Popen(["sleep", "60"])
+    attempts: list[str] = []
+    rejoined: list[subprocess.Popen] = []
+
+    def launch() -> list[subprocess.Popen]:
+        attempts.append("launch")
+        if len(attempts) <= 2:
+            raise LhsError("the coordinator refused this site's node")
+        rejoined.append(subprocess.Popen(["sleep", "60"]))
+        return rejoined[-1:]
+
+    stop = site_node._StopFlag()
+    try:
+        killer = threading.Timer(0.5, first.kill)
+        stopper = threading.Thread(target=_stop_once_rejoined, args=(stop, rejoined))
+        killer.start()
+        stopper.start()
+        site_node.supervise([first], launch, stop, paths, "site-01", first_pause=0.1)
+        stopper.join()
+    finally:
+        stop.restore()
+    assert attempts == ["launch"] * 3
+    assert rejoined[0].poll() is not None  # stopped by the supervisor on the stop request
+    assert paths.alive.exists()
+
+
+def _stop_once_rejoined(stop, rejoined, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not rejoined and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert rejoined and rejoined[0].poll() is None  # the relaunched process runs
+    stop.requested = True
+
+
+@pytest.mark.slow
+def test_a_supernode_that_gives_up_reconnecting_exits(tmp_path):
+    """Flower's SuperNode logs "Giving up reconnection" and stays alive; ours exits.
+
+    Real processes: a SuperLink, the site's SuperNode entry point joined to it,
+    then the SuperLink stopped for longer than the SuperNode's --max-wait-time.
+    """
+    env = processes.flower_environment(tmp_path / "flwr")
+    port, runtime = free_port(), free_port()
+    superlink = processes.start_process(
+        [processes.flower_command("flower-superlink"), "--insecure", "--host", "127.0.0.1",
+         "--port", str(port)],
+        log=tmp_path / "superlink.log", env=env,
+    )  # fmt: skip
+    log = tmp_path / "supernode.log"
+    try:
+        processes.wait_until(
+            lambda: processes.port_open("127.0.0.1", port), process=superlink, timeout=60,
+            what="the SuperLink", log=tmp_path / "superlink.log",
+        )  # fmt: skip
+        supernode = processes.start_process(
+            [sys.executable, "-m", "lhs_federated.deploy.supernode", "--poll-interval", "0.5",
+             "--superlink", f"127.0.0.1:{port}", "--insecure", "--isolation", "process",
+             "--host", "127.0.0.1", "--port", str(runtime), "--max-wait-time", "2"],
+            log=log, env=env,
+        )  # fmt: skip
+        processes.wait_until(
+            lambda: "SuperNode ID" in log.read_text(), process=supernode, timeout=60,
+            what="the SuperNode", log=log,
+        )  # fmt: skip
+        processes.stop_process(superlink)
+        assert supernode.wait(timeout=60) != 0
+    finally:
+        processes.stop_process(superlink)
+        processes.stop_process(supernode)
+    text = log.read_text()
+    assert "Giving up reconnection" in text
+    assert "the SuperNode stopped (exit code 1); its supervisor restarts it" in text
