@@ -4,6 +4,9 @@ Each command runs as a fresh process several times, beside `python -c pass` in t
 same run (the bare interpreter on this machine, at this moment); the figures are
 medians, and the targets are the excess over the bare interpreter: 0.5 s for
 `--help` and `audit verify` on a small ledger, 1.5 s for `site check --no-connect`.
+Beside the wall-clock time it prints the CPU seconds (user + system) each command
+used: on a shared, busy machine the wall time grows with the load, the CPU time
+much less, so that column says whether a change made a command lighter.
 
     python benchmarks/cli_startup.py [--repeats 7]
 """
@@ -11,6 +14,8 @@ medians, and the targets are the excess over the bare interpreter: 0.5 s for
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,15 +29,22 @@ from lhs_federated.deploy.loopback import build_loopback
 TARGETS = {"--help": 0.5, "audit verify": 0.5, "site check --no-connect": 1.5}
 
 
-def timed(command: list[str], repeats: int) -> float:
-    seconds = []
+def cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str], repeats: int) -> tuple[float, float]:
+    """Median wall-clock and CPU seconds of ``command`` run ``repeats`` times."""
+    seconds, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_of_children()
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         seconds.append(time.perf_counter() - started)
+        cpu.append(cpu_of_children() - cpu_before)
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
-    return statistics.median(seconds)
+    return statistics.median(seconds), statistics.median(cpu)
 
 
 def main() -> None:
@@ -65,16 +77,22 @@ def main() -> None:
         ],
     }  # fmt: skip
     medians = {name: timed(command, args.repeats) for name, command in commands.items()}
-    bare = medians["python -c pass"]
-    print(f"median of {args.repeats} runs each (seconds); excess over `python -c pass`")
-    print(f"  {'python -c pass':<26} {bare:6.3f}")
+    bare, bare_cpu = medians["python -c pass"]
+    load = os.getloadavg()[0]
+    print(
+        f"median of {args.repeats} runs each (seconds); excess over `python -c pass`; "
+        f"load average {load:.1f} on {os.cpu_count()} cores"
+    )
+    print(f"  {'':<33} {'wall':>6}  {'excess':>7}  {'target':>7}  {'cpu':>6}")
+    print(f"  {'python -c pass':<33} {bare:6.3f}  {'':>7}  {'':>7}  {bare_cpu:6.3f}")
     worst = 0
     for name, target in TARGETS.items():
-        excess = medians[name] - bare
+        wall, cpu = medians[name]
+        excess = wall - bare
         verdict = "ok" if excess <= target else "OVER TARGET"
         worst |= excess > target
         print(
-            f"  lhs-fed {name:<18} {medians[name]:6.3f}  +{excess:.3f} (target +{target}) {verdict}"
+            f"  lhs-fed {name:<25} {wall:6.3f}  +{excess:6.3f}  +{target:<6}  {cpu:6.3f}  {verdict}"
         )
     sys.exit(1 if worst else 0)
 

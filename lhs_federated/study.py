@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,13 @@ from typing import Any, Literal
 import tomli_w
 
 from lhs_federated.config import build, read_toml, setting, to_plain
-from lhs_federated.data.contract import DataContract, contract_from
-from lhs_federated.data.synthetic import SyntheticCohort
+from lhs_federated.data.contract import (
+    PERIOD_EXAMPLES,
+    PERIOD_PATTERNS,
+    DataContract,
+    contract_from,
+)
+from lhs_federated.data.synthetic import SYNTHETIC_INDEX_DATE, SyntheticCohort
 from lhs_federated.errors import EXIT_INTERNAL, ConfigError, LhsError
 from lhs_federated.privacy.spec import PrivacySpec, check_privacy
 
@@ -90,6 +96,17 @@ class DataSpec:
     synthetic: SyntheticCohort = setting(
         default_factory=SyntheticCohort, doc="knobs of the synthetic cohort"
     )
+    train_periods: tuple[str, ...] | None = setting(
+        None,
+        doc='periods whose rows the study uses (e.g. ["2020Q1..2020Q4"]), split into '
+        "train and test; with evaluate_periods, all of them train (needs the contract's "
+        "index_date; default: every row)",
+    )
+    evaluate_periods: tuple[str, ...] | None = setting(
+        None,
+        doc="periods whose rows are every site's test rows (temporal validation, "
+        "monitoring); default: a test split of the training periods",
+    )
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,11 @@ class PreprocessingSpec:
     )
     one_hot: Literal["all-levels", "drop-first"] = setting(
         "all-levels", doc="one indicator per contract level, or without the first level"
+    )
+    indicators: Literal["centred", "standardised"] = setting(
+        "centred",
+        doc="binary and one-hot columns: centred (share of ones subtracted, not divided by "
+        "the SD, which is tiny for rare levels and withheld at small sites) or standardised",
     )
     std_divisor: Literal["n", "n-1"] = setting(
         "n", doc="divisor of the variance behind each scale: n (population) or n-1 (sample; FLamby)"
@@ -168,6 +190,13 @@ class EvaluationSpec:
         0.5, doc="probability above which a case is called positive", gt=0, lt=1
     )
     calibration_bins: int = setting(10, doc="equal-width bins of the ECE", ge=2, le=100)
+    min_test_cases: int | None = setting(
+        None,
+        doc="a site's metrics count in the federation's means only with at least this many "
+        "test rows and of each outcome class (default: sites.min_cell_size); others are "
+        "shown, marked",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -390,6 +419,7 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
     if path is not None:
         path = str((base_dir / path).resolve()) if not Path(path).is_absolute() else path
     contract = data.contract
+    dated_synthetic = data.source == "synthetic" and data.synthetic.periods > 1
     if contract is None:
         contract = {"synthetic": "cardio-risk", "uci-heart": "uci-heart"}.get(data.source)
         if contract is None:
@@ -400,6 +430,9 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
         contract = contract_from(contract, base_dir=base_dir)
     except ConfigError as exc:
         raise ConfigError(f"{source}: data.contract: {exc.message}") from exc
+    if dated_synthetic and contract.index_date is None:
+        # The cohort's periods are its rows' index dates: the contract names them.
+        contract = dataclasses.replace(contract, index_date=SYNTHETIC_INDEX_DATE, period="quarter")
     data = dataclasses.replace(
         data,
         path=path,
@@ -484,6 +517,7 @@ def check_study(study: Study, *, source: str) -> Study:
             f"{source}: data.source = {study.data.source!r} needs data.path, the folder "
             "holding the files."
         )
+    check_periods(study, source=source)
     if study.baselines.pooled_scaling == "pooled" and study.preprocessing.scaling == "none":
         raise ConfigError(
             f"{source}: baselines.pooled_scaling = 'pooled' standardises the pooled model's "
@@ -497,6 +531,40 @@ def check_study(study: Study, *, source: str) -> Study:
             "'federated' or 'site', whose statistics give the imputed means."
         )
     return study
+
+
+def check_periods(study: Study, *, source: str) -> None:
+    """Periods named only on dated data, each written as the contract's kind of period.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key and the period at fault.
+    """
+    contract = study.contract
+    for key in ("train_periods", "evaluate_periods"):
+        periods = getattr(study.data, key)
+        if periods is None:
+            continue
+        if contract.index_date is None:
+            raise ConfigError(
+                f"{source}: data.{key} selects rows by period, but contract "
+                f"{contract.name!r} names no index_date column: its data are one period. "
+                'Name the date column in the contract (index_date = "...") or drop the key.'
+            )
+        if not periods:
+            raise ConfigError(f"{source}: data.{key} is empty; name at least one period.")
+        pattern = PERIOD_PATTERNS[contract.period]
+        for item in periods:
+            start, _, end = item.partition("..")
+            if not all(re.fullmatch(pattern, p) for p in (start, end or start)) or (
+                end and end < start
+            ):
+                raise ConfigError(
+                    f"{source}: data.{key}: {item!r} is not a {contract.period} "
+                    f"(like {PERIOD_EXAMPLES[contract.period]!r}) or a range "
+                    f"({PERIOD_EXAMPLES[contract.period]!r}..later)."
+                )
 
 
 def read_resolved_study(path: Path) -> Study:

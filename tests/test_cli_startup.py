@@ -52,3 +52,13 @@ def test_help_lists_every_command_and_unknown_commands_exit_2(capsys):
     assert all(name in out for name in COMMANDS)
     assert main(["no-such-command"]) == 2
     assert "No such command" in capsys.readouterr().err
+
+
+def test_site_check_without_connecting_imports_no_flower_or_model_code(tmp_path):
+    from lhs_federated.deploy.loopback import build_loopback
+
+    table = tmp_path / "site-01.csv"
+    table.write_text("age,outcome\n50,1\n61,0\n")
+    site = build_loopback(tmp_path / "c", {"site-01": table}).sites["site-01"]
+    modules = imported_by("site", "check", "--config", str(site.path), "--no-connect")
+    assert not any(m == h or m.startswith(h + ".") for m in modules for h in (*HEAVY, "flwr"))

@@ -11,6 +11,10 @@ import pytest
 
 from lhs_federated import ConfigError, StudyRunError, load_study, simulate
 from lhs_federated.cli import main
+from lhs_federated.governance.ledger_view import StudyView
+from lhs_federated.governance.report import render_report
+from lhs_federated.governance.run_audit import audit_run
+from lhs_federated.governance.verify import load_entries
 from lhs_federated.privacy.ledger import PrivacyLedger
 
 
@@ -37,6 +41,25 @@ def test_epsilon_per_site_per_round_is_reported(dp_run):
     summary = dp_run.summary["privacy"]
     assert summary["epsilon"] == pytest.approx(table.loc[2].to_dict())
     assert summary["secure_rng"] is False and "without a secure RNG" in summary["note"]
+
+
+def test_epsilon_the_sites_send_reaches_both_ledgers_and_the_report(dp_run):
+    """The real DP-SGD reply path: what the ClientApp sends is what both ledgers record."""
+    governance = dp_run.out_dir / "governance"
+    view = StudyView.from_entries(load_entries(governance / "coordinator.jsonl"))
+    spent = dp_run.summary["privacy"]["epsilon"]
+    assert {site: rounds[2] for site, rounds in view.epsilon().items()} == pytest.approx(spent)
+    assert all(0 < rounds[1] < rounds[2] for rounds in view.epsilon().values())
+    for site, total in spent.items():
+        sent = load_entries(governance / "sites" / site / "ledger.jsonl")
+        train = [e.data["epsilon"] for e in sent if e.data.get("message_type") == "train"]
+        assert train == [view.epsilon()[site][1], view.epsilon()[site][2]]
+        assert train[-1] == pytest.approx(total)
+    audit = audit_run(dp_run.out_dir)
+    assert audit.ok, audit.problems
+    html = render_report(audit)
+    assert "Privacy spent per site (epsilon, cumulative" in html
+    assert "not reported" not in html
 
 
 def test_each_site_keeps_a_ledger_in_the_run_folder_by_default(dp_run, dp_study):

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.preprocessing import StandardScaler
 
 from lhs_federated.data.encoding import SiteTable
 from lhs_federated.data.split import split_site
-from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.data.statistics import ColumnSums, EncodedColumn, Standardizer, federate
 
 
 def sites(seed=0):
@@ -75,3 +77,115 @@ def test_split_without_enough_of_a_class_is_not_stratified():
 def test_split_sizes(fraction):
     _, test = split_site(table(60, 20), test_fraction=fraction, seed=0)
     assert len(test.outcome) == round(60 * fraction)
+
+
+# Federated statistics under disclosure control (issue 10, item 1).
+@st.composite
+def multi_site_tables(draw):
+    """Random sites (1-40 rows), numeric and 0/1 columns with gaps, and a cell size."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kinds = draw(st.lists(st.booleans(), min_size=1, max_size=6))  # True: indicator
+    sizes = draw(st.lists(st.integers(1, 40), min_size=1, max_size=5))
+    gaps = draw(st.sampled_from([0.0, 0.1, 0.6]))
+    tables = {}
+    for k, n in enumerate(sizes):
+        columns = [
+            (rng.random(n) < rng.uniform(0.01, 0.6)).astype(float)
+            if indicator
+            else rng.normal(rng.normal(0, 5), rng.uniform(0.5, 3), n)
+            for indicator in kinds
+        ]
+        x = np.column_stack(columns)
+        x[rng.random(x.shape) < gaps] = np.nan
+        tables[f"s{k}"] = x
+    columns = [
+        EncodedColumn(f"c{j}", indicator, None if indicator else -20.0, None if indicator else 20.0)
+        for j, indicator in enumerate(kinds)
+    ]
+    return tables, columns, draw(st.integers(1, 8)), draw(st.sampled_from([0, 1]))
+
+
+def site_sums(tables, min_cell_size):
+    """What each site sends, as summarise_site computes it."""
+    return {
+        site: ColumnSums.of(x).suppress_small_cells(min_cell_size)
+        if len(x) >= min_cell_size
+        else None
+        for site, x in tables.items()
+    }
+
+
+def pooled_statistics(tables, columns, ddof, sites_of):
+    """Mean and scale of the pooled rows of the sites ``sites_of(j)`` column by column."""
+    mean, scale = [], []
+    for j, column in enumerate(columns):
+        values = np.concatenate([tables[s][:, j] for s in sites_of(j)])
+        values = values[~np.isnan(values)]
+        mean.append(values.mean() if len(values) else np.nan)
+        sd = values.std(ddof=ddof) if len(values) > ddof else 0.0
+        scale.append(1.0 if column.indicator or sd <= 1e-12 else sd)
+    return np.array(mean), np.array(scale)
+
+
+@settings(max_examples=150, deadline=None)
+@given(multi_site_tables())
+def test_federated_statistics_are_pooled_or_departures_say_exactly_where_not(case):
+    tables, columns, min_cell_size, ddof = case
+    sums = site_sums(tables, min_cell_size)
+    statistics = federate(sums, columns, ddof=ddof)
+    reported = {(site, d.column) for d in statistics.departures for site in d.withheld_at}
+    sent_nothing = {
+        (site, c.name)
+        for site, part in sums.items()
+        for j, c in enumerate(columns)
+        if part is None or part.count[j] == 0
+    }
+    assert reported == sent_nothing
+    withheld = {  # cells with values that disclosure control kept at the site
+        (site, c.name)
+        for site, x in tables.items()
+        for j, c in enumerate(columns)
+        if (~np.isnan(x[:, j])).any() and (site, c.name) in sent_nothing
+    }
+    everywhere = {d.column for d in statistics.departures if d.withheld_at == tuple(sums)}
+    kept = [j for j, c in enumerate(columns) if c.name not in everywhere]
+
+    def contributing(j):
+        return [s for s in tables if (s, columns[j].name) not in sent_nothing]
+
+    federated = statistics.standardizer
+    mean, scale = pooled_statistics(tables, columns, ddof, lambda j: contributing(j) or tables)
+    np.testing.assert_allclose(federated.mean[kept], mean[kept], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(federated.scale[kept], scale[kept], rtol=1e-7, atol=1e-9)
+    if not withheld:  # nothing withheld: exactly the statistics of all pooled rows
+        mean, scale = pooled_statistics(tables, columns, ddof, lambda j: tables)
+        np.testing.assert_allclose(federated.mean[kept], mean[kept], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(federated.scale[kept], scale[kept], rtol=1e-7, atol=1e-9)
+    for j, column in enumerate(columns):
+        if column.name in everywhere:  # withheld at every site: the stated fallback
+            expected = (0.0, 1.0) if column.indicator else (0.0, 10.0)
+            assert (federated.mean[j], federated.scale[j]) == expected
+
+
+def test_nothing_withheld_gives_the_pooled_statistics_and_no_departures():
+    tables = {f"s{k}": x for k, x in enumerate(sites())}
+    columns = [EncodedColumn("age", False, 0, 100), EncodedColumn("smoker", True)]
+    statistics = federate(site_sums(tables, 1), columns)
+    assert statistics.departures == ()
+    pooled = np.vstack(list(tables.values()))
+    np.testing.assert_allclose(statistics.standardizer.mean, np.nanmean(pooled, axis=0))
+    assert statistics.standardizer.scale[1] == 1.0  # indicators are centred, not scaled
+    scaled = federate(site_sums(tables, 1), columns, scale_indicators=True)
+    np.testing.assert_allclose(scaled.standardizer.scale, np.nanstd(pooled, axis=0))
+
+
+def test_a_small_site_withholding_a_rare_level_is_stated():
+    rng = np.random.default_rng(3)
+    big = np.column_stack([rng.normal(50, 10, 200), (rng.random(200) < 0.2).astype(float)])
+    small = np.column_stack([rng.normal(70, 10, 30), np.r_[np.ones(3), np.zeros(27)]])
+    columns = [EncodedColumn("age", False, 0, 100), EncodedColumn("rare", True)]
+    statistics = federate(site_sums({"big": big, "small": small}, 10), columns)
+    (departure,) = statistics.departures
+    assert departure.column == "rare" and departure.withheld_at == ("small",)
+    assert departure.used == "share of ones of big only"
+    assert statistics.standardizer.mean[1] == pytest.approx(big[:, 1].mean())

@@ -23,8 +23,9 @@ from flwr.common.serde import recorddict_to_proto
 from lhs_federated.apps import records
 from lhs_federated.governance.site_folder import error_digest
 
-#: The MetricRecord key under which a site reports the privacy budget it has spent.
-EPSILON = "epsilon"
+#: The MetricRecord key under which a site reports the privacy budget it has spent:
+#: the one key the ClientApp sends (a second spelling here once left every ledger blank).
+EPSILON = records.DP_EPSILON
 
 
 @dataclass(frozen=True)

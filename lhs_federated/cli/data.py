@@ -106,7 +106,7 @@ def _validation_settings(
 ) -> tuple[DataContract, PrivacySpec, int, float, tuple[str, str]]:
     """The contract and site thresholds: the study's if named, else the defaults."""
     if study_path is not None:
-        from lhs_federated.cli.simulate import load_with_overrides
+        from lhs_federated.cli.study_input import load_with_overrides
 
         study = load_with_overrides(study_path, [])
         resolved = contract_from(contract, base_dir=None) if contract else study.contract

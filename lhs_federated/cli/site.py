@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lhs_federated.cli.simulate import load_with_overrides
+from lhs_federated.cli.study_input import load_with_overrides
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.code import fab_hash, installed_code_hash
 from lhs_federated.governance.keys import fingerprint

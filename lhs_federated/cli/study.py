@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lhs_federated.cli.simulate import load_with_overrides
+from lhs_federated.cli.study_input import load_with_overrides
 
 app = typer.Typer(help="Inspect studies.", no_args_is_help=True)
 console = Console(highlight=False)

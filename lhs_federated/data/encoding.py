@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lhs_federated.data.contract import DataContract, Feature, Level
+from lhs_federated.data.statistics import EncodedColumn
 from lhs_federated.data.validation import matches_levels, validate_table
 from lhs_federated.errors import DataError
 
@@ -65,6 +66,21 @@ def encoded_feature_names(contract: DataContract, one_hot: OneHot) -> list[str]:
     return names
 
 
+def encoded_columns(contract: DataContract, one_hot: OneHot) -> list[EncodedColumn]:
+    """The encoded columns as the coordinator knows them: name, kind, valid range."""
+    columns: list[EncodedColumn] = []
+    names = iter(encoded_feature_names(contract, one_hot))
+    for feature in contract.features:
+        if feature.type == "numeric":
+            columns.append(EncodedColumn(next(names), False, feature.min, feature.max))
+            continue
+        kept = 1
+        if feature.type == "categorical":
+            kept = len(feature.levels or ()) - (1 if one_hot == "drop-first" else 0)
+        columns += [EncodedColumn(next(names), True) for _ in range(kept)]
+    return columns
+
+
 def prepare_table(
     table: pd.DataFrame, contract: DataContract, *, site: str, source: str, one_hot: OneHot
 ) -> SiteTable:
@@ -79,7 +95,22 @@ def prepare_table(
     """
     validate_table(table, contract, file=source).raise_for_errors()
     features = encode_features(table, contract, one_hot)
-    keep = np.ones(len(table), dtype=bool)
+    outcome = matches_levels(table[contract.outcome.column], contract.outcome.positive)
+    return finish_table(features, outcome.to_numpy(dtype=np.int64), contract, site, source)
+
+
+def finish_table(
+    features: np.ndarray, outcome: np.ndarray, contract: DataContract, site: str, source: str
+) -> SiteTable:
+    """A validated site's encoded rows after its missing-value policy.
+
+    Raises
+    ------
+    DataError
+        If no rows (or only one outcome class) remain after dropping rows with
+        missing values.
+    """
+    keep = np.ones(len(outcome), dtype=bool)
     if contract.missing == "drop-row":
         keep = ~np.isnan(features).any(axis=1)
     n_dropped = int((~keep).sum())
@@ -89,8 +120,7 @@ def prepare_table(
             f"{n_dropped} rows with a missing feature value (contract: missing = "
             "'drop-row'). Fill the gaps or use missing = 'impute'."
         )
-    outcome = matches_levels(table[contract.outcome.column], contract.outcome.positive)
-    outcome = outcome.to_numpy(dtype=np.int64)[keep]
+    outcome = outcome[keep]
     if outcome.min() == outcome.max():
         raise DataError(
             f"site {site!r} ({source}): after dropping rows with missing values only "

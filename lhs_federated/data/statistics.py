@@ -4,12 +4,33 @@ Each site sends, per encoded column, the count of observed values, their sum
 and their sum of squares. Adding these over sites gives exactly the pooled mean
 and (population) standard deviation, so standardisation and mean imputation
 match what pooling the rows would give, without any row leaving a site.
+
+Disclosure control makes a site withhold a column whose count, or whose number
+of ones or zeros, is below its minimum cell size. The statistics then depart
+from the pooled ones, and :func:`federate` says so, column by column
+(:class:`Departure`: which sites were left out and what was used instead),
+rather than averaging silently over whatever is left. Two rules keep the
+departures harmless:
+
+- binary and one-hot columns are centred but not divided by their SD (unless
+  a study asks): a rare level's SD is tiny and would blow its ones up, and its
+  share of ones is the small count sites withhold; so the withheld cells
+  touch only the value a missing indicator is imputed with (and centred by,
+  which the model's intercept absorbs);
+- a column withheld at every site falls back explicitly: a numeric column to
+  the centre and a quarter of the width of the contract's valid range (public
+  knowledge), anything else to 0 and 1; the fallback is a departure too.
+
+Secure aggregation of the sums (sites mask their sums so the coordinator sees
+only the total, and the rule can apply to the total instead) is the route to
+no departures at all; it is not done here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +93,9 @@ class Standardizer:
     scale: np.ndarray
 
     @classmethod
-    def from_sums(cls, sums: ColumnSums, *, ddof: int = 0) -> Standardizer:
+    def from_sums(
+        cls, sums: ColumnSums, *, ddof: int = 0, unscaled: np.ndarray | None = None
+    ) -> Standardizer:
         """Global (or one site's) statistics from summed counts.
 
         A column no site could report (all withheld or all missing) gets mean
@@ -85,6 +108,9 @@ class Standardizer:
         ddof : int
             0 divides the sum of squared deviations by n (population variance);
             1 by n - 1 (sample variance, torch's and FLamby's convention).
+        unscaled : ndarray of bool, optional
+            Columns centred but not divided by their SD (scale 1): binary and
+            one-hot columns by default (see :func:`federate`).
         """
         count = np.maximum(sums.count, 1.0)
         mean = np.where(sums.count > 0, sums.total / count, 0.0)
@@ -92,6 +118,8 @@ class Standardizer:
         variance = squares / np.maximum(sums.count - ddof, 1.0)
         scale = np.sqrt(variance)
         scale = np.where((sums.count > 0) & (scale > 1e-12), scale, 1.0)
+        if unscaled is not None:
+            scale = np.where(unscaled, 1.0, scale)
         return cls(mean, scale)
 
     @classmethod
@@ -103,3 +131,114 @@ class Standardizer:
         """Impute NaN with the mean, then centre and scale (float32 for torch)."""
         filled = np.where(np.isnan(features), self.mean, features)
         return ((filled - self.mean) / self.scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class EncodedColumn:
+    """What the coordinator knows of an encoded column before any site answers.
+
+    Attributes
+    ----------
+    name : str
+        The encoded column's name (``feature`` or ``feature=level``).
+    indicator : bool
+        A binary feature or one level of a categorical feature (0/1).
+    low, high : float or None
+        A numeric feature's valid range from the contract.
+    """
+
+    name: str
+    indicator: bool
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class Departure:
+    """One column whose global statistics differ from the pooled rows' statistics.
+
+    Attributes
+    ----------
+    column : str
+        The encoded column.
+    withheld_at : tuple of str
+        Sites whose values the statistics leave out (the site withheld the
+        column's sums below its minimum cell size, or had no values in it).
+    used : str
+        What the statistics were computed from instead.
+    """
+
+    column: str
+    withheld_at: tuple[str, ...]
+    used: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The departure as ``summary.json`` records it."""
+        return {"column": self.column, "withheld_at": list(self.withheld_at), "used": self.used}
+
+
+@dataclass(frozen=True)
+class FederatedStatistics:
+    """The global preprocessing statistics and every departure from the pooled ones."""
+
+    standardizer: Standardizer
+    departures: tuple[Departure, ...]
+
+
+def federate(
+    sums: Mapping[str, ColumnSums | None],
+    columns: Sequence[EncodedColumn],
+    *,
+    ddof: int = 0,
+    scale_indicators: bool = False,
+) -> FederatedStatistics:
+    """Global means and scales from the sites' sums, with every departure stated.
+
+    Parameters
+    ----------
+    sums : mapping of site name to ColumnSums or None
+        What each site sent (``None``: no sums, e.g. fewer rows than its
+        minimum cell size), with withheld columns as zero counts.
+    columns : sequence of EncodedColumn
+        The encoded columns, in model input order.
+    ddof : int
+        Delta degrees of freedom of the scales (see :meth:`Standardizer.from_sums`).
+    scale_indicators : bool
+        Also divide binary and one-hot columns by their SD.
+
+    Returns
+    -------
+    FederatedStatistics
+        The statistics; with nothing withheld they equal the pooled rows'
+        statistics and ``departures`` is empty.
+    """
+    width = len(columns)
+    sent = {site: part for site, part in sums.items() if part is not None}
+    zero = ColumnSums(np.zeros(width), np.zeros(width), np.zeros(width))
+    total = ColumnSums.combine([zero, *sent.values()])
+    indicator = np.array([c.indicator for c in columns], dtype=bool)
+    standardizer = Standardizer.from_sums(
+        total, ddof=ddof, unscaled=None if scale_indicators else indicator
+    )
+    mean, scale = standardizer.mean.copy(), standardizer.scale.copy()
+    departures = []
+    for j, column in enumerate(columns):
+        missing = tuple(site for site, part in sums.items() if part is None or part.count[j] <= 0)
+        if not missing:
+            continue
+        contributing = [site for site in sums if site not in missing]
+        if contributing:
+            what = "share of ones" if column.indicator else "mean and SD"
+            used = f"{what} of {', '.join(contributing)} only"
+        elif not column.indicator and column.low is not None and column.high is not None:
+            mean[j] = (column.low + column.high) / 2
+            scale[j] = (column.high - column.low) / 4 or 1.0
+            used = (
+                f"withheld at every site: centre {mean[j]:g} and scale {scale[j]:g} from the "
+                f"contract's range [{column.low:g}, {column.high:g}]"
+            )
+        else:
+            mean[j], scale[j] = 0.0, 1.0
+            used = "withheld at every site: used unscaled, missing values imputed with 0"
+        departures.append(Departure(column.name, missing, used))
+    return FederatedStatistics(Standardizer(mean, scale), tuple(departures))

@@ -36,6 +36,8 @@ from lhs_federated.deploy.app_bundle import write_bundle_dir
 from lhs_federated.deploy.certs import check_certificate, check_private_mode
 from lhs_federated.deploy.server_config import ServerConfig
 from lhs_federated.errors import ConfigError, LhsError, StudyRunError
+from lhs_federated.governance.run_files import GOVERNANCE_DIR, ledger_closed
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, load_study
 
@@ -219,6 +221,9 @@ def write_registered_nodes(config: ServerConfig, nodes: dict[str, str]) -> None:
 def start_server(config: ServerConfig) -> None:
     """Check, start, register sites and supervise the SuperLink (foreground).
 
+    What it waits for is reported as progress events: the SuperLink coming
+    up, the sites registered, then the sites online (counts) until all are.
+
     Raises
     ------
     ConfigError, LhsError
@@ -234,6 +239,11 @@ def start_server(config: ServerConfig) -> None:
     umask = os.umask(0o077)
     superlink = processes.start_process(superlink_args(config, paths), log=paths.log, env=env)
     host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
+    report_progress(
+        ProgressEvent(
+            "waiting", f"waiting for the SuperLink on {config.address}", {"step": "superlink"}
+        )
+    )
     try:
         processes.wait_until(
             lambda: processes.port_open(host, config.server.port),
@@ -243,6 +253,13 @@ def start_server(config: ServerConfig) -> None:
             log=paths.log,
         )
         write_connection(config, paths)
+        report_progress(
+            ProgressEvent(
+                "waiting",
+                f"SuperLink up (pid {superlink.pid}); registering {len(config.sites)} sites",
+                {"step": "register", "sites_total": len(config.sites)},
+            )
+        )
         nodes = {
             name: register_site(config, name, config.resolve(key))
             for name, key in config.sites.items()
@@ -250,7 +267,15 @@ def start_server(config: ServerConfig) -> None:
         write_registered_nodes(config, nodes)
         processes.write_pid_file(paths.pid, os.getpid())
         paths.ready.write_text(f"{time.time()}\n")
-        _wait_for_stop(superlink)
+        report_progress(
+            ProgressEvent(
+                "waiting",
+                f"coordinator ready on {config.address}: {len(nodes)}/{len(config.sites)} "
+                "sites registered; waiting for them to come online",
+                {"step": "sites", "sites_registered": len(nodes)},
+            )
+        )
+        _wait_for_stop(superlink, while_waiting=OnlineWatch(config, nodes))
     finally:
         os.umask(umask)
         processes.stop_process(superlink)
@@ -258,7 +283,56 @@ def start_server(config: ServerConfig) -> None:
             marker.unlink(missing_ok=True)
 
 
-def _wait_for_stop(process: subprocess.Popen) -> None:
+class OnlineWatch:
+    """Reports the sites coming online, until all are.
+
+    Asks the SuperLink (``flwr supernode ls``, a process each time) every few
+    seconds, then less often while nothing changes (up to once a minute), and
+    stops asking once every site is online: a coordinator that serves for
+    weeks does not keep starting processes to tell nobody.
+    """
+
+    FIRST, LONGEST = 5.0, 60.0
+
+    def __init__(self, config: ServerConfig, nodes: dict[str, str]) -> None:
+        self.config = config
+        self.names = {node: name for name, node in nodes.items()}
+        self.every = self.FIRST
+        self.next_ask = time.monotonic()
+        self.online: list[str] | None = None
+        self.done = False
+
+    def __call__(self) -> None:
+        """Ask the SuperLink if it is time to; report a changed count."""
+        if self.done or time.monotonic() < self.next_ask:
+            return
+        try:
+            listed = flwr(self.config, "supernode", "ls", CONNECTION, timeout=30.0)["nodes"]
+        except (LhsError, subprocess.TimeoutExpired):
+            listed = []
+        online = sorted(
+            self.names.get(str(n.get("node-id")), str(n.get("node-id")))
+            for n in listed
+            if n.get("status") == "online"
+        )
+        total = len(self.config.sites)
+        if online != self.online:
+            self.online, self.every = online, self.FIRST
+            report_progress(
+                ProgressEvent(
+                    "sites-online",
+                    f"{len(online)}/{total} sites online"
+                    + (f": {', '.join(online)}" if online else ""),
+                    {"sites_online": len(online), "sites_total": total, "online": online},
+                )
+            )
+        else:
+            self.every = min(self.every * 2, self.LONGEST)
+        self.done = len(online) >= total
+        self.next_ask = time.monotonic() + self.every
+
+
+def _wait_for_stop(process: subprocess.Popen, *, while_waiting: Callable[[], None]) -> None:
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -268,6 +342,7 @@ def _wait_for_stop(process: subprocess.Popen) -> None:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not stopping and process.poll() is None:
+            while_waiting()
             time.sleep(0.2)
     finally:
         for sig, handler in previous.items():
@@ -375,7 +450,8 @@ def wait_for_run(
     summary_path, failure = run.out_dir / "summary.json", run.out_dir / "failure.json"
     # The ServerApp writes summary.json or failure.json when the run ends; asking the
     # SuperLink (a `flwr` process each time) is only for runs that end without either.
-    while time.monotonic() < deadline and not summary_path.exists() and not failure.exists():
+    # summary.json comes before the ledger's seal: wait for the seal (or a failure).
+    while time.monotonic() < deadline and not _run_over(run.out_dir):
         if time.monotonic() >= next_check:
             runs = flwr(config, "ls", CONNECTION, "--run-id", run.run_id)["runs"]
             status = str(runs[0]["status"]) if runs else "unknown"
@@ -396,6 +472,13 @@ def wait_for_run(
             f"run {run.run_id} did not finish within {timeout:g} s (status {status})."
         )
     raise StudyRunError(f"run {run.run_id} ended ({status}) without results in {run.out_dir}.")
+
+
+def _run_over(run_dir: Path) -> bool:
+    """The run's ledger is closed, or it failed before opening one."""
+    if ledger_closed(run_dir):
+        return True
+    return (run_dir / "failure.json").exists() and not (run_dir / GOVERNANCE_DIR).exists()
 
 
 def server_status(config: ServerConfig) -> dict[str, Any]:

@@ -26,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
-
 from lhs_federated.data.contract import contract_from
 from lhs_federated.data.io import read_table
 from lhs_federated.data.validation import validate_table
@@ -35,6 +33,7 @@ from lhs_federated.deploy import processes
 from lhs_federated.deploy.certs import check_certificate, check_site_key
 from lhs_federated.errors import ConfigError, LhsError
 from lhs_federated.governance.site_folder import SiteFolder
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.site_config import SiteConfig
 
 LOGGER = logging.getLogger("lhs_federated.site")
@@ -250,6 +249,14 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
         children = _first_launch(config, paths, stop, timeout=timeout)
         processes.write_pid_file(paths.pid, os.getpid())
         paths.ready.write_text(f"{time.time()}\n")
+        report_progress(
+            ProgressEvent(
+                "started",
+                f"site {config.site.name} joined the coordinator at "
+                f"{config.coordinator.address}; serving until stopped",
+                {"site": config.site.name, "address": config.coordinator.address},
+            )
+        )
         relaunch = functools.partial(_launch, config, paths, timeout=timeout)
         supervise(children, relaunch, stop, paths, config.site.name)
     finally:
@@ -307,10 +314,18 @@ def supervise(
         _stop_all(children)
 
 
-# Flower's SuperLink counts a node online until HEARTBEAT_PATIENCE heartbeat
-# intervals after its last heartbeat and refuses to activate it again before.
-_ONLINE_AFTER_LAST_HEARTBEAT = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL
 _ALIVE_EVERY = 5.0
+
+
+def _online_after_last_heartbeat() -> float:
+    """How long Flower's SuperLink counts a node online after its last heartbeat.
+
+    It refuses to activate the node again before. Imported here, not at the
+    top: ``site check`` loads this module and must not wait for Flower.
+    """
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
+
+    return HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL
 
 
 def _mark_alive(paths: SitePaths) -> None:
@@ -335,7 +350,7 @@ def _first_launch(
         if not paths.alive.exists():
             raise
         last_alive = paths.alive.stat().st_mtime
-        wait = last_alive + _ALIVE_EVERY + _ONLINE_AFTER_LAST_HEARTBEAT + 1 - time.time()
+        wait = last_alive + _ALIVE_EVERY + _online_after_last_heartbeat() + 1 - time.time()
         if wait <= 0:
             raise
         LOGGER.warning(

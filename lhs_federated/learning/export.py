@@ -22,11 +22,11 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from lhs_federated.data.encoding import encode_features, encoded_feature_names
-from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.data.statistics import Standardizer
 from lhs_federated.data.validation import validate_table
 from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import set_arrays
-from lhs_federated.learning.site import variance_ddof
+from lhs_federated.learning.site import own_standardizer
 from lhs_federated.learning.training import predict_proba
 from lhs_federated.study import Study, read_resolved_study
 
@@ -119,9 +119,7 @@ class ReleasedModel:
         contract = self.study.contract
         validate_table(table, contract, file=source, with_outcome=False).raise_for_errors()
         features = encode_features(table, contract, self.study.preprocessing.one_hot)
-        standardizer = self.standardizer or Standardizer.from_sums(
-            ColumnSums.of(features), ddof=variance_ddof(self.study)
-        )
+        standardizer = self.standardizer or own_standardizer(self.study, features)
         model = build_model(self.study.model, features.shape[1], seed=self.study.seed)
         set_arrays(model, self.arrays)
         probability = predict_proba(model, standardizer.transform(features))

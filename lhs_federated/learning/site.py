@@ -14,10 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from lhs_federated.data.encoding import encoded_feature_names
+from lhs_federated.data.encoding import encoded_columns, encoded_feature_names
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.split import site_seed
-from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.data.statistics import (
+    ColumnSums,
+    FederatedStatistics,
+    Standardizer,
+    federate,
+)
 from lhs_federated.errors import StudyRunError
 from lhs_federated.learning.metrics import MetricReport, clinical_metrics
 from lhs_federated.learning.models import build_model
@@ -70,13 +75,24 @@ def summarise_site(site: SiteData, study: Study, *, min_cell_size: int) -> SiteS
     )
 
 
+def min_test_cases(study: Study) -> int:
+    """Test rows, and cases of each class, a site needs to count in the federation's means."""
+    return study.evaluation.min_test_cases or study.sites.min_cell_size
+
+
 def variance_ddof(study: Study) -> int:
     """Delta degrees of freedom of the study's scales (0: divide by n, 1: by n - 1)."""
     return 1 if study.preprocessing.std_divisor == "n-1" else 0
 
 
-def federated_standardizer(study: Study, summaries: Iterable[SiteSummary]) -> Standardizer | None:
-    """Global means and scales from the sites' column sums (federated scaling).
+def federated_statistics(
+    study: Study, summaries: Iterable[SiteSummary]
+) -> FederatedStatistics | None:
+    """Global means and scales from the sites' column sums, with their departures.
+
+    ``None`` unless the study uses federated scaling. Departures from the
+    pooled statistics (columns some sites withheld) are listed, never hidden
+    (see :func:`lhs_federated.data.statistics.federate`).
 
     Raises
     ------
@@ -85,13 +101,40 @@ def federated_standardizer(study: Study, summaries: Iterable[SiteSummary]) -> St
     """
     if study.preprocessing.scaling != "federated":
         return None
-    parts = [s.sums for s in summaries if s.sums is not None]
-    if not parts:
+    sums = {s.name: s.sums for s in summaries}
+    if all(part is None for part in sums.values()):
         raise StudyRunError(
             "federated scaling needs column sums from at least one site, but every "
             "site withheld them (each has fewer rows than its minimum cell size)."
         )
-    return Standardizer.from_sums(ColumnSums.combine(parts), ddof=variance_ddof(study))
+    return federate(
+        sums,
+        encoded_columns(study.contract, study.preprocessing.one_hot),
+        ddof=variance_ddof(study),
+        scale_indicators=study.preprocessing.indicators == "standardised",
+    )
+
+
+def federated_standardizer(study: Study, summaries: Iterable[SiteSummary]) -> Standardizer | None:
+    """The standardizer of :func:`federated_statistics` (``None`` unless federated)."""
+    statistics = federated_statistics(study, summaries)
+    return None if statistics is None else statistics.standardizer
+
+
+def own_standardizer(study: Study, features: np.ndarray) -> Standardizer:
+    """Statistics of one table's own rows, under the study's rule for indicator columns.
+
+    A site's own scaling (``scaling = "site"``), the pooled baseline's
+    (``pooled_scaling = "pooled"``) and a released model applied to a new
+    table under per-site scaling all use it.
+    """
+    unscaled = None
+    if study.preprocessing.indicators == "centred":
+        columns = encoded_columns(study.contract, study.preprocessing.one_hot)
+        unscaled = np.array([c.indicator for c in columns], dtype=bool)
+    return Standardizer.from_sums(
+        ColumnSums.of(features), ddof=variance_ddof(study), unscaled=unscaled
+    )
 
 
 def site_standardizer(study: Study, site: SiteData, federated: Standardizer | None) -> Standardizer:
@@ -102,7 +145,7 @@ def site_standardizer(study: Study, site: SiteData, federated: Standardizer | No
             raise ValueError("federated scaling needs the server's statistics in the message")
         return federated
     if scaling == "site":
-        return Standardizer.from_sums(ColumnSums.of(site.train.features), ddof=variance_ddof(study))
+        return own_standardizer(study, site.train.features)
     return Standardizer.identity(site.train.features.shape[1])
 
 

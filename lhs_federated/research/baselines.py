@@ -37,9 +37,9 @@ import numpy as np
 
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.split import site_seed
-from lhs_federated.data.statistics import ColumnSums, Standardizer
+from lhs_federated.data.statistics import Standardizer
 from lhs_federated.learning.models import build_model
-from lhs_federated.learning.site import n_features, variance_ddof
+from lhs_federated.learning.site import n_features, own_standardizer
 from lhs_federated.learning.training import planned_steps, train_local
 from lhs_federated.study import Study, TrainingSpec
 
@@ -149,8 +149,7 @@ def pooled_training_rows(
     outcome = np.concatenate([s.train.outcome for s in sites])
     if study.baselines.pooled_scaling == "pooled":
         raw = np.vstack([s.train.features for s in sites])
-        pooled = Standardizer.from_sums(ColumnSums.of(raw), ddof=variance_ddof(study))
-        return pooled.transform(raw), outcome
+        return own_standardizer(study, raw).transform(raw), outcome
     scaled = [standardizers[s.name].transform(s.train.features) for s in sites]
     return np.vstack(scaled), outcome
 
