@@ -506,6 +506,12 @@ def check_study(study: Study, *, source: str) -> Study:
             "its drift correction is not part of the DP-SGD step Opacus accounts for. "
             "Use fedavg or fedprox with sample-level DP."
         )
+    if study.strategy.name == "fedavg-ft" and study.privacy.mode != "none":
+        raise ConfigError(
+            f"{source}: strategy.name = 'fedavg-ft' cannot run with privacy.mode = "
+            f"{study.privacy.mode!r}: its local fine-tuning before each evaluation trains on "
+            "the site's rows outside the DP guarantee. Use fedavg (or fedprox) with DP."
+        )
     if study.data.source in ("uci-heart", "folder") and study.data.path is None:
         raise ConfigError(
             f"{source}: data.source = {study.data.source!r} needs data.path, the folder "
