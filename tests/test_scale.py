@@ -151,7 +151,7 @@ def test_vectorised_cross_site_matrix_equals_full_metrics_per_pair(small_study):
     standardizers = {s.name: site_standardizer(study, s, None) for s in sites}
     models = train_baselines(study, sites, standardizers)
     arrays = [models[local_name(s.name)].arrays for s in sites]
-    matrix = score_cross_site(study, sites, arrays, standardizers)
+    matrix = score_cross_site(study, sites, arrays, standardizers, min_cell_size=1)
     for i, trained in enumerate(sites):
         for j, at in enumerate(sites):
             risk = predict_at_site(study, arrays[i], at.test.features, standardizers[at.name])
@@ -162,3 +162,12 @@ def test_vectorised_cross_site_matrix_equals_full_metrics_per_pair(small_study):
                 assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(
                     expected, abs=1e-12
                 ), (trained.name, at.name, metric)
+    cell = int(np.median([len(s.test.outcome) for s in sites])) + 1
+    guarded = score_cross_site(study, sites, arrays, standardizers, min_cell_size=cell)
+    for j, at in enumerate(sites):
+        if len(at.test.outcome) < cell:  # no figure on fewer rows than the cell size
+            assert np.isnan(guarded.values["accuracy"][:, j]).all()
+    assert any(len(s.test.outcome) < cell for s in sites)
+    for i, trained in enumerate(sites):
+        if len(trained.train.outcome) < cell:
+            assert np.isnan(guarded.values["accuracy"][i]).all()

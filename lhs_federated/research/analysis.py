@@ -43,6 +43,7 @@ from lhs_federated.learning.site import (
     site_standardizer,
     summarise_site,
 )
+from lhs_federated.privacy.egress import suppress_evaluation
 from lhs_federated.research.baselines import POOLED, local_name, train_baselines
 from lhs_federated.research.cross_site import (
     CROSS_SITE_FILE,
@@ -123,15 +124,22 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     scores = {name: _score(study, sites, by_site) for name, by_site in predictions.items()}
     cross = None
     if baselines:  # local models: full metrics at home, the matrix's metrics everywhere
+        cell = study.sites.min_cell_size
         cross = score_cross_site(
-            study, sites, [baselines[local_name(s.name)].arrays for s in sites], standardizers
+            study,
+            sites,
+            [baselines[local_name(s.name)].arrays for s in sites],
+            standardizers,
+            min_cell_size=cell,
         )
         for i, site in enumerate(sites):
             name = local_name(site.name)
             home = predict_at_site(
                 study, baselines[name].arrays, site.test.features, standardizers[site.name]
             )
-            report = score_predictions(study, site.test.outcome, home)
+            report = _guarded(
+                score_predictions(study, site.test.outcome, home), cell, baselines[name].n_rows
+            )
             scores[name] = ModelScores({site.name: report}, _matrix_report(cross, i, sites))
             for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
                 cross.values[metric][i, i] = report.values[metric]
@@ -165,6 +173,20 @@ def _score(study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray]) 
     outcome = np.concatenate([s.test.outcome for s in sites])
     everything = np.concatenate([by_site[s.name] for s in sites])
     return ModelScores(per_site, score_predictions(study, outcome, everything))
+
+
+def _guarded(report: MetricReport, cell: int, trained_on: int) -> MetricReport:
+    """A report under a site's disclosure control; all withheld if the model saw few rows."""
+    if trained_on < cell:
+        reason = f"withheld: model trained on fewer rows than the minimum cell size ({cell})"
+        return MetricReport(
+            {m: float("nan") for m in report.values}, dict.fromkeys(report.values, reason)
+        )
+    return MetricReport(
+        *suppress_evaluation(
+            report.values, report.undefined, n_key="n", weight_keys=(), min_cell_size=cell
+        )
+    )
 
 
 def _matrix_report(cross: CrossSiteMatrix, i: int, sites: list[SiteData]) -> MetricReport:

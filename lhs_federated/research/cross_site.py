@@ -8,7 +8,7 @@ a block of models is scored at a site at once
 K predictions and K x (K / block) vectorised scorings. Only the matrix's
 metrics (:data:`CROSS_SITE_METRICS`) are computed off the diagonal; the
 diagonal (a site's own model at home) is the site's full metric report, so the
-two always agree.
+two always agree. Cells on fewer rows than the minimum cell size are withheld.
 
 The matrix is written as ``cross_site.csv`` (one row per metric and model, one
 column per site where it is scored, and ``all-sites``); ``summary.json`` keeps
@@ -72,10 +72,15 @@ def score_cross_site(
     sites: list[SiteData],
     models: list[dict[str, np.ndarray]],
     standardizers: dict[str, Standardizer],
+    *,
+    min_cell_size: int,
 ) -> CrossSiteMatrix:
     """Score every site's local model (``models[i]`` for ``sites[i]``) at every site.
 
-    Each row is scaled as its own site scales it, as in the federation.
+    Each row is scaled as its own site scales it, as in the federation. Under
+    the disclosure control of a site's replies, a cell is withheld (NaN) when
+    the site where it is scored has fewer test rows than ``min_cell_size``, and
+    a whole row when its model was trained on fewer rows than that.
     """
     features = np.vstack([standardizers[s.name].transform(s.test.features) for s in sites])
     outcome = np.concatenate([s.test.outcome for s in sites]).astype(np.int64)
@@ -97,6 +102,12 @@ def score_cross_site(
             values["accuracy"][block, j] = accuracy_columns(outcome[rows], risks[rows], threshold)
         all_sites["auroc"][block] = auroc_columns(outcome, risks)
         all_sites["accuracy"][block] = accuracy_columns(outcome, risks, threshold)
+    few_test = np.array([len(s.test.outcome) < min_cell_size for s in sites])
+    few_train = np.array([len(s.train.outcome) < min_cell_size for s in sites])
+    for metric in CROSS_SITE_METRICS:
+        values[metric][:, few_test] = np.nan
+        values[metric][few_train, :] = np.nan
+        all_sites[metric][few_train] = np.nan
     return CrossSiteMatrix([s.name for s in sites], values, all_sites)
 
 
