@@ -171,3 +171,20 @@ def test_vectorised_cross_site_matrix_equals_full_metrics_per_pair(small_study):
     for i, trained in enumerate(sites):
         if len(trained.train.outcome) < cell:
             assert np.isnan(guarded.values["accuracy"][i]).all()
+
+
+def test_report_of_200_sites_is_written_small_and_summarised(tmp_path, small_study):
+    from lhs_federated import simulate
+
+    study = small_study.with_overrides(
+        {"rounds": 1, "data.synthetic.sites": 200, "data.synthetic.rows_per_site": 40}
+    )
+    results = simulate(study, out_dir=tmp_path / "run")
+    page = (results.out_dir / "report.html").read_text(encoding="utf-8")
+    assert len(page.encode()) < 5_000_000
+    assert "200 sites: quantiles" in page and "smallest sites" in page
+    assert "best" in page and "worst" in page  # the heat map's ends, named
+    assert page.count("<tr>") < 400  # no table with a row per site
+    cross = pd.read_csv(results.out_dir / "cross_site.csv")
+    assert cross.shape == (2 * 200, 2 + 200 + 1)
+    assert "cross_site" not in results.summary["comparison"]  # too big for summary.json

@@ -45,12 +45,10 @@ from lhs_federated.learning.site import (
 )
 from lhs_federated.privacy.egress import suppress_evaluation
 from lhs_federated.research.baselines import POOLED, local_name, train_baselines
-from lhs_federated.research.cross_site import (
+from lhs_federated.research.cross_site import SUMMARY_MAX_SITES, CrossSiteMatrix, score_cross_site
+from lhs_federated.research.cross_site_file import (
     CROSS_SITE_FILE,
     CROSS_SITE_METRICS,
-    SUMMARY_MAX_SITES,
-    CrossSiteMatrix,
-    score_cross_site,
     write_cross_site,
 )
 from lhs_federated.results.writer import write_json
@@ -143,7 +141,7 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             scores[name] = ModelScores({site.name: report}, _matrix_report(cross, i, sites))
             for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
                 cross.values[metric][i, i] = report.values[metric]
-        write_cross_site(out_dir / CROSS_SITE_FILE, cross)
+        write_cross_site(out_dir / CROSS_SITE_FILE, cross.sites, cross.values, cross.all_sites)
 
     _write_comparison(out_dir / "comparison.csv", scores)
     _write_calibration(out_dir / "calibration.csv", study, sites, predictions[FEDERATED])
