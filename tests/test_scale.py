@@ -19,11 +19,11 @@ from lhs_federated.governance.verify import load_entries
 
 #: What differs between two runs of one study whatever the engine does: the run's and
 #: messages' random ids, record times (so each record's hash, chain link and signature),
-#: each run's new site keys and ledger ids, and the hashes of records a record cites (the
-#: approval, the coordinator ledger's final record): their hashes cover their times.
+#: each run's new site and coordinator keys and ledger ids, and the hashes of records a
+#: record cites (the approval, the coordinator ledger's final record): they cover times.
 PER_RUN_FIELDS = frozenset(
     {"run_id", "reply_to", "ledger_id", "public_key", "key_fingerprint"}
-    | {"approval", "registry_record", "final_hash"}
+    | {"approval", "registry_record", "final_hash", "coordinator_key"}
 )
 
 

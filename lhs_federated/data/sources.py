@@ -18,6 +18,7 @@ import pandas as pd
 
 from lhs_federated.data.encoding import SiteTable, encode_features, finish_table, prepare_table
 from lhs_federated.data.io import TABLE_SUFFIXES, read_table
+from lhs_federated.data.periods import periods_of, rows_in_periods
 from lhs_federated.data.split import split_site
 from lhs_federated.data.synthetic import generate_cohort
 from lhs_federated.data.uci_heart import load_uci_heart
@@ -160,17 +161,25 @@ def prepare_sites(raws: list[RawSite], study: Study) -> list[SiteData]:
     one). If the union breaks the contract anywhere, or a site would fail a
     rule that concerns a whole table (no rows, other columns, one outcome
     class, nothing left after dropping rows), the sites are prepared one by
-    one, so every error names its site and file exactly as before.
+    one, so every error names its site and file exactly as before. A study that
+    names periods prepares its sites one by one, each against the periods of
+    the whole data set.
 
     Raises
     ------
     DataError
         If any site's table breaks the contract (every failing site named).
     """
-    together = _prepare_together(raws, study)
+    dated = study.data.train_periods is not None or study.data.evaluate_periods is not None
+    together = None if dated else _prepare_together(raws, study)
     if together is not None:
         return together
-    return each_or_all_errors(lambda raw: prepare_site(raw, study), raws, what="sites")
+    data_range = (
+        periods_of([(r.table, r.name, r.source) for r in raws], study.contract) if dated else None
+    )
+    return each_or_all_errors(
+        lambda raw: prepare_site(raw, study, data_range=data_range), raws, what="sites"
+    )
 
 
 def _prepare_together(raws: list[RawSite], study: Study) -> list[SiteData] | None:
@@ -225,7 +234,7 @@ def each_or_all_errors(
     return results
 
 
-def prepare_site(raw: RawSite, study: Study) -> SiteData:
+def prepare_site(raw: RawSite, study: Study, *, data_range: list[str] | None = None) -> SiteData:
     """Validate, encode and split one site's raw table for ``study``.
 
     Simulated and deployed sites both go through here, so a deployed site's
@@ -233,15 +242,47 @@ def prepare_site(raw: RawSite, study: Study) -> SiteData:
     ``data.evaluate_on = "validation"`` the test rows are set aside untouched
     and a second split, seeded differently, carves the validation rows (which
     then play the test rows' part) out of the training rows.
+
+    A study that names periods uses only their rows (:mod:`lhs_federated.data.periods`):
+    ``train_periods`` alone are split as above; with ``evaluate_periods`` the
+    rows of the training periods all train (none: no training rows, as in a
+    monitoring study) and every row of the evaluation periods is a test row.
+    ``data_range`` is every period of the data set (all sites; default: this
+    table's own), against which named periods are checked.
     """
-    table = prepare_table(
-        raw.table,
-        study.contract,
-        site=raw.name,
-        source=raw.source,
-        one_hot=study.preprocessing.one_hot,
-    )
-    return _split(table, study, raw.name)
+    train_periods, evaluate_periods = study.data.train_periods, study.data.evaluate_periods
+    dated = train_periods is not None or evaluate_periods is not None
+    if dated and data_range is None:
+        data_range = periods_of([(raw.table, raw.name, raw.source)], study.contract)
+
+    def prepared(periods: tuple[str, ...] | None) -> SiteTable:
+        rows = raw.table
+        if periods is not None:
+            rows = rows_in_periods(
+                rows,
+                study.contract,
+                periods,
+                site=raw.name,
+                source=raw.source,
+                data_range=data_range or [],
+            )
+        return prepare_table(
+            rows,
+            study.contract,
+            site=raw.name,
+            source=raw.source,
+            one_hot=study.preprocessing.one_hot,
+        )
+
+    if evaluate_periods is not None:
+        test = prepared(evaluate_periods)
+        if train_periods is None:
+            width = test.features.shape[1]
+            train = SiteTable(raw.name, raw.source, np.empty((0, width)), np.empty(0, np.int64))
+        else:
+            train = prepared(train_periods)
+        return SiteData(raw.name, train, test)
+    return _split(prepared(train_periods), study, raw.name)
 
 
 def _split(table: SiteTable, study: Study, name: str) -> SiteData:

@@ -31,6 +31,7 @@ from lhs_federated.deploy import processes
 from lhs_federated.deploy.certs import check_certificate, check_site_key
 from lhs_federated.errors import ConfigError, LhsError
 from lhs_federated.governance.site_folder import SiteFolder
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.site_config import SiteConfig
 
 LOGGER = logging.getLogger("lhs_federated.site")
@@ -241,10 +242,20 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
     )
     stop = _StopFlag()
     children: list[subprocess.Popen] = []
+    # Ledgers, the privacy ledger, logs and Flower's state: the site's own, 0600.
+    umask = os.umask(0o077)
     try:
         children = _first_launch(config, paths, stop, timeout=timeout)
         processes.write_pid_file(paths.pid, os.getpid())
         paths.ready.write_text(f"{time.time()}\n")
+        report_progress(
+            ProgressEvent(
+                "started",
+                f"site {config.site.name} joined the coordinator at "
+                f"{config.coordinator.address}; serving until stopped",
+                {"site": config.site.name, "address": config.coordinator.address},
+            )
+        )
         pause = 5.0
         while True:
             while not stop.requested and all(child.poll() is None for child in children):
@@ -267,6 +278,7 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
             except LhsError as error:
                 LOGGER.warning("site %s could not rejoin: %s", config.site.name, error.message)
     finally:
+        os.umask(umask)
         stop.restore()
         _stop_all(children)
         for marker in (paths.ready, paths.pid, paths.alive):

@@ -13,9 +13,10 @@ ledger and each site's approvals registry. Every record carries:
 
 So changing, deleting, inserting or reordering a record breaks the chain or a
 signature, and forging a record needs the private key. Truncation is caught
-because a coordinator ledger must end with a closing record (``study-finished``
-or ``study-failed``), and because the final hash is written into
-``summary.json`` and into every site's ledger.
+because a coordinator ledger must end with a closing record (``results-sealed``
+or ``study-failed``), because ``summary.json`` names its ``study-finished``
+record and the seal after it, and because the final hash is written into
+every site's ledger.
 
 Appends are durable and safe across processes: each one takes an exclusive
 ``flock`` on the file, re-reads the last record, writes one line, then
@@ -61,13 +62,13 @@ TORN_RECOVERED = "torn-tail-recovered"
 
 #: The kinds that close a ledger of each role; a closing ledger must end with one.
 CLOSING_KINDS: dict[str, tuple[str, ...]] = {
-    "coordinator": ("study-finished", "study-failed"),
+    "coordinator": ("results-sealed", "study-failed"),
     "site": (),
     "approvals": (),
 }
 ROLES = tuple(CLOSING_KINDS)
 
-#: What :func:`verify_ledger` can find wrong, first problem only.
+#: What :func:`verify_ledger` can find wrong.
 PROBLEM_KINDS = (
     "modified",
     "deleted",
@@ -461,7 +462,8 @@ def _identity(fd: int) -> tuple[int, int, int, int]:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[int]:
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    # 0600: the owner's record, not world-readable.
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd

@@ -95,6 +95,9 @@ class SentMessage:
         Hash of the approval record that allowed the site to answer.
     detail : str or None
         The error reason (refusals, errors, crashes).
+    coordinator_key : str or None
+        Fingerprint of the key the coordinator says signs its ledger: pins the
+        key an auditor must verify the coordinator's ledger with.
     """
 
     run_id: int
@@ -110,6 +113,7 @@ class SentMessage:
     epsilon: float | None = None
     approval: str | None = None
     detail: str | None = None
+    coordinator_key: str | None = None
 
 
 def error_digest(code: int, reason: str) -> tuple[str, int]:
@@ -329,6 +333,7 @@ class SiteFolder:
         final_seq: int,
         final_hash: str,
         status: str,
+        coordinator_key: str | None = None,
     ) -> Entry:
         """Record the coordinator's final ledger hash of a study the site took part in.
 
@@ -346,6 +351,7 @@ class SiteFolder:
                     "final_seq": final_seq,
                     "final_hash": final_hash,
                     "status": status,
+                    "key_fingerprint": coordinator_key,
                 },
             },
         )

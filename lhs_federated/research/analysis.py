@@ -34,7 +34,12 @@ from typing import Any
 import numpy as np
 
 from lhs_federated.data.sources import SiteData, load_sites
-from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
+from lhs_federated.learning.metrics import (
+    MEAN_METRICS,
+    METRIC_NAMES,
+    MetricReport,
+    nan_weighted_mean,
+)
 from lhs_federated.learning.personalisation import fine_tuning_of, personalise
 from lhs_federated.learning.site import (
     federated_standardizer,
@@ -56,7 +61,7 @@ from lhs_federated.study import Study
 
 FEDERATED = "federated"
 ALL_SITES = "all-sites"
-COMPARED_METRICS = tuple(m for m in METRIC_NAMES if m not in ("n", "prevalence"))
+COMPARED_METRICS = tuple(m for m in MEAN_METRICS if m != "prevalence")
 COMPARISON_COLUMNS = ("model", "evaluated_at", "metric", "value", "reason")
 CALIBRATION_COLUMNS = ("model", "site", "bin", "lower", "upper", "n", "mean_predicted", "observed")
 
@@ -146,7 +151,8 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     _write_comparison(out_dir / "comparison.csv", scores)
     _write_calibration(out_dir / "calibration.csv", study, sites, predictions[FEDERATED])
     summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-    summary["comparison"] = comparison_table(scores, [s.name for s in sites], cross)
+    counted = summary["final"].get("counted_sites", [s.name for s in sites])
+    summary["comparison"] = comparison_table(scores, [s.name for s in sites], counted, cross)
     if baselines:
         summary["baselines"] = {
             "budget": "fixed epochs" if study.baselines.epochs else "the federation's steps",
@@ -200,13 +206,18 @@ def _matrix_report(cross: CrossSiteMatrix, i: int, sites: list[SiteData]) -> Met
 
 
 def comparison_table(
-    scores: dict[str, ModelScores], sites: list[str], cross: CrossSiteMatrix | None = None
+    scores: dict[str, ModelScores],
+    sites: list[str],
+    counted: list[str],
+    cross: CrossSiteMatrix | None = None,
 ) -> dict[str, Any]:
     """Federated, pooled and local per site and on average, and the gain from federation.
 
     ``local`` at a site is that site's own local-only model; ``gain`` is
     federated minus local (for Brier score and ECE, lower is better, so a
-    negative gain is an improvement). Means are unweighted over the sites
+    negative gain is an improvement). Means follow the run's one definition
+    (``summary.json`` ``final.mean_definition``): unweighted over the
+    ``counted`` sites (those with enough test rows and cases of each class)
     where a metric is defined. ``cross_site`` holds each local model's AUROC
     and accuracy at every site (``cross``), when there are at most
     :data:`~lhs_federated.research.cross_site.SUMMARY_MAX_SITES` sites
@@ -233,7 +244,9 @@ def comparison_table(
         columns.append("gain")
     mean = {
         column: {
-            m: clean(nan_weighted_mean([per_site[s][column][m] for s in sites], [1.0] * len(sites)))
+            m: clean(
+                nan_weighted_mean([per_site[s][column][m] for s in counted], [1.0] * len(counted))
+            )
             for m in COMPARED_METRICS
         }
         for column in columns
@@ -245,6 +258,7 @@ def comparison_table(
             for site, row in per_site.items()
         },
         "mean": mean,
+        "counted_sites": list(counted),
         ALL_SITES: {
             name: {m: clean(s.all_sites.values[m]) for m in COMPARED_METRICS}
             for name, s in scores.items()

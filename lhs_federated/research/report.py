@@ -110,6 +110,8 @@ def write_run_report(run_dir: str | Path) -> Path:
     parts += [
         "<h3>Final round, federated model, every metric</h3>",
         _final_table(summary["final"]),
+        "<p class='muted'>* shown but left out of the means (too few test rows or cases of a "
+        "class; see the notes above). AUROC 95% CI: DeLong, at each site.</p>",
         _undefined(summary["final"].get("undefined", {})),
         _figure(plots.convergence(results.per_round), "Convergence per site and on average"),
     ]
@@ -153,8 +155,10 @@ def _comparison_section(
         metric, model = keys[column - 1]
         return _number(value, gain=model == "gain", lower_is_better=metric in LOWER_IS_BETTER)
 
+    left_out = summary["final"].get("left_out", {})
     rows = [
-        [site, *(row[c].get(m) for m, c in keys)] for site, row in comparison["per_site"].items()
+        [_marked(site, left_out), *(row[c].get(m) for m, c in keys)]
+        for site, row in comparison["per_site"].items()
     ]
     mean = ["mean", *(comparison["mean"][c].get(m) for m, c in keys)]
     parts = [
@@ -162,7 +166,7 @@ def _comparison_section(
         "<p class='muted'>pooled: one model trained on all sites' rows (possible only in "
         "simulation); local: each site's own model; gain: federated minus local (for the Brier "
         "score lower is better).</p>",
-        _per_site_table(headers, rows, mean, cell, sort_column=1, what="federated AUROC"),
+        _per_site_table(headers, rows, [mean], cell, sort_column=1, what="federated AUROC"),
         "<h3>All sites' test rows together</h3>",
         _all_sites_table(comparison["all-sites"]),
     ]
@@ -184,26 +188,36 @@ def _comparison_section(
 def _per_site_table(
     headers: Sequence[str],
     rows: list[list[Any]],
-    mean: list[Any],
+    means: list[list[Any]],
     cell: Any,
     *,
     sort_column: int,
     what: str,
     lower_is_worse: bool = True,
 ) -> str:
-    """One row per site and the mean; above ~50 sites, quantiles and the worst sites."""
+    """One row per site and the means; above ~50 sites, quantiles and the worst sites.
+
+    ``cell(value, column)`` formats a value; text (a confidence interval) is
+    shown as is, and has no quantiles.
+    """
+    bold = set(range(-len(means), 0))
     if not report_sites.many_sites(len(rows)):
-        shown = report_sites.format_rows([*rows, mean], cell)
-        return _table(headers, shown, text_columns={0}, mean_rows={len(shown) - 1})
+        shown = report_sites.format_rows([*rows, *means], cell)
+        return _table(headers, shown, text_columns={0}, mean_rows={len(shown) + i for i in bold})
     quantiles, worst = report_sites.summarised_rows(
         rows, sort_column=sort_column, lower_is_worse=lower_is_worse
     )
-    summary = report_sites.format_rows([*quantiles, mean], cell)
+    summary = report_sites.format_rows([*quantiles, *means], cell)
     return (
         f"<p class='muted'>{len(rows)} sites: quantiles over sites where a value is defined, "
         f"then the {len(worst)} sites with the {'lowest' if lower_is_worse else 'highest'} "
         f"{_e(what)} (every site is in the results folder's CSV files).</p>"
-        + _table(["over sites", *headers[1:]], summary, text_columns={0}, mean_rows={5})
+        + _table(
+            ["over sites", *headers[1:]],
+            summary,
+            text_columns={0},
+            mean_rows={len(summary) + i for i in bold},
+        )
         + _table(headers, report_sites.format_rows(worst, cell), text_columns={0})
     )
 
@@ -378,16 +392,32 @@ def _study_facts(study: dict[str, Any]) -> dict[str, Any]:
 
 
 def _final_table(final: dict[str, Any]) -> str:
-    rows = [[site, *(v.get(m) for m in SHOWN_METRICS)] for site, v in final["per_site"].items()]
-    mean = ["mean", *(final["mean"].get(m) for m in SHOWN_METRICS)]
+    left_out = final.get("left_out", {})
+
+    def interval(v: dict[str, Any]) -> Markup:
+        low, high = v.get("auroc_ci_low"), v.get("auroc_ci_high")
+        return Markup("—" if low is None or high is None else f"{low:.2f}–{high:.2f}")
+
+    rows = [
+        [_marked(site, left_out), *(v.get(m) for m in SHOWN_METRICS), interval(v)]
+        for site, v in final["per_site"].items()
+    ]
+    means = [
+        [label.replace("_", " "), *(final.get(label, {}).get(m) for m in SHOWN_METRICS), ""]
+        for label in ("mean", "weighted_mean")
+    ]
     return _per_site_table(
-        ["site", *(_short(m) for m in SHOWN_METRICS)],
+        ["site", *(_short(m) for m in SHOWN_METRICS), "AUROC 95% CI"],
         rows,
-        mean,
-        lambda v, _: _number(v),
+        means,
+        lambda v, _: v if isinstance(v, str) else _number(v),
         sort_column=1,
         what="AUROC",
     )
+
+
+def _marked(site: str, left_out: dict[str, str]) -> str:
+    return f"{site} *" if site in left_out else site
 
 
 def _notes(notes: list[str]) -> str:
