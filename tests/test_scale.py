@@ -188,3 +188,8 @@ def test_report_of_200_sites_is_written_small_and_summarised(tmp_path, small_stu
     cross = pd.read_csv(results.out_dir / "cross_site.csv")
     assert cross.shape == (2 * 200, 2 + 200 + 1)
     assert "cross_site" not in results.summary["comparison"]  # too big for summary.json
+    events = [json.loads(line) for line in (results.out_dir / "events.jsonl").open()]
+    steps = [e["data"] for e in events if e["kind"] == "step"]
+    analysis = [s for s in steps if s.get("step") == "analysis" and "done" in s]
+    assert analysis[-1]["done"] == analysis[-1]["total"] and 3 <= len(analysis) <= 30
+    assert [s["done"] for s in steps if s.get("step") == "report" and "done" in s] == [0, 1, 2]

@@ -56,6 +56,7 @@ from lhs_federated.research.cross_site_file import (
     CROSS_SITE_METRICS,
     write_cross_site,
 )
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.results.writer import write_json
 from lhs_federated.study import Study
 
@@ -116,7 +117,19 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             for s in sites
         }
     }
-    baselines = train_baselines(study, sites, standardizers) if study.baselines.enabled else {}
+    progress = _StepProgress(out_dir)
+    baselines = (
+        train_baselines(
+            study,
+            sites,
+            standardizers,
+            on_trained=lambda done, total: progress(
+                f"baselines: {done} of {total} models trained", done, total
+            ),
+        )
+        if study.baselines.enabled
+        else {}
+    )
     if POOLED in baselines:
         predictions[POOLED] = {
             s.name: predict_at_site(
@@ -128,6 +141,7 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     cross = None
     if baselines:  # local models: full metrics at home, the matrix's metrics everywhere
         cell = study.sites.min_cell_size
+        progress(f"cross-site matrix: {len(sites)} local models at {len(sites)} sites", 0, 1)
         cross = score_cross_site(
             study,
             sites,
@@ -135,6 +149,7 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             standardizers,
             min_cell_size=cell,
         )
+        progress("cross-site matrix scored", 1, 1)
         for i, site in enumerate(sites):
             name = local_name(site.name)
             home = predict_at_site(
@@ -177,6 +192,21 @@ def _score(study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray]) 
     outcome = np.concatenate([s.test.outcome for s in sites])
     everything = np.concatenate([by_site[s.name] for s in sites])
     return ModelScores(per_site, score_predictions(study, outcome, everything))
+
+
+class _StepProgress:
+    """Progress events of the analysis step: about ten per stage, however many sites."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._run_dir = run_dir
+        self._shown = -1.0
+
+    def __call__(self, message: str, done: int, total: int) -> None:
+        share = done / max(total, 1)
+        if done in (0, total) or share - self._shown >= 0.1:
+            self._shown = -1.0 if done == total else share
+            data = {"step": "analysis", "done": done, "total": total}
+            report_progress(ProgressEvent("step", message, data), run_dir=self._run_dir)
 
 
 def _guarded(report: MetricReport, cell: int, trained_on: int) -> MetricReport:

@@ -31,6 +31,7 @@ from lhs_federated.errors import ConfigError
 from lhs_federated.research import report_sites
 from lhs_federated.research.cross_site_file import CROSS_SITE_FILE, read_cross_site
 from lhs_federated.results.notes import run_notes
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.results.reader import read_results
 from lhs_federated.results.writer import utc_now
 
@@ -86,6 +87,11 @@ def write_run_report(run_dir: str | Path) -> Path:
     rounds = pd.read_csv(run_dir / "rounds.csv", dtype=str, keep_default_na=False)
     comparison = summary.get("comparison")
 
+    def step(what: str, done: int) -> None:
+        data = {"step": "report", "done": done, "total": 3}
+        report_progress(ProgressEvent("step", f"report: {what}", data), run_dir=run_dir)
+
+    step(f"study and data of {len(sites)} sites", 0)
     parts = [
         f"<h1>{_e(summary['study'])}: federated study report</h1>",
         f"<p>{_e(study.get('description', ''))}</p>",
@@ -106,7 +112,9 @@ def write_run_report(run_dir: str | Path) -> Path:
         _notes(run_notes(summary)),
     ]
     if comparison is not None:
+        step("federated vs pooled vs local, cross-site matrix", 1)
         parts.append(_comparison_section(comparison, summary, plots, run_dir))
+    step("final metrics, convergence, calibration", 2)
     parts += [
         "<h3>Final round, federated model, every metric</h3>",
         _final_table(summary["final"]),
