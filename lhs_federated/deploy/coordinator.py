@@ -162,14 +162,25 @@ def register_site(config: ServerConfig, name: str, public_key: Path) -> str:
     """Register a site's SuperNode public key at the SuperLink; return its node id.
 
     A key that is already registered is not an error (restarts re-register).
+    On a loaded machine Flower's CLI sometimes gives up connecting to a
+    SuperLink that is up ("Connection to the SuperLink is unavailable"):
+    that is tried again twice, since otherwise the whole start fails.
     """
-    try:
-        payload = flwr(config, "supernode", "register", str(public_key), CONNECTION, "--name", name)
-    except LhsError as error:
-        if "already in use" in error.message:
-            return "already registered"
-        raise
-    return str(payload["node-id"])
+    attempt = 1
+    while True:
+        try:
+            payload = flwr(
+                config, "supernode", "register", str(public_key), CONNECTION, "--name", name
+            )
+        except LhsError as error:
+            if "already in use" in error.message:
+                return "already registered"
+            if attempt == 3 or "SuperLink is unavailable" not in error.message:
+                raise
+            attempt += 1
+            time.sleep(2.0)
+            continue
+        return str(payload["node-id"])
 
 
 def start_server(config: ServerConfig) -> None:
