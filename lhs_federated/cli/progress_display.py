@@ -89,6 +89,7 @@ class Display:
             auroc = event.data.get("mean_auroc")
             self.progress.update(
                 self.task,
+                description=self.title,  # the wait a step named is over
                 completed=done.round,
                 total=done.rounds,
                 sites=f"{done.sites_done}/{done.sites_total}",
