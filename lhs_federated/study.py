@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,26 @@ from typing import Any, Literal
 import tomli_w
 
 from lhs_federated.config import build, read_toml, setting, to_plain
-from lhs_federated.data.contract import DataContract, contract_from
-from lhs_federated.data.synthetic import SyntheticCohort
+from lhs_federated.data.contract import (
+    PERIOD_EXAMPLES,
+    PERIOD_PATTERNS,
+    DataContract,
+    contract_from,
+)
+from lhs_federated.data.synthetic import SYNTHETIC_INDEX_DATE, SyntheticCohort
 from lhs_federated.errors import EXIT_INTERNAL, ConfigError, LhsError
 from lhs_federated.privacy.spec import PrivacySpec, check_privacy
+
+# Upper bounds of the settings below: far beyond any real study, low enough that a
+# typo or a hostile value (rounds = 1e9, an MLP of 100000 x 100000) is an error at
+# load with the accepted range, not a worker held for weeks.
+MAX_ROUNDS = 10_000
+MAX_STEPS = 100_000
+MAX_LEARNING_RATE = 10.0
+MAX_LAYER_WIDTH = 4096
+MAX_HIDDEN_LAYERS = 16
+MAX_EPSILON = 1000.0
+WEEK = 7 * 24 * 3600.0
 
 DEFAULT_DESCRIPTION = (
     "Ten-year cardiovascular risk, logistic regression, FedAvg over four synthetic sites"
@@ -79,6 +96,17 @@ class DataSpec:
     synthetic: SyntheticCohort = setting(
         default_factory=SyntheticCohort, doc="knobs of the synthetic cohort"
     )
+    train_periods: tuple[str, ...] | None = setting(
+        None,
+        doc='periods whose rows the study uses (e.g. ["2020Q1..2020Q4"]), split into '
+        "train and test; with evaluate_periods, all of them train (needs the contract's "
+        "index_date; default: every row)",
+    )
+    evaluate_periods: tuple[str, ...] | None = setting(
+        None,
+        doc="periods whose rows are every site's test rows (temporal validation, "
+        "monitoring); default: a test split of the training periods",
+    )
 
 
 @dataclass(frozen=True)
@@ -108,8 +136,17 @@ class ModelSpec:
     """The model family and its hyperparameters."""
 
     name: str = setting("logistic", doc="model family: logistic or mlp")
-    hidden_layers: tuple[int, ...] = setting((32,), doc="mlp: width of each hidden layer", ge=1)
+    hidden_layers: tuple[int, ...] = setting(
+        (32,), doc="mlp: width of each hidden layer", ge=1, le=MAX_LAYER_WIDTH
+    )
     dropout: float = setting(0.0, doc="mlp: dropout after each hidden layer", ge=0, lt=1)
+
+    def __post_init__(self) -> None:
+        if len(self.hidden_layers) > MAX_HIDDEN_LAYERS:
+            raise ValueError(
+                f"model.hidden_layers has {len(self.hidden_layers)} layers; at most "
+                f"{MAX_HIDDEN_LAYERS} are accepted"
+            )
 
 
 @dataclass(frozen=True)
@@ -130,13 +167,15 @@ class StrategySpec:
 class TrainingSpec:
     """Local training at each site, each round."""
 
-    epochs: int | None = setting(None, doc="passes over the site's training rows (default 1)", ge=1)
-    steps: int | None = setting(None, doc="optimiser steps instead of epochs", ge=1)
-    batch_size: int = setting(32, doc="rows per optimiser step", ge=1)
+    epochs: int | None = setting(
+        None, doc="passes over the site's training rows (default 1)", ge=1, le=1000
+    )
+    steps: int | None = setting(None, doc="optimiser steps instead of epochs", ge=1, le=MAX_STEPS)
+    batch_size: int = setting(32, doc="rows per optimiser step", ge=1, le=1_000_000)
     optimizer: Literal["sgd", "adam"] = setting("sgd", doc="local optimiser")
-    learning_rate: float = setting(0.2, doc="local learning rate", gt=0)
+    learning_rate: float = setting(0.2, doc="local learning rate", gt=0, le=MAX_LEARNING_RATE)
     momentum: float = setting(0.0, doc="sgd momentum", ge=0, lt=1)
-    weight_decay: float = setting(0.0, doc="L2 penalty", ge=0)
+    weight_decay: float = setting(0.0, doc="L2 penalty", ge=0, le=100)
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.steps is not None:
@@ -151,6 +190,13 @@ class EvaluationSpec:
         0.5, doc="probability above which a case is called positive", gt=0, lt=1
     )
     calibration_bins: int = setting(10, doc="equal-width bins of the ECE", ge=2, le=100)
+    min_test_cases: int | None = setting(
+        None,
+        doc="a site's metrics count in the federation's means only with at least this many "
+        "test rows and of each outcome class (default: sites.min_cell_size); others are "
+        "shown, marked",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -189,17 +235,21 @@ class FederationSpec:
     min_sites: int | None = setting(
         None, doc="fewest training replies a round needs (default: every site)", ge=1
     )
-    round_timeout: float = setting(600.0, doc="seconds to wait for the sites in each stage", gt=0)
-    connect_timeout: float = setting(120.0, doc="seconds to wait for sites to connect", gt=0)
+    round_timeout: float = setting(
+        600.0, doc="seconds to wait for the sites in each stage", gt=0, le=WEEK
+    )
+    connect_timeout: float = setting(
+        120.0, doc="seconds to wait for sites to connect", gt=0, le=WEEK
+    )
 
 
 @dataclass(frozen=True)
 class SitesSpec:
     """Settings simulated sites apply (in deployment each site sets its own)."""
 
-    min_cell_size: int = setting(10, doc="smallest count of people a site reports", ge=1)
+    min_cell_size: int = setting(10, doc="smallest count of people a site reports", ge=1, le=1000)
     epsilon_budget: float = setting(
-        10.0, doc="sample-dp: each site's total epsilon over all studies", gt=0
+        10.0, doc="sample-dp: each site's total epsilon over all studies", gt=0, le=MAX_EPSILON
     )
     budget_delta: float = setting(
         1e-5, doc="delta at which each site's total epsilon is stated", gt=0, lt=1
@@ -241,7 +291,7 @@ class Study:
     name: str = setting("default", doc="short name of the study, used for result folders")
     description: str = setting("", doc="what the study asks")
     seed: int = setting(42, doc="seed of model initialisation, splits and training")
-    rounds: int = setting(10, doc="federated rounds", ge=1)
+    rounds: int = setting(10, doc="federated rounds", ge=1, le=MAX_ROUNDS)
     data: DataSpec = setting(default_factory=DataSpec, doc="data sources and splits")
     preprocessing: PreprocessingSpec = setting(
         default_factory=PreprocessingSpec, doc="imputation and scaling"
@@ -369,6 +419,7 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
     if path is not None:
         path = str((base_dir / path).resolve()) if not Path(path).is_absolute() else path
     contract = data.contract
+    dated_synthetic = data.source == "synthetic" and data.synthetic.periods > 1
     if contract is None:
         contract = {"synthetic": "cardio-risk", "uci-heart": "uci-heart"}.get(data.source)
         if contract is None:
@@ -379,6 +430,9 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
         contract = contract_from(contract, base_dir=base_dir)
     except ConfigError as exc:
         raise ConfigError(f"{source}: data.contract: {exc.message}") from exc
+    if dated_synthetic and contract.index_date is None:
+        # The cohort's periods are its rows' index dates: the contract names them.
+        contract = dataclasses.replace(contract, index_date=SYNTHETIC_INDEX_DATE, period="quarter")
     data = dataclasses.replace(
         data,
         path=path,
@@ -457,6 +511,7 @@ def check_study(study: Study, *, source: str) -> Study:
             f"{source}: data.source = {study.data.source!r} needs data.path, the folder "
             "holding the files."
         )
+    check_periods(study, source=source)
     if study.baselines.pooled_scaling == "pooled" and study.preprocessing.scaling == "none":
         raise ConfigError(
             f"{source}: baselines.pooled_scaling = 'pooled' standardises the pooled model's "
@@ -470,6 +525,40 @@ def check_study(study: Study, *, source: str) -> Study:
             "'federated' or 'site', whose statistics give the imputed means."
         )
     return study
+
+
+def check_periods(study: Study, *, source: str) -> None:
+    """Periods named only on dated data, each written as the contract's kind of period.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key and the period at fault.
+    """
+    contract = study.contract
+    for key in ("train_periods", "evaluate_periods"):
+        periods = getattr(study.data, key)
+        if periods is None:
+            continue
+        if contract.index_date is None:
+            raise ConfigError(
+                f"{source}: data.{key} selects rows by period, but contract "
+                f"{contract.name!r} names no index_date column: its data are one period. "
+                'Name the date column in the contract (index_date = "...") or drop the key.'
+            )
+        if not periods:
+            raise ConfigError(f"{source}: data.{key} is empty; name at least one period.")
+        pattern = PERIOD_PATTERNS[contract.period]
+        for item in periods:
+            start, _, end = item.partition("..")
+            if not all(re.fullmatch(pattern, p) for p in (start, end or start)) or (
+                end and end < start
+            ):
+                raise ConfigError(
+                    f"{source}: data.{key}: {item!r} is not a {contract.period} "
+                    f"(like {PERIOD_EXAMPLES[contract.period]!r}) or a range "
+                    f"({PERIOD_EXAMPLES[contract.period]!r}..later)."
+                )
 
 
 def read_resolved_study(path: Path) -> Study:

@@ -49,6 +49,8 @@ LEDGER_ID = "ledger-id"
 FINAL_SEQ = "ledger-final-seq"
 FINAL_HASH = "ledger-final-hash"
 STUDY_STATUS = "study-status"
+#: Fingerprint of the coordinator's ledger key, in every message: each site records it.
+COORDINATOR_KEY = "coordinator-ledger-key"
 SIMULATED_REFUSAL_HINT = (
     " (in a simulation, a simulated site approves a study the study declares pre-approved "
     "([governance] preapproved = true), or the approvals in its own site folder "
@@ -131,6 +133,7 @@ def record_task(
     config = message.content.get(records.CONFIG)
     config = config if isinstance(config, ConfigRecord) else ConfigRecord()
     study_hash = str(config.get(records.STUDY_HASH, ""))
+    coordinator_key = str(config[COORDINATOR_KEY]) if COORDINATOR_KEY in config else None
     if meta.message_type == CLOSE_TYPE:
         return folder.record_closed(
             run_id=meta.run_id,
@@ -139,6 +142,7 @@ def record_task(
             final_seq=int(config[FINAL_SEQ]),
             final_hash=str(config[FINAL_HASH]),
             status=str(config[STUDY_STATUS]),
+            coordinator_key=coordinator_key,
         )
     common = {
         "run_id": meta.run_id,
@@ -147,6 +151,7 @@ def record_task(
         "server_round": int(config.get(records.ROUND, 0)),
         "study_hash": study_hash,
         "approval": approval.record_hash if approval is not None else None,
+        "coordinator_key": coordinator_key,
     }
     if reply is None:
         sent = SentMessage(**common, status="crashed", content_hash=None, size=None, detail=crash)

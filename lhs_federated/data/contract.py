@@ -111,6 +111,14 @@ class DataContract:
         DEFAULT_NA_VALUES, doc="text that means a missing value in CSV files"
     )
     description: str = setting("", doc="what the data are")
+    index_date: str | None = setting(
+        None,
+        doc="column holding each row's index date (ISO 8601, e.g. 2021-03-15), which "
+        "places the row in a period; none: the data are one period",
+    )
+    period: Literal["quarter", "month", "year"] = setting(
+        "quarter", doc="the periods index dates are grouped into (2021Q1, 2021-03, 2021)"
+    )
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -121,11 +129,14 @@ class DataContract:
             raise ValueError(f"features listed twice: {', '.join(duplicated)}")
         if self.outcome.column in names:
             raise ValueError(f"outcome column {self.outcome.column!r} is also a feature")
+        if self.index_date is not None and self.index_date in (*names, self.outcome.column):
+            raise ValueError(f"index_date column {self.index_date!r} is also a feature or outcome")
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The columns a site's table must hold: features, then the outcome."""
-        return (*(f.name for f in self.features), self.outcome.column)
+        """The columns a site's table must hold: features, the index date if any, the outcome."""
+        dated = () if self.index_date is None else (self.index_date,)
+        return (*(f.name for f in self.features), *dated, self.outcome.column)
 
 
 def load_contract(path: str | Path) -> DataContract:
@@ -187,3 +198,12 @@ BUILTIN_CONTRACTS: dict[str, Callable[[], DataContract]] = {
     "cardio-risk": _packaged("cardio-risk"),
     "uci-heart": _packaged("uci-heart"),
 }
+
+
+#: How a period is written, for each kind of period a contract can name.
+PERIOD_PATTERNS = {
+    "quarter": r"\d{4}Q[1-4]",
+    "month": r"\d{4}-(0[1-9]|1[0-2])",
+    "year": r"\d{4}",
+}
+PERIOD_EXAMPLES = {"quarter": "2021Q3", "month": "2021-09", "year": "2021"}

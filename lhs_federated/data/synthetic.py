@@ -15,11 +15,23 @@ each controlled by one knob so studies can ask how federation copes with it:
 
 The tables use the columns of the built-in ``cardio-risk`` contract, with text
 levels as a site's export would have them.
+
+With ``periods > 1`` the cohort gains a time axis: every site has
+``rows_per_site`` patients in each of ``periods`` quarters (from 2020Q1), an
+``index_date`` column, and the study can switch on named drift events
+(:class:`DriftEvent`): a prevalence trend, a lab assay change at one site
+(recorded cholesterol reads high from a period on; the risk does not change),
+a case-mix shift, a site that joins late and a sudden shock. Each site's
+outcome model (its intercept) is fixed from its first period, so a case-mix
+shift changes who the patients are but not what their risk factors mean,
+while a trend or shock changes the risk itself. With one period the cohort is
+exactly what it was before periods existed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -27,6 +39,62 @@ import pandas as pd
 from lhs_federated.config import setting
 
 OUTCOME = "cvd_event_10y"
+SYNTHETIC_INDEX_DATE = "index_date"
+FIRST_YEAR = 2020
+DRIFT_KINDS = ("prevalence-trend", "assay-change", "case-mix", "late-join", "shock")
+#: What ``size`` means for each kind, and its default.
+DRIFT_SIZES = {
+    "prevalence-trend": 0.15,  # logit of the risk, added per period from from_period on
+    "assay-change": 1.5,  # recorded total cholesterol offset, in SDs (38 mg/dL)
+    "case-mix": 1.0,  # population shift (older, higher BP and cholesterol), in SDs
+    "late-join": 0.0,  # unused: the site has no rows before from_period
+    "shock": 0.8,  # logit of the risk, added for `duration` periods
+}
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """One named change in the synthetic cohort over time (``[[data.synthetic.drift]]``)."""
+
+    kind: Literal["prevalence-trend", "assay-change", "case-mix", "late-join", "shock"] = setting(
+        doc="prevalence-trend, assay-change, case-mix, late-join or shock"
+    )
+    from_period: int = setting(doc="first period the event acts in (1 = the first)", ge=1)
+    site: str | None = setting(
+        None,
+        doc="the site it happens at (default: every site; assay-change and late-join need one)",
+    )
+    size: float | None = setting(
+        None, doc="strength (see DRIFT_SIZES for its unit; default per kind)"
+    )
+    duration: int | None = setting(
+        None, doc="periods the event lasts (default: to the end; shock: 1)", ge=1
+    )
+    name: str | None = setting(None, doc="label in reports (default: kind and site)")
+
+    def __post_init__(self) -> None:
+        if self.kind in ("assay-change", "late-join") and self.site is None:
+            raise ValueError(f"a {self.kind} event happens at one site: set its `site`")
+
+    @property
+    def label(self) -> str:
+        """The event's name, or its kind and site."""
+        return self.name or (self.kind if self.site is None else f"{self.kind}@{self.site}")
+
+    @property
+    def strength(self) -> float:
+        """``size``, or the kind's default."""
+        return DRIFT_SIZES[self.kind] if self.size is None else self.size
+
+    def active(self, site: str, period: int) -> bool:
+        """Whether the event acts at ``site`` in ``period`` (1-based)."""
+        if self.site is not None and self.site != site:
+            return False
+        duration = self.duration or (1 if self.kind == "shock" else None)
+        end = None if duration is None else self.from_period + duration - 1
+        if self.kind == "late-join":
+            return period < self.from_period  # the site is absent until it joins
+        return period >= self.from_period and (end is None or period <= end)
 
 
 @dataclass(frozen=True)
@@ -34,7 +102,9 @@ class SyntheticCohort:
     """Knobs of the synthetic cohort (the ``[data.synthetic]`` study table)."""
 
     sites: int = setting(4, doc="number of sites", ge=1, le=200)
-    rows_per_site: int = setting(500, doc="average number of patients per site", ge=20)
+    rows_per_site: int = setting(
+        500, doc="average number of patients per site", ge=20, le=1_000_000
+    )
     size_imbalance: float = setting(
         0.5, doc="log-normal spread of site sizes (0 = equal sizes)", ge=0, le=3
     )
@@ -51,6 +121,21 @@ class SyntheticCohort:
     missingness: float = setting(
         0.05, doc="average share of HDL and BMI values not recorded", ge=0, le=0.5
     )
+    periods: int = setting(
+        1, doc="quarters of data from 2020Q1 (rows_per_site patients in each)", ge=1, le=80
+    )
+    drift: tuple[DriftEvent, ...] = setting((), doc="named drift events over the periods")
+
+    def __post_init__(self) -> None:
+        names = site_names(self.sites)
+        for event in self.drift:
+            if event.site is not None and event.site not in names:
+                raise ValueError(f"drift event {event.label!r}: no site {event.site!r}")
+            if event.from_period > self.periods:
+                raise ValueError(
+                    f"drift event {event.label!r} starts in period {event.from_period}, "
+                    f"after the cohort's last ({self.periods})"
+                )
 
 
 # Log-odds per unit of each risk factor (Framingham-like magnitudes).
@@ -109,18 +194,71 @@ def generate_cohort(cohort: SyntheticCohort, *, seed: int) -> dict[str, pd.DataF
         offset = cohort.measurement_offset * site_rng.standard_normal(2)
         site_logit = base_logit + cohort.prevalence_spread * site_rng.standard_normal()
         missing_rate = min(0.9, cohort.missingness * site_rng.uniform(0.5, 1.5))
-        tables[name] = _site_table(site_rng, int(size), shift, offset, site_logit, missing_rate)
+        if cohort.periods == 1 and not cohort.drift:
+            patients = _draw_patients(site_rng, int(size), shift)
+            intercept = _intercept_for(patients["risk"], site_logit)
+            tables[name] = _site_table(site_rng, patients, intercept, offset, missing_rate)
+        else:
+            tables[name] = _dated_site_table(
+                site_rng, cohort, name, int(size), shift, offset, site_logit, missing_rate
+            )
     return tables
 
 
-def _site_table(
-    rng: np.random.Generator,
+def period_label(period: int) -> str:
+    """The quarter of a 1-based period: 1 is 2020Q1, 5 is 2021Q1."""
+    year, quarter = divmod(period - 1, 4)
+    return f"{FIRST_YEAR + year}Q{quarter + 1}"
+
+
+def _dated_site_table(
+    site_rng: np.random.Generator,
+    cohort: SyntheticCohort,
+    site: str,
     n: int,
     shift: float,
     offset: np.ndarray,
-    target_logit: float,
+    site_logit: float,
     missing_rate: float,
 ) -> pd.DataFrame:
+    """One site's rows over every period, each period under the events active in it."""
+    frames, intercept = [], None
+    for period in range(1, cohort.periods + 1):
+        rng = np.random.default_rng(site_rng.integers(2**63))
+        active = [e for e in cohort.drift if e.active(site, period)]
+
+        def total(kind: str, active: list[DriftEvent] = active, period: int = period) -> float:
+            sizes = [
+                e.strength * ((period - e.from_period + 1) if kind == "prevalence-trend" else 1)
+                for e in active
+                if e.kind == kind
+            ]
+            return float(sum(sizes))
+
+        patients = _draw_patients(rng, n, shift + total("case-mix"))
+        if intercept is None:  # the site's outcome model, fixed from its first period
+            intercept = _intercept_for(patients["risk"], site_logit)
+        logit_shift = total("prevalence-trend") + total("shock")
+        table = _site_table(
+            rng,
+            patients,
+            intercept + logit_shift,
+            offset,
+            missing_rate,
+            assay=total("assay-change"),
+        )
+        if any(e.kind == "late-join" for e in active):
+            continue
+        year, quarter = divmod(period - 1, 4)
+        start = np.datetime64(f"{FIRST_YEAR + year}-{3 * quarter + 1:02d}-01")
+        days = rng.integers(0, 90, n)
+        table.insert(len(table.columns) - 1, SYNTHETIC_INDEX_DATE, (start + days).astype(str))
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _draw_patients(rng: np.random.Generator, n: int, shift: float) -> dict[str, np.ndarray]:
+    """True risk factors of ``n`` patients and their linear risk (without intercept)."""
     age = np.clip(rng.normal(55 + 8 * shift, 11, n), 25, 95)
     male = rng.random(n) < 0.48
     sbp = np.clip(rng.normal(122 + 0.45 * (age - 55) + 8 * shift, 16, n), 85, 240)
@@ -144,11 +282,33 @@ def _site_table(
         + _COEFFICIENTS["activity_moderate"] * (activity == "moderate")
         + _COEFFICIENTS["activity_high"] * (activity == "high")
     )
-    intercept = _intercept_for(risk, target_logit)
-    event = rng.random(n) < 1 / (1 + np.exp(-(intercept + risk)))
+    return {
+        "age": age, "male": male, "sbp": sbp, "chol": chol, "hdl": hdl, "bmi": bmi,
+        "smoker": smoker, "diabetes": diabetes, "bp_treated": bp_treated,
+        "activity": activity, "risk": risk,
+    }  # fmt: skip
+
+
+def _site_table(
+    rng: np.random.Generator,
+    patients: dict[str, np.ndarray],
+    intercept: float,
+    offset: np.ndarray,
+    missing_rate: float,
+    *,
+    assay: float = 0.0,
+) -> pd.DataFrame:
+    """The site's recorded table: outcomes drawn, device bias and gaps applied."""
+    p = patients
+    n = len(p["risk"])
+    event = rng.random(n) < 1 / (1 + np.exp(-(intercept + p["risk"])))
     # Site devices read high or low: recorded values carry the bias, risk does not.
-    recorded_sbp = np.clip(sbp + 10 * offset[0], 70, 260)
-    recorded_chol = np.clip(chol + 25 * offset[1], 80, 450)
+    recorded_sbp = np.clip(p["sbp"] + 10 * offset[0], 70, 260)
+    recorded_chol = np.clip(p["chol"] + 25 * offset[1] + 38 * assay, 80, 450)
+    age, male, hdl, bmi = p["age"], p["male"], p["hdl"], p["bmi"]
+    smoker, diabetes, bp_treated, activity = (
+        p["smoker"], p["diabetes"], p["bp_treated"], p["activity"]
+    )  # fmt: skip
     table = pd.DataFrame(
         {
             "age": np.round(age).astype(int),

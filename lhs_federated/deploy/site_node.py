@@ -242,6 +242,8 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
     )
     stop = _StopFlag()
     children: list[subprocess.Popen] = []
+    # Ledgers, the privacy ledger, logs and Flower's state: the site's own, 0600.
+    umask = os.umask(0o077)
     try:
         children = _first_launch(config, paths, stop, timeout=timeout)
         processes.write_pid_file(paths.pid, os.getpid())
@@ -276,6 +278,7 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
             except LhsError as error:
                 LOGGER.warning("site %s could not rejoin: %s", config.site.name, error.message)
     finally:
+        os.umask(umask)
         stop.restore()
         _stop_all(children)
         for marker in (paths.ready, paths.pid, paths.alive):

@@ -95,6 +95,9 @@ class SentMessage:
         Hash of the approval record that allowed the site to answer.
     detail : str or None
         The error reason (refusals, errors, crashes).
+    coordinator_key : str or None
+        Fingerprint of the key the coordinator says signs its ledger: pins the
+        key an auditor must verify the coordinator's ledger with.
     """
 
     run_id: int
@@ -110,6 +113,7 @@ class SentMessage:
     epsilon: float | None = None
     approval: str | None = None
     detail: str | None = None
+    coordinator_key: str | None = None
 
 
 def error_digest(code: int, reason: str) -> tuple[str, int]:
@@ -139,6 +143,7 @@ class SiteFolder:
         self.registry = ApprovalRegistry(
             folder / APPROVALS_FILE, site=site, public_key=self.public_key, key=key
         )
+        self._ledger: Ledger | None = None
 
     @classmethod
     def init(cls, folder: str | Path, site: str) -> SiteFolder:
@@ -217,7 +222,11 @@ class SiteFolder:
         """The site ledger, open for appending."""
         if self._key is None:
             raise ConfigError(f"recording in site {self.site!r}'s ledger needs its private key.")
-        return Ledger.open(self.folder / LEDGER_FILE, self._key, role=ROLE, owner=self.site)
+        if self._ledger is None:  # opened once: every append locks and checks the file anyway
+            self._ledger = Ledger.open(
+                self.folder / LEDGER_FILE, self._key, role=ROLE, owner=self.site
+            )
+        return self._ledger
 
     def approve(
         self,
@@ -324,6 +333,7 @@ class SiteFolder:
         final_seq: int,
         final_hash: str,
         status: str,
+        coordinator_key: str | None = None,
     ) -> Entry:
         """Record the coordinator's final ledger hash of a study the site took part in.
 
@@ -341,6 +351,7 @@ class SiteFolder:
                     "final_seq": final_seq,
                     "final_hash": final_hash,
                     "status": status,
+                    "key_fingerprint": coordinator_key,
                 },
             },
         )

@@ -9,17 +9,19 @@ letting one NaN turn the federation's average into NaN.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    balanced_accuracy_score,
-    brier_score_loss,
-    roc_auc_score,
+
+from lhs_federated.learning.binary_scores import (
+    accuracy,
+    average_precision,
+    balanced_accuracy,
+    brier,
+    roc_auc,
 )
+from lhs_federated.learning.intervals import delong_interval
 
 METRIC_NAMES = (
     "n",
@@ -32,7 +34,11 @@ METRIC_NAMES = (
     "calibration_slope",
     "calibration_intercept",
     "ece",
+    "auroc_ci_low",
+    "auroc_ci_high",
 )
+# Metrics averaged over sites (a mean of interval bounds is no interval).
+MEAN_METRICS = tuple(m for m in METRIC_NAMES if m not in ("n", "auroc_ci_low", "auroc_ci_high"))
 
 _EPS = 1e-7
 
@@ -81,8 +87,8 @@ def clinical_metrics(
         return MetricReport(values, undefined)
     predicted = (p >= threshold).astype(int)
     values["prevalence"] = float(y.mean())
-    values["accuracy"] = float(accuracy_score(y, predicted))
-    values["brier"] = float(brier_score_loss(y, p, pos_label=1))
+    values["accuracy"] = accuracy(y, predicted)
+    values["brier"] = brier(y, p)
     values["ece"] = expected_calibration_error(y, p, bins=bins)
     if y.min() == y.max():
         reason = f"single-class test set (all {n} rows are {'positive' if y[0] else 'negative'})"
@@ -92,12 +98,20 @@ def clinical_metrics(
             "balanced_accuracy",
             "calibration_slope",
             "calibration_intercept",
+            "auroc_ci_low",
+            "auroc_ci_high",
         ):
             undefined[name] = reason
         return MetricReport(values, undefined)
-    values["auroc"] = float(roc_auc_score(y, p))
-    values["auprc"] = float(average_precision_score(y, p))
-    values["balanced_accuracy"] = float(balanced_accuracy_score(y, predicted))
+    values["auroc"] = roc_auc(y, p)
+    interval = delong_interval(y, p)
+    if interval is None:
+        for name in ("auroc_ci_low", "auroc_ci_high"):
+            undefined[name] = "no DeLong interval: fewer than 2 of a class, or AUROC 0 or 1"
+    else:
+        values["auroc_ci_low"], values["auroc_ci_high"] = interval
+    values["auprc"] = average_precision(y, p)
+    values["balanced_accuracy"] = balanced_accuracy(y, predicted)
     logit = np.log(np.clip(p, _EPS, 1 - _EPS) / (1 - np.clip(p, _EPS, 1 - _EPS)))
     values["calibration_intercept"] = _calibration_in_the_large(y, logit)
     if values["auroc"] in (0.0, 1.0):
@@ -158,3 +172,82 @@ def nan_weighted_mean(values: Sequence[float], weights: Sequence[float]) -> floa
     if not defined.any():
         return float("nan")
     return float(np.sum(v[defined] * w[defined]) / np.sum(w[defined]))
+
+
+@dataclass(frozen=True)
+class FederationMeans:
+    """The federation's means over sites: one definition for the CLI, summary and report.
+
+    Attributes
+    ----------
+    counted : tuple of str
+        Sites whose metrics enter the means.
+    left_out : dict of str to str
+        Sites shown but left out of the means, with the reason.
+    mean : dict of str to float
+        Unweighted mean over the counted sites where the metric is defined.
+    weighted_mean : dict of str to float
+        The same, weighted by each site's test rows.
+    definition : str
+        The definition in words, printed beside the means.
+    """
+
+    counted: tuple[str, ...]
+    left_out: dict[str, str]
+    mean: dict[str, float]
+    weighted_mean: dict[str, float]
+    definition: str
+
+
+def too_small(report: MetricReport, min_cases: int) -> str:
+    """Why a site's test split is too small to count in a mean ("" if it is not).
+
+    A split needs ``min_cases`` rows and as many of each outcome class: with
+    three rows, or one positive, an AUROC or accuracy says nothing. A count
+    the site withheld (below its minimum cell size) counts as too small.
+    """
+    n = report.values.get("n", float("nan"))
+    if np.isnan(n) or n < min_cases:
+        return f"fewer than {min_cases} test rows"
+    prevalence = report.values.get("prevalence", float("nan"))
+    if np.isnan(prevalence):
+        return f"fewer than {min_cases} positives or negatives (withheld)"
+    positives = round(prevalence * n)
+    if min(positives, n - positives) < min_cases:
+        return f"fewer than {min_cases} positives or negatives in {int(n)} test rows"
+    return ""
+
+
+def federation_means(reports: Mapping[str, MetricReport], *, min_cases: int) -> FederationMeans:
+    """Means over the sites whose test splits are large enough (see :func:`too_small`).
+
+    If no site is large enough, every site counts (and the definition says so),
+    rather than printing no figure at all.
+    """
+    left_out = {site: why for site, r in reports.items() if (why := too_small(r, min_cases))}
+    counted = tuple(site for site in reports if site not in left_out)
+    definition = (
+        f"mean: over the {len(counted)} of {len(reports)} sites with at least {min_cases} test "
+        f"rows and {min_cases} of each outcome class (evaluation.min_test_cases), undefined "
+        "values skipped, each site weighing the same; weighted mean: the same sites weighted "
+        "by test rows"
+    )
+    if not counted:
+        counted, left_out = tuple(reports), {}
+        definition = (
+            f"mean: over all {len(counted)} sites, none having {min_cases} test rows and "
+            f"{min_cases} of each outcome class; read every figure as unreliable"
+        )
+    weights = [reports[s].values.get("n", float("nan")) for s in counted]
+    weights = [0.0 if np.isnan(w) else w for w in weights]
+
+    def over(metric: str, w: Sequence[float]) -> float:
+        return nan_weighted_mean([reports[s].values.get(metric, float("nan")) for s in counted], w)
+
+    return FederationMeans(
+        counted,
+        left_out,
+        {m: over(m, [1.0] * len(counted)) for m in MEAN_METRICS},
+        {m: over(m, weights) for m in MEAN_METRICS},
+        definition,
+    )

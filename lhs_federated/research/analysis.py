@@ -5,9 +5,12 @@ federated model be set beside the pooled and local-only models
 (:mod:`lhs_federated.research.baselines`) and scored on all sites' test rows together.
 :func:`analyse_run` does that for a finished run folder and adds to it:
 
-- ``comparison.csv``: every model (``federated``, ``pooled``, ``local:<site>``)
-  scored at every site's test split and on all test rows together
-  (``all-sites``), one row per model, place and metric;
+- ``comparison.csv``: the ``federated`` and ``pooled`` models scored at every
+  site's test split and on all test rows together (``all-sites``), and each
+  ``local:<site>`` model at its own site (and its AUROC and accuracy on all
+  test rows), one row per model, place and metric;
+- ``cross_site.csv``: each local model's AUROC and accuracy at every site and
+  on all test rows (:mod:`lhs_federated.research.cross_site`);
 - ``calibration.csv``: the final federated model's calibration curve at each
   site (equal-width bins; bins with fewer people than the minimum cell size
   are left out);
@@ -31,7 +34,12 @@ from typing import Any
 import numpy as np
 
 from lhs_federated.data.sources import SiteData, load_sites
-from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
+from lhs_federated.learning.metrics import (
+    MEAN_METRICS,
+    METRIC_NAMES,
+    MetricReport,
+    nan_weighted_mean,
+)
 from lhs_federated.learning.personalisation import fine_tuning_of, personalise
 from lhs_federated.learning.site import (
     federated_standardizer,
@@ -41,12 +49,20 @@ from lhs_federated.learning.site import (
     summarise_site,
 )
 from lhs_federated.research.baselines import POOLED, local_name, train_baselines
+from lhs_federated.research.cross_site import (
+    CROSS_SITE_FILE,
+    CROSS_SITE_METRICS,
+    SUMMARY_MAX_SITES,
+    CrossSiteMatrix,
+    score_cross_site,
+    write_cross_site,
+)
 from lhs_federated.results.writer import write_json
 from lhs_federated.study import Study
 
 FEDERATED = "federated"
 ALL_SITES = "all-sites"
-COMPARED_METRICS = tuple(m for m in METRIC_NAMES if m not in ("n", "prevalence"))
+COMPARED_METRICS = tuple(m for m in MEAN_METRICS if m != "prevalence")
 COMPARISON_COLUMNS = ("model", "evaluated_at", "metric", "value", "reason")
 CALIBRATION_COLUMNS = ("model", "site", "bin", "lower", "upper", "n", "mean_predicted", "observed")
 
@@ -102,17 +118,35 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
         }
     }
     baselines = train_baselines(study, sites, standardizers) if study.baselines.enabled else {}
-    for name, model in baselines.items():
-        predictions[name] = {
-            s.name: predict_at_site(study, model.arrays, s.test.features, standardizers[s.name])
+    if POOLED in baselines:
+        predictions[POOLED] = {
+            s.name: predict_at_site(
+                study, baselines[POOLED].arrays, s.test.features, standardizers[s.name]
+            )
             for s in sites
         }
     scores = {name: _score(study, sites, by_site) for name, by_site in predictions.items()}
+    cross = None
+    if baselines:  # local models: full metrics at home, the matrix's metrics everywhere
+        cross = score_cross_site(
+            study, sites, [baselines[local_name(s.name)].arrays for s in sites], standardizers
+        )
+        for i, site in enumerate(sites):
+            name = local_name(site.name)
+            home = predict_at_site(
+                study, baselines[name].arrays, site.test.features, standardizers[site.name]
+            )
+            report = score_predictions(study, site.test.outcome, home)
+            scores[name] = ModelScores({site.name: report}, _matrix_report(cross, i, sites))
+            for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
+                cross.values[metric][i, i] = report.values[metric]
+        write_cross_site(out_dir / CROSS_SITE_FILE, cross)
 
     _write_comparison(out_dir / "comparison.csv", scores)
     _write_calibration(out_dir / "calibration.csv", study, sites, predictions[FEDERATED])
     summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-    summary["comparison"] = comparison_table(scores, [s.name for s in sites])
+    counted = summary["final"].get("counted_sites", [s.name for s in sites])
+    summary["comparison"] = comparison_table(scores, [s.name for s in sites], counted, cross)
     if baselines:
         summary["baselines"] = {
             "budget": "fixed epochs" if study.baselines.epochs else "the federation's steps",
@@ -139,14 +173,35 @@ def _score(study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray]) 
     return ModelScores(per_site, score_predictions(study, outcome, everything))
 
 
-def comparison_table(scores: dict[str, ModelScores], sites: list[str]) -> dict[str, Any]:
+def _matrix_report(cross: CrossSiteMatrix, i: int, sites: list[SiteData]) -> MetricReport:
+    """A local model on all sites' test rows: the matrix's metrics, the rest undefined."""
+    outcome = np.concatenate([s.test.outcome for s in sites])
+    values = {m: float("nan") for m in METRIC_NAMES}
+    values["n"], values["prevalence"] = float(len(outcome)), float(outcome.mean())
+    for metric in CROSS_SITE_METRICS:
+        values[metric] = float(cross.all_sites[metric][i])
+    reason = "local-only models are scored away from home on AUROC and accuracy only"
+    undefined = {m: reason for m in COMPARED_METRICS if m not in CROSS_SITE_METRICS}
+    return MetricReport(values, undefined)
+
+
+def comparison_table(
+    scores: dict[str, ModelScores],
+    sites: list[str],
+    counted: list[str],
+    cross: CrossSiteMatrix | None = None,
+) -> dict[str, Any]:
     """Federated, pooled and local per site and on average, and the gain from federation.
 
     ``local`` at a site is that site's own local-only model; ``gain`` is
     federated minus local (for Brier score and ECE, lower is better, so a
-    negative gain is an improvement). Means are unweighted over the sites
+    negative gain is an improvement). Means follow the run's one definition
+    (``summary.json`` ``final.mean_definition``): unweighted over the
+    ``counted`` sites (those with enough test rows and cases of each class)
     where a metric is defined. ``cross_site`` holds each local model's AUROC
-    and accuracy at every site.
+    and accuracy at every site (``cross``), when there are at most
+    :data:`~lhs_federated.research.cross_site.SUMMARY_MAX_SITES` sites
+    (``cross_site.csv`` always holds it).
     """
 
     def clean(value: float) -> float | None:
@@ -169,7 +224,9 @@ def comparison_table(scores: dict[str, ModelScores], sites: list[str]) -> dict[s
         columns.append("gain")
     mean = {
         column: {
-            m: clean(nan_weighted_mean([per_site[s][column][m] for s in sites], [1.0] * len(sites)))
+            m: clean(
+                nan_weighted_mean([per_site[s][column][m] for s in counted], [1.0] * len(counted))
+            )
             for m in COMPARED_METRICS
         }
         for column in columns
@@ -181,21 +238,14 @@ def comparison_table(scores: dict[str, ModelScores], sites: list[str]) -> dict[s
             for site, row in per_site.items()
         },
         "mean": mean,
+        "counted_sites": list(counted),
         ALL_SITES: {
             name: {m: clean(s.all_sites.values[m]) for m in COMPARED_METRICS}
             for name, s in scores.items()
         },
     }
-    if POOLED in scores:
-        table["cross_site"] = {
-            metric: {
-                site: {
-                    at: clean(scores[local_name(site)].per_site[at].values[metric]) for at in sites
-                }
-                for site in sites
-            }
-            for metric in ("auroc", "accuracy")
-        }
+    if cross is not None and len(sites) <= SUMMARY_MAX_SITES:
+        table["cross_site"] = {metric: cross.as_dict(metric) for metric in CROSS_SITE_METRICS}
     return table
 
 

@@ -107,6 +107,8 @@ def write_run_report(run_dir: str | Path) -> Path:
     parts += [
         "<h3>Final round, federated model, every metric</h3>",
         _final_table(summary["final"]),
+        "<p class='muted'>* shown but left out of the means (too few test rows or cases of a "
+        "class; see the notes above). AUROC 95% CI: DeLong, at each site.</p>",
         _undefined(summary["final"].get("undefined", {})),
         _figure(plots.convergence(results.per_round), "Convergence per site and on average"),
     ]
@@ -143,9 +145,10 @@ def _comparison_section(comparison: dict[str, Any], summary: dict[str, Any], plo
     metrics = ("auroc", "accuracy", "brier")
     headers = ["site"] + [f"{_short(m)} {c}" for m in metrics for c in columns]
     rows = []
+    left_out = summary["final"].get("left_out", {})
     for site, row in comparison["per_site"].items():
         rows.append(
-            [site]
+            [_marked(site, left_out)]
             + [
                 _number(row[c].get(m), gain=c == "gain", lower_is_better=m in LOWER_IS_BETTER)
                 for m in metrics
@@ -281,16 +284,29 @@ def _study_facts(study: dict[str, Any]) -> dict[str, Any]:
 
 
 def _final_table(final: dict[str, Any]) -> str:
+    left_out = final.get("left_out", {})
+
+    def interval(v: dict[str, Any]) -> Markup:
+        low, high = v.get("auroc_ci_low"), v.get("auroc_ci_high")
+        return Markup("—" if low is None or high is None else f"{low:.2f}–{high:.2f}")
+
     rows = [
-        [site, *(_number(v.get(m)) for m in SHOWN_METRICS)] for site, v in final["per_site"].items()
+        [_marked(site, left_out), *(_number(v.get(m)) for m in SHOWN_METRICS), interval(v)]
+        for site, v in final["per_site"].items()
     ]
-    rows.append(["mean", *(_number(final["mean"].get(m)) for m in SHOWN_METRICS)])
+    for label in ("mean", "weighted_mean"):
+        values = final.get(label, {})
+        rows.append([label.replace("_", " "), *(_number(values.get(m)) for m in SHOWN_METRICS), ""])
     return _table(
-        ["site", *(_short(m) for m in SHOWN_METRICS)],
+        ["site", *(_short(m) for m in SHOWN_METRICS), "AUROC 95% CI"],
         rows,
         text_columns={0},
-        mean_rows={len(rows) - 1},
+        mean_rows={len(rows) - 2, len(rows) - 1},
     )
+
+
+def _marked(site: str, left_out: dict[str, str]) -> str:
+    return f"{site} *" if site in left_out else site
 
 
 def _notes(notes: list[str]) -> str:

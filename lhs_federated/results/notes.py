@@ -54,7 +54,16 @@ def departures_line(departures: Sequence[dict[str, Any]], n_columns: int) -> str
 
 def run_notes(summary: dict[str, Any]) -> list[str]:
     """Every note a reader of this run's figures needs, in reading order."""
+    final = summary.get("final", {})
     notes = []
+    if "mean_definition" in final:
+        notes.append(final["mean_definition"])
+    left_out = final.get("left_out", {})
+    if left_out:
+        notes.append(
+            "left out of the means (shown, marked *): "
+            + "; ".join(f"{site}: {why}" for site, why in left_out.items())
+        )
     departures = summary.get("preprocessing", {}).get("departures", [])
     if departures:
         columns = summary.get("preprocessing", {}).get("columns", 0) or len(departures)
