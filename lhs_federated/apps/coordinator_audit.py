@@ -291,6 +291,10 @@ class CoordinatorAudit:
             },
         )
 
+    def record(self, kind: str, data: dict[str, Any]) -> None:
+        """Append one record of another kind (the learning loop's findings and decisions)."""
+        self._append(kind, data)
+
     def finish(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """Close the ledger, tell every participant its final hash; return it for the summary."""
         self._closed = True
