@@ -49,6 +49,7 @@ from lhs_federated.learning.site import (
     min_test_cases,
     n_features,
 )
+from lhs_federated.registry.warm_start import load_warm_start
 from lhs_federated.results.notes import convergence, departures_line, preprocessing_summary
 from lhs_federated.results.progress import ProgressEvent, RoundProgress, report_progress
 from lhs_federated.results.writer import RunWriter, utc_now
@@ -116,6 +117,7 @@ def run_study(
     checkpoint = load_checkpoint(out_dir, study) if resume else None
     if not resume:
         check_out_dir(out_dir)  # before waiting for any site
+    warm = load_warm_start(study)  # an update study: a verified release, matching inputs
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
     summaries, site_grid = discover_sites(audit.grid, study, expected_sites=expected_sites)
     statistics = federated_statistics(study, summaries.values())
@@ -128,6 +130,8 @@ def run_study(
         standardizer = statistics.standardizer if statistics else None
         strategy = build_strategy(study, n_sites=len(summaries))
         arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
+        if warm is not None:  # the release's weights mean nothing under other statistics
+            arrays, standardizer = warm.arrays, warm.standardizer
         final_reports: dict[str, MetricReport] = {}
     else:
         standardizer, strategy = checkpoint.standardizer, checkpoint.strategy

@@ -52,14 +52,13 @@ from lhs_federated.learning.site import (
 )
 from lhs_federated.privacy.egress import suppress_evaluation
 from lhs_federated.research.baselines import POOLED, local_name, train_baselines
-from lhs_federated.research.cross_site import (
+from lhs_federated.research.cross_site import SUMMARY_MAX_SITES, CrossSiteMatrix, score_cross_site
+from lhs_federated.research.cross_site_file import (
     CROSS_SITE_FILE,
     CROSS_SITE_METRICS,
-    SUMMARY_MAX_SITES,
-    CrossSiteMatrix,
-    score_cross_site,
     write_cross_site,
 )
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.results.writer import write_json
 from lhs_federated.study import Study
 
@@ -120,7 +119,19 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             for s in sites
         }
     }
-    baselines = train_baselines(study, sites, standardizers) if study.baselines.enabled else {}
+    progress = _StepProgress(out_dir)
+    baselines = (
+        train_baselines(
+            study,
+            sites,
+            standardizers,
+            on_trained=lambda done, total: progress(
+                f"baselines: {done} of {total} models trained", done, total
+            ),
+        )
+        if study.baselines.enabled
+        else {}
+    )
     if POOLED in baselines:
         predictions[POOLED] = {
             s.name: predict_at_site(
@@ -137,26 +148,26 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     }
     cross = None
     if baselines:  # local models: full metrics at home, the matrix's metrics everywhere
+        progress(f"cross-site matrix: {len(sites)} local models at {len(sites)} sites", 0, 1)
         cross = score_cross_site(
-            study, sites, [baselines[local_name(s.name)].arrays for s in sites], standardizers
+            study,
+            sites,
+            [baselines[local_name(s.name)].arrays for s in sites],
+            standardizers,
+            min_cell_size=cell,
         )
-        homes = {}
+        progress("cross-site matrix scored", 1, 1)
         for i, site in enumerate(sites):
             name = local_name(site.name)
             home = predict_at_site(
                 study, baselines[name].arrays, site.test.features, standardizers[site.name]
             )
-            homes[name] = _guarded(
-                score_predictions(study, site.test.outcome, home), cell, rows[name]
-            )
-            for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
-                cross.values[metric][i, i] = homes[name].values[metric]
-        _guard_matrix(cross, sites, [rows[local_name(s.name)] for s in sites], cell)
-        for i, site in enumerate(sites):
-            name = local_name(site.name)
+            report = _guarded(score_predictions(study, site.test.outcome, home), cell, rows[name])
             everywhere = _guarded(_matrix_report(cross, i, sites), cell, rows[name])
-            scores[name] = ModelScores({site.name: homes[name]}, everywhere)
-        write_cross_site(out_dir / CROSS_SITE_FILE, cross)
+            scores[name] = ModelScores({site.name: report}, everywhere)
+            for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
+                cross.values[metric][i, i] = report.values[metric]
+        write_cross_site(out_dir / CROSS_SITE_FILE, cross.sites, cross.values, cross.all_sites)
 
     _write_comparison(out_dir / "comparison.csv", scores)
     _write_calibration(out_dir / "calibration.csv", study, sites, predictions[FEDERATED])
@@ -221,16 +232,19 @@ def _guarded(report: MetricReport, cell: int, trained_on: int) -> MetricReport:
     )
 
 
-def _guard_matrix(
-    cross: CrossSiteMatrix, sites: list[SiteData], trained_on: list[int], cell: int
-) -> None:
-    """Withhold the matrix's cells at small test splits and rows of models trained on few rows."""
-    small_test = np.array([len(s.test.outcome) < cell for s in sites])
-    small_model = np.array([rows < cell for rows in trained_on])
-    for metric in CROSS_SITE_METRICS:
-        cross.values[metric][:, small_test] = np.nan
-        cross.values[metric][small_model, :] = np.nan
-        cross.all_sites[metric][small_model] = np.nan
+class _StepProgress:
+    """Progress events of the analysis step: about ten per stage, however many sites."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._run_dir = run_dir
+        self._shown = -1.0
+
+    def __call__(self, message: str, done: int, total: int) -> None:
+        share = done / max(total, 1)
+        if done in (0, total) or share - self._shown >= 0.1:
+            self._shown = -1.0 if done == total else share
+            data = {"step": "analysis", "done": done, "total": total}
+            report_progress(ProgressEvent("step", message, data), run_dir=self._run_dir)
 
 
 def _matrix_report(cross: CrossSiteMatrix, i: int, sites: list[SiteData]) -> MetricReport:
