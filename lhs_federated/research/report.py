@@ -132,8 +132,13 @@ def write_run_report(run_dir: str | Path) -> Path:
                 _figure(
                     plots.calibration_curves(calibration),
                     "Calibration of the final federated model at each site (bins with fewer "
-                    "people than the minimum cell size are left out)",
+                    "people, or fewer cases of a class, than the minimum cell size are left out)",
                 )
+            )
+        else:
+            parts.append(
+                "<p class='muted'>No calibration curve: every bin at every site holds fewer "
+                "people, or fewer cases of a class, than the minimum cell size.</p>"
             )
     parts += [
         "<h2>Rounds</h2>",
