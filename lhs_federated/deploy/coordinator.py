@@ -302,19 +302,19 @@ def start_server(config: ServerConfig) -> None:
 class OnlineWatch:
     """Reports the sites coming online, until all are.
 
-    Asks the SuperLink (``flwr supernode ls``, a process each time) every few
-    seconds, then less often while nothing changes (up to once a minute), and
-    stops asking once every site is online: a coordinator that serves for
-    weeks does not keep starting processes to tell nobody.
+    Asks the SuperLink (``flwr supernode ls``, a process each time) every
+    :attr:`EVERY` seconds for the first :attr:`EAGER` seconds (sites start
+    then), once a minute after that, and stops asking once every site is
+    online: a coordinator that serves for weeks does not keep starting
+    processes to tell nobody.
     """
 
-    FIRST, LONGEST = 5.0, 60.0
+    EVERY, EAGER, LATER = 5.0, 180.0, 60.0
 
     def __init__(self, config: ServerConfig, nodes: dict[str, str]) -> None:
         self.config = config
         self.names = {node: name for name, node in nodes.items()}
-        self.every = self.FIRST
-        self.next_ask = time.monotonic()
+        self.started = self.next_ask = time.monotonic()
         self.online: list[str] | None = None
         self.done = False
 
@@ -333,7 +333,7 @@ class OnlineWatch:
         )
         total = len(self.config.sites)
         if online != self.online:
-            self.online, self.every = online, self.FIRST
+            self.online = online
             report_progress(
                 ProgressEvent(
                     "sites-online",
@@ -342,10 +342,9 @@ class OnlineWatch:
                     {"sites_online": len(online), "sites_total": total, "online": online},
                 )
             )
-        else:
-            self.every = min(self.every * 2, self.LONGEST)
         self.done = len(online) >= total
-        self.next_ask = time.monotonic() + self.every
+        eager = time.monotonic() - self.started < self.EAGER
+        self.next_ask = time.monotonic() + (self.EVERY if eager else self.LATER)
 
 
 def _wait_for_stop(process: subprocess.Popen, *, while_waiting: Callable[[], None]) -> None:
