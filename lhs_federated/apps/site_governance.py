@@ -154,9 +154,16 @@ def acknowledge_close(message: Message, context: Context) -> Message:
 
 
 def message_context(message: Message) -> dict[str, object]:
-    """Run id, message id and type: what a site's refusal record cites."""
+    """Run id, message id and type, the coordinator key named: what a refusal record cites."""
     meta = message.metadata
-    return {"run_id": meta.run_id, "message_id": meta.message_id, "message_type": meta.message_type}
+    config = message.content.get(records.CONFIG)
+    named = config.get(COORDINATOR_KEY) if isinstance(config, ConfigRecord) else None
+    return {
+        "run_id": meta.run_id,
+        "message_id": meta.message_id,
+        "message_type": meta.message_type,
+        "coordinator_key": None if named is None else str(named),
+    }
 
 
 def record_task(

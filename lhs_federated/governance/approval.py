@@ -60,6 +60,10 @@ class Approval:
         simulated sites pre-approved (``[governance] preapproved = true``).
     record_hash : str
         Hash of the approval record in the registry; site ledger records cite it.
+    coordinator_key : str or None
+        Fingerprint of the only coordinator ledger key the site accepts for
+        this study (``lhs-fed site approve --coordinator-key``); None: any,
+        each recorded as it comes.
     """
 
     site: str
@@ -71,6 +75,7 @@ class Approval:
     reason: str
     preapproved: bool
     record_hash: str
+    coordinator_key: str | None = None
 
     @classmethod
     def from_entry(cls, site: str, entry: Entry) -> Approval:
@@ -86,6 +91,7 @@ class Approval:
             reason=str(data["reason"]),
             preapproved=bool(data.get("preapproved", False)),
             record_hash=entry.hash,
+            coordinator_key=data.get("coordinator_key"),
         )
 
 
@@ -141,6 +147,7 @@ class ApprovalRegistry:
         reason: str,
         preapproved: bool = False,
         site_ledger: Mapping[str, Any] | None = None,
+        coordinator_key: str | None = None,
     ) -> Approval:
         """Record that the site approves ``study_hash`` run by ``code_hash``.
 
@@ -172,6 +179,7 @@ class ApprovalRegistry:
                 "reason": reason,
                 "preapproved": preapproved,
                 **({"site_ledger": dict(site_ledger)} if site_ledger else {}),
+                **({"coordinator_key": coordinator_key} if coordinator_key else {}),
             },
         )
         return Approval.from_entry(self.site, entry)

@@ -247,8 +247,13 @@ class SiteFolder:
         by: str,
         reason: str,
         preapproved: bool = False,
+        coordinator_key: str | None = None,
     ) -> Approval:
-        """Approve a study run by some code; recorded in the registry and the site ledger."""
+        """Approve a study run by some code; recorded in the registry and the site ledger.
+
+        ``coordinator_key`` (a key fingerprint) pins the coordinator: messages
+        naming another ledger key are refused.
+        """
         approval = self.registry.approve(
             study_hash,
             code_hash,
@@ -257,6 +262,7 @@ class SiteFolder:
             reason=reason,
             preapproved=preapproved,
             site_ledger=self._head(),
+            coordinator_key=coordinator_key,
         )
         self.ledger.append(
             APPROVAL, {**_approval_data(approval), "registry_record": approval.record_hash}
@@ -299,6 +305,7 @@ class SiteFolder:
         try:
             approval = self.registry.check(study_hash, code_hash, anchor=self._registry_anchor())
             self._check_ledger_head()
+            _check_coordinator_key(self.site, approval, context)
             return approval
         except SiteRefusal as refusal:
             self.record_refusal(study_hash, code_hash, refusal.reason, context=context)
@@ -434,6 +441,22 @@ class SiteFolder:
         )
 
 
+def _check_coordinator_key(
+    site: str, approval: Approval, context: Mapping[str, Any] | None
+) -> None:
+    """An approval that pins the coordinator's key refuses messages naming another."""
+    if approval.coordinator_key is None:
+        return
+    named = (context or {}).get("coordinator_key")
+    if named != approval.coordinator_key:
+        raise SiteRefusal(
+            site,
+            f"the approval of study {approval.study_hash[:12]}… accepts only coordinator key "
+            f"{approval.coordinator_key}, and this message names {named or 'none'}: another "
+            "coordinator, or one that changed its key (approve the study again with its new key)",
+        )
+
+
 def _approval_data(approval: Approval) -> dict[str, Any]:
     return {
         "study_hash": approval.study_hash,
@@ -442,4 +465,5 @@ def _approval_data(approval: Approval) -> dict[str, Any]:
         "by": approval.approved_by,
         "reason": approval.reason,
         "preapproved": approval.preapproved,
+        "coordinator_key": approval.coordinator_key,
     }
