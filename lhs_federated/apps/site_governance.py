@@ -116,13 +116,17 @@ def record_or_withhold(
 ) -> Message:
     """Record ``reply`` in the site ledger, then let it go; if it cannot be recorded, withhold it.
 
-    A site fails closed: nothing leaves that its ledger does not hold. When
+    A discovery reply also carries the site ledger's last record (added here,
+    after the egress guard: it is governance, not data), which the coordinator
+    records. A site fails closed: nothing leaves that its ledger does not hold. When
     the ledger cannot be written (a full disk, a damaged last record, a file
     made immutable), the reply is replaced by an error reply that carries no
     data and says why, so the coordinator records the site as failed at once
     instead of waiting out its timeout.
     """
     try:
+        if message.metadata.message_type == MessageType.QUERY and not reply.has_error():
+            reply.content[records.SITE_LEDGER] = _ledger_head(folder)
         record_task(folder, message, reply, approval=approval)
     except Exception as exc:  # whatever stops the record stops the reply
         reason = (
@@ -277,6 +281,16 @@ def simulated_governance(message: Message, context: Context) -> tuple[SiteFolder
     except LhsError as error:
         raise SiteRefusal(site, error.message) from error
     return folder, code_hash, "" if study.governance.site_folders else SIMULATED_REFUSAL_HINT
+
+
+def _ledger_head(folder: SiteFolder) -> ConfigRecord:
+    """The site ledger's last record, for the coordinator to record at a run's start.
+
+    With it the coordinator's ledger anchors the site's: a site ledger later
+    rolled back to before it is caught by ``lhs-fed audit crosscheck``.
+    """
+    last = folder.ledger.last()
+    return ConfigRecord({"seq": last.seq, "hash": last.hash})
 
 
 def _arrays_hash(message: Message) -> str | None:
