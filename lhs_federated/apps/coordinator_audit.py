@@ -266,6 +266,9 @@ class CoordinatorAudit:
                 "error_code": digest.error_code,
                 "detail": digest.detail,
             }
+            head = reply.content.get(records.SITE_LEDGER) if digest.status == "ok" else None
+            if isinstance(head, ConfigRecord) and {"seq", "hash"} <= set(head):
+                data["site_ledger_head"] = {"seq": int(head["seq"]), "hash": str(head["hash"])}
             batch.append(("site-reply", data))
         self._append_many(batch)
 

@@ -127,6 +127,7 @@ def _run_task(
             encoding="utf-8",
         )
         outcome.ledger = audit.finish(arrays)
+        audit.seal()  # the closing record hashes result.json; then the sites are told
     except Exception as error:
         audit.fail(error)
         raise

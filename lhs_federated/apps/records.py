@@ -47,6 +47,9 @@ UNDEFINED = "undefined"
 SITE = "site"
 COUNTS = "counts"
 SUMS = "sums"
+# The site's runtime adds it to a discovery reply, after the egress guard: the site
+# ledger's last record (seq, hash), which the coordinator records for the run.
+SITE_LEDGER = "site-ledger"
 
 # Keys of the MetricRecords sites send.
 NUM_EXAMPLES = "num-examples"
