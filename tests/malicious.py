@@ -77,15 +77,21 @@ class TamperingGrid(GridWrapper):
 
 
 def malicious_coordinator(
-    study: Study, tamper: Callable[[Message], None], out_dir: Path, *, n_sites: int = 3
+    study: Study,
+    tamper: Callable[[Message], None],
+    out_dir: Path,
+    *,
+    n_sites: int = 3,
+    **run_options,
 ) -> dict:
     """Run ``study`` with the real coordinator loop whose messages ``tamper`` rewrites.
 
-    The sites are the real ClientApp on the in-process engine.
+    The sites are the real ClientApp on the in-process engine (node ids 1000,
+    1001, ... for partitions 0, 1, ...); ``run_options`` go to :func:`run_study`.
     """
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 77, 0, 1
     grid = TamperingGrid(InProcessGrid(client_app.app, n_sites, run_id=77), tamper)
-    return run_study(grid, study, out_dir, engine="inprocess")
+    return run_study(grid, study, out_dir, engine="inprocess", **run_options)
 
 
 def carry_study(approved: Study) -> Callable[[Message], None]:
