@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ from faulty import run_with
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.superlink.main import create_app as create_superlink_app
 from malicious import carry_study, malicious_coordinator, tampering_client
-from starlette.testclient import TestClient
 
 from lhs_federated import load_study
 from lhs_federated.apps import records, server_app
@@ -693,6 +693,9 @@ def test_only_nodes_bound_to_site_keys_take_part_each_as_its_own_site(small_stud
 
 def test_the_control_and_runtime_apis_answer_only_the_coordinators_host():
     """Flower's real SuperLink app, wrapped: `flwr supernode register` from elsewhere is 403."""
+    with warnings.catch_warnings():  # Starlette's note about its httpx-based client
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
     app = LoopbackOnly(create_superlink_app(), own_hosts={"10.0.0.5"})
     outsider = TestClient(app, client=("203.0.113.7", 5000), raise_server_exceptions=False)
     for path in ("/v1/control/register-node", "/v1/control/start-run", "/v1/runtime/x"):
@@ -727,3 +730,18 @@ def test_the_ledger_key_path_stays_at_the_coordinator(tmp_path):
     assert server_app.coordinator_settings(paths.state, tmp_path / "out") == {
         "ledger-key": str(key)
     }
+
+
+def test_more_absurd_inputs_at_the_command_line(small_study, tmp_path, capsys):
+    """min_sites above the sites, bad site and study names: exit 2 with the reason."""
+    too_many = small_study.with_overrides({"federation.min_sites": 5})
+    (tmp_path / "study.toml").write_text(too_many.to_toml())
+    assert main(["simulate", str(tmp_path / "study.toml"), "--out", str(tmp_path / "r")]) == 2
+    assert main(["site", "init", str(tmp_path / "g"), "--name", "bad name!"]) == 2
+    assert main(["simulate", "--set", "name=a/b"]) == 2
+    assert main(["simulate", "--set", "training.learning_rate=inf"]) == 2
+    err = capsys.readouterr().err
+    assert "federation.min_sites" in err and "3" in err
+    assert "a site name must be letters, digits" in err
+    assert "name must be letters, digits" in err
+    assert "training.learning_rate must be a finite number; got inf" in err
