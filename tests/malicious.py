@@ -31,7 +31,7 @@ def tampering_client(site: int, tamper: Tamper, *, message_type: str = "train") 
     """The real ClientApp whose ``message_type`` replies at partition ``site`` pass ``tamper``.
 
     ``tamper(reply, server_round)`` returns the reply to send instead, or
-    ``None`` to send the honest one.
+    ``None`` to send the honest one (``server_round`` is 0 for discovery).
     """
 
     def tamper_mod(message: Message, context: Context, call_next) -> Message:
@@ -41,7 +41,7 @@ def tampering_client(site: int, tamper: Tamper, *, message_type: str = "train") 
             and message.metadata.message_type.split(".")[0] == message_type
             and not reply.has_error()
         ):
-            server_round = int(message.content["config"]["server-round"])
+            server_round = int(message.content["config"].get("server-round", 0))
             return tamper(reply, server_round) or reply
         return reply
 

@@ -29,7 +29,12 @@ from malicious import carry_study, malicious_coordinator, tampering_client
 from lhs_federated import load_study
 from lhs_federated.apps import records, server_app
 from lhs_federated.apps.engines import run_inprocess
-from lhs_federated.apps.reply_checks import MAX_PARAMETER, ReplyChecks, ReplyRejectedError
+from lhs_federated.apps.reply_checks import (
+    MAX_PARAMETER,
+    ReplyChecks,
+    ReplyRejectedError,
+    check_summary,
+)
 from lhs_federated.apps.run_limits import check_round, preprocessing_digest
 from lhs_federated.cli import main
 from lhs_federated.deploy import coordinator, processes, site_node
@@ -745,3 +750,27 @@ def test_more_absurd_inputs_at_the_command_line(small_study, tmp_path, capsys):
     assert "a site name must be letters, digits" in err
     assert "name must be letters, digits" in err
     assert "training.learning_rate must be a finite number; got inf" in err
+
+
+def _nan_sums(reply: Message, server_round: int) -> Message | None:
+    if "sums" not in reply.content:
+        return None
+    sums = reply.content["sums"]
+    sums["sum"] = [float("nan")] * len(sums["sum"])
+    return reply
+
+
+def test_a_poisoned_discovery_reply_is_refused_before_it_spoils_the_preprocessing(
+    small_study, tmp_path
+):
+    study = small_study.with_overrides({"rounds": 1})
+    run_with(tampering_client(2, _nan_sums, message_type="query"), study, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["sites"] == ["site-01", "site-02"]
+    assert all(v["auroc"] is not None for v in summary["final"]["per_site"].values())
+    ledger = (tmp_path / "run" / "governance" / "coordinator.jsonl").read_text()
+    assert "discovery reply rejected: column sums hold NaN or infinite values" in ledger
+    summaries = [SiteSummary("s", 100, 30, 10, -1, None), SiteSummary("s", 10, 30, 20, 5, None)]
+    for bad, reason in zip(summaries, ["a negative count", "20 positives in 10 rows"], strict=True):
+        with pytest.raises(ReplyRejectedError, match=reason):
+            check_summary(bad, 12)

@@ -34,7 +34,7 @@ from lhs_federated.apps.checkpoint import Checkpoint, load_checkpoint, save_chec
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.privacy_log import PrivacyLog
-from lhs_federated.apps.reply_checks import ReplyChecks, ReplyRejectedError
+from lhs_federated.apps.reply_checks import ReplyChecks, ReplyRejectedError, check_summary
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import Standardizer
@@ -272,7 +272,13 @@ def discover_sites(
         if reply.has_error():
             errors.append(f"node {node}: {reply.error.reason}")
             continue
-        summary = records.summary_from_record(reply.content)
+        try:
+            summary = records.summary_from_record(reply.content)
+            check_summary(summary, n_features(study))
+        except (ReplyRejectedError, KeyError, TypeError, ValueError) as rejected:
+            refused[node] = f"discovery reply rejected: {rejected}"
+            LOGGER.warning("node %s refused: %s", node, refused[node])
+            continue
         if site_nodes is not None and summary.name != site_nodes[node]:
             refused[node] = (
                 f"it claims to be site {summary.name!r}, but its key is {site_nodes[node]!r}'s"
