@@ -19,11 +19,11 @@ from lhs_federated.governance.verify import load_entries
 
 #: What differs between two runs of one study whatever the engine does: the run's and
 #: messages' random ids, record times (so each record's hash, chain link and signature),
-#: each run's new site keys and ledger ids, and the hashes of records a record cites (the
-#: approval, the coordinator ledger's final record): their hashes cover their times.
+#: each run's new site and coordinator keys and ledger ids, and the hashes of records a
+#: record cites (the approval, the coordinator ledger's final record): they cover times.
 PER_RUN_FIELDS = frozenset(
     {"run_id", "reply_to", "ledger_id", "public_key", "key_fingerprint"}
-    | {"approval", "registry_record", "final_hash"}
+    | {"approval", "registry_record", "final_hash", "coordinator_key"}
 )
 
 
@@ -151,7 +151,7 @@ def test_vectorised_cross_site_matrix_equals_full_metrics_per_pair(small_study):
     standardizers = {s.name: site_standardizer(study, s, None) for s in sites}
     models = train_baselines(study, sites, standardizers)
     arrays = [models[local_name(s.name)].arrays for s in sites]
-    matrix = score_cross_site(study, sites, arrays, standardizers)
+    matrix = score_cross_site(study, sites, arrays, standardizers, min_cell_size=1)
     for i, trained in enumerate(sites):
         for j, at in enumerate(sites):
             risk = predict_at_site(study, arrays[i], at.test.features, standardizers[at.name])
@@ -162,3 +162,34 @@ def test_vectorised_cross_site_matrix_equals_full_metrics_per_pair(small_study):
                 assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(
                     expected, abs=1e-12
                 ), (trained.name, at.name, metric)
+    cell = int(np.median([len(s.test.outcome) for s in sites])) + 1
+    guarded = score_cross_site(study, sites, arrays, standardizers, min_cell_size=cell)
+    for j, at in enumerate(sites):
+        if len(at.test.outcome) < cell:  # no figure on fewer rows than the cell size
+            assert np.isnan(guarded.values["accuracy"][:, j]).all()
+    assert any(len(s.test.outcome) < cell for s in sites)
+    for i, trained in enumerate(sites):
+        if len(trained.train.outcome) < cell:
+            assert np.isnan(guarded.values["accuracy"][i]).all()
+
+
+def test_report_of_200_sites_is_written_small_and_summarised(tmp_path, small_study):
+    from lhs_federated import simulate
+
+    study = small_study.with_overrides(
+        {"rounds": 1, "data.synthetic.sites": 200, "data.synthetic.rows_per_site": 40}
+    )
+    results = simulate(study, out_dir=tmp_path / "run")
+    page = (results.out_dir / "report.html").read_text(encoding="utf-8")
+    assert len(page.encode()) < 5_000_000
+    assert "200 sites: quantiles" in page and "smallest sites" in page
+    assert "best" in page and "worst" in page  # the heat map's ends, named
+    assert page.count("<tr>") < 400  # no table with a row per site
+    cross = pd.read_csv(results.out_dir / "cross_site.csv")
+    assert cross.shape == (2 * 200, 2 + 200 + 1)
+    assert "cross_site" not in results.summary["comparison"]  # too big for summary.json
+    events = [json.loads(line) for line in (results.out_dir / "events.jsonl").open()]
+    steps = [e["data"] for e in events if e["kind"] == "step"]
+    analysis = [s for s in steps if s.get("step") == "analysis" and "done" in s]
+    assert analysis[-1]["done"] == analysis[-1]["total"] and 3 <= len(analysis) <= 30
+    assert [s["done"] for s in steps if s.get("step") == "report" and "done" in s] == [0, 1, 2]

@@ -17,7 +17,7 @@ import torch
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from lhs_federated.apps import records
+from lhs_federated.apps import loop_messages, records
 from lhs_federated.apps.client_dp import client_clipping_mod
 from lhs_federated.apps.client_site import resolve_site
 from lhs_federated.apps.egress import egress_guard_mod
@@ -65,6 +65,7 @@ SITE_MODS = [
 ]
 app = ClientApp(mods=SITE_MODS)
 app.query(CLOSE_ACTION)(acknowledge_close)
+loop_messages.register(app)  # evaluate.monitor, evaluate.gate, train.recalibrate
 
 
 @app.query()

@@ -69,12 +69,25 @@ LEDGER_CLOSE_ACTION = "ledger_close"
 LEDGER_CLOSE = f"{MessageType.QUERY}.{LEDGER_CLOSE_ACTION}"
 
 
+# The learning loop's messages (see lhs_federated.apps.loop_messages): a release
+# monitored at a site, champion and challenger compared there, and one Newton step
+# of a federated recalibration.
+MONITOR_ACTION, GATE_ACTION, RECALIBRATE_ACTION = "monitor", "gate", "recalibrate"
+MONITOR = f"{MessageType.EVALUATE}.{MONITOR_ACTION}"
+GATE = f"{MessageType.EVALUATE}.{GATE_ACTION}"
+RECALIBRATE = f"{MessageType.TRAIN}.{RECALIBRATE_ACTION}"
+DRIFT = "drift"
+
+
 def reply_records(message_type: str) -> dict[str, type]:
     """The records a reply of each message type may hold (name -> record type)."""
     return {
         MessageType.QUERY: {SITE: ConfigRecord, COUNTS: MetricRecord, SUMS: MetricRecord},
         MessageType.TRAIN: {ARRAYS: ArrayRecord, METRICS: MetricRecord},
         MessageType.EVALUATE: {METRICS: MetricRecord, UNDEFINED: ConfigRecord},
+        MONITOR: {METRICS: MetricRecord, UNDEFINED: ConfigRecord, DRIFT: MetricRecord},
+        GATE: {METRICS: MetricRecord, UNDEFINED: ConfigRecord},
+        RECALIBRATE: {METRICS: MetricRecord},
     }.get(message_type, {})
 
 

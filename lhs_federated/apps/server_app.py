@@ -31,6 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps.coordinator_audit import AuditOptions
 from lhs_federated.apps.federation import run_study
+from lhs_federated.apps.loop_tasks import LOOP_TASK_KEY, run_loop_task
 from lhs_federated.apps.preflight import ResultsFolderExists
 from lhs_federated.apps.run_config import (
     DEPLOYMENT,
@@ -149,11 +150,20 @@ def build_server_app(
         if state:  # under `lhs-fed server start`: deployed, whatever the run config says
             config[ENGINE_KEY] = DEPLOYMENT
         study, out_dir, engine = run_from_config(config)
+        if state:  # a coordinator's deployment: its own settings (the ledger key)
+            config = {**config, **coordinator_settings(Path(state), out_dir)}
+        if config.get(LOOP_TASK_KEY):  # a learning-loop study: monitor, gate, recalibrate
+            run_loop_task(
+                grid,
+                study,
+                out_dir,
+                json.loads(str(config[LOOP_TASK_KEY])),
+                engine=engine,
+                audit_options=AuditOptions.from_run_config(config),
+            )
+            return
         try:
-            site_nodes = None
-            if state:  # a coordinator's deployment: its own settings and bindings
-                config = {**config, **coordinator_settings(Path(state), out_dir)}
-                site_nodes = bound_site_nodes(Path(state))
+            site_nodes = bound_site_nodes(Path(state)) if state else None
             run_study(
                 grid,
                 study,

@@ -8,18 +8,16 @@ a block of models is scored at a site at once
 K predictions and K x (K / block) vectorised scorings. Only the matrix's
 metrics (:data:`CROSS_SITE_METRICS`) are computed off the diagonal; the
 diagonal (a site's own model at home) is the site's full metric report, so the
-two always agree.
+two always agree. Cells on fewer rows than the minimum cell size are withheld.
 
-The matrix is written as ``cross_site.csv`` (one row per metric and model, one
-column per site where it is scored, and ``all-sites``); ``summary.json`` keeps
-it too while it is small (:data:`SUMMARY_MAX_SITES`).
+The matrix is written as ``cross_site.csv``
+(:mod:`lhs_federated.research.cross_site_file`); ``summary.json`` keeps it too
+while it is small (:data:`SUMMARY_MAX_SITES`).
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -30,11 +28,9 @@ from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import set_arrays
 from lhs_federated.learning.site import n_features
 from lhs_federated.learning.training import predict_proba
+from lhs_federated.research.cross_site_file import CROSS_SITE_METRICS
 from lhs_federated.study import Study
 
-CROSS_SITE_METRICS = ("auroc", "accuracy")
-CROSS_SITE_FILE = "cross_site.csv"
-ALL_SITES = "all-sites"
 #: Up to this many sites the matrix is also in ``summary.json`` (K x K numbers).
 SUMMARY_MAX_SITES = 50
 _BLOCK = 64  # models scored together: a block of predictions is rows x 64 floats
@@ -72,10 +68,15 @@ def score_cross_site(
     sites: list[SiteData],
     models: list[dict[str, np.ndarray]],
     standardizers: dict[str, Standardizer],
+    *,
+    min_cell_size: int,
 ) -> CrossSiteMatrix:
     """Score every site's local model (``models[i]`` for ``sites[i]``) at every site.
 
-    Each row is scaled as its own site scales it, as in the federation.
+    Each row is scaled as its own site scales it, as in the federation. Under
+    the disclosure control of a site's replies, a cell is withheld (NaN) when
+    the site where it is scored has fewer test rows than ``min_cell_size``, and
+    a whole row when its model was trained on fewer rows than that.
     """
     features = np.vstack([standardizers[s.name].transform(s.test.features) for s in sites])
     outcome = np.concatenate([s.test.outcome for s in sites]).astype(np.int64)
@@ -97,40 +98,13 @@ def score_cross_site(
             values["accuracy"][block, j] = accuracy_columns(outcome[rows], risks[rows], threshold)
         all_sites["auroc"][block] = auroc_columns(outcome, risks)
         all_sites["accuracy"][block] = accuracy_columns(outcome, risks, threshold)
+    few_test = np.array([len(s.test.outcome) < min_cell_size for s in sites])
+    few_train = np.array([len(s.train.outcome) < min_cell_size for s in sites])
+    for metric in CROSS_SITE_METRICS:
+        values[metric][:, few_test] = np.nan
+        values[metric][few_train, :] = np.nan
+        all_sites[metric][few_train] = np.nan
     return CrossSiteMatrix([s.name for s in sites], values, all_sites)
-
-
-def write_cross_site(path: Path, matrix: CrossSiteMatrix) -> None:
-    """Write ``cross_site.csv`` atomically: ``metric, trained_at, <site>..., all-sites``.
-
-    Values have six significant digits (an AUROC on a hospital's test split moves
-    in steps far coarser than that); an undefined cell is empty.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["metric", "trained_at", *matrix.sites, ALL_SITES])
-        for metric in CROSS_SITE_METRICS:
-            for i, site in enumerate(matrix.sites):
-                cells = [*matrix.values[metric][i], matrix.all_sites[metric][i]]
-                writer.writerow([metric, site, *(_text(v) for v in cells)])
-    tmp.replace(path)
-
-
-def read_cross_site(path: Path, metric: str) -> tuple[list[str], np.ndarray]:
-    """Site names and the K x K matrix of ``metric`` from a ``cross_site.csv``."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        sites = header[2:-1]
-        rows = [
-            [float(v) if v else np.nan for v in row[2:-1]] for row in reader if row[0] == metric
-        ]
-    return sites, np.array(rows, dtype=float).reshape(len(rows), len(sites))
-
-
-def _text(value: float) -> str:
-    return "" if np.isnan(value) else format(float(value), ".6g")
 
 
 def _clean(value: float) -> float | None:
