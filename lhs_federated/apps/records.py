@@ -27,7 +27,6 @@ STUDY = "study"
 STUDY_HASH = "study-hash"
 PREP_MEAN = "preprocessing-mean"
 PREP_SCALE = "preprocessing-scale"
-PROXIMAL_MU = "proximal-mu"
 # Simulation only: where the simulated sites' governance folders are. In the one
 # ConfigRecord, because Flower's DP clipping mods accept no second one.
 SIMULATED_SITE_FOLDERS = "simulated-site-folders"
