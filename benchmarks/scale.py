@@ -57,6 +57,7 @@ def one(sites: int, rounds: int, rows: int) -> dict:
         }
     )
     figures: dict = {"sites": sites, "rounds": rounds, "rows_per_site": rows}
+    plain_loop(study.with_overrides({"data.synthetic.sites": 2, "rounds": 1}))  # warm-up
     start = _clock()
     load_sites(study)
     figures["data"] = _since(start)

@@ -150,6 +150,7 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             min_cell_size=cell,
         )
         progress("cross-site matrix scored", 1, 1)
+        outcome = np.concatenate([s.test.outcome for s in sites])
         for i, site in enumerate(sites):
             name = local_name(site.name)
             home = predict_at_site(
@@ -158,7 +159,7 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             report = _guarded(
                 score_predictions(study, site.test.outcome, home), cell, baselines[name].n_rows
             )
-            scores[name] = ModelScores({site.name: report}, _matrix_report(cross, i, sites))
+            scores[name] = ModelScores({site.name: report}, _matrix_report(cross, i, outcome))
             for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
                 cross.values[metric][i, i] = report.values[metric]
         write_cross_site(out_dir / CROSS_SITE_FILE, cross.sites, cross.values, cross.all_sites)
@@ -223,9 +224,8 @@ def _guarded(report: MetricReport, cell: int, trained_on: int) -> MetricReport:
     )
 
 
-def _matrix_report(cross: CrossSiteMatrix, i: int, sites: list[SiteData]) -> MetricReport:
-    """A local model on all sites' test rows: the matrix's metrics, the rest undefined."""
-    outcome = np.concatenate([s.test.outcome for s in sites])
+def _matrix_report(cross: CrossSiteMatrix, i: int, outcome: np.ndarray) -> MetricReport:
+    """Local model ``i`` on all test rows: the matrix's metrics, the rest undefined."""
     values = {m: float("nan") for m in METRIC_NAMES}
     values["n"], values["prevalence"] = float(len(outcome)), float(outcome.mean())
     for metric in CROSS_SITE_METRICS:
