@@ -90,6 +90,16 @@ class PolicySection:
     budget_delta: float = setting(
         1e-5, doc="delta at which the site's total epsilon is stated", gt=0, lt=1
     )
+    metric_noise: float = setting(
+        0.0,
+        doc="Laplace noise on each released evaluation metric, in patients (scale "
+        "metric_noise / n_test); 0: none",
+        ge=0,
+        le=100,
+    )
+    metric_decimals: int | None = setting(
+        None, doc="decimal places of released evaluation metrics (default: all)", ge=0, le=6
+    )
 
 
 @dataclass(frozen=True)

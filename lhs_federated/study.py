@@ -140,6 +140,14 @@ class ModelSpec:
         (32,), doc="mlp: width of each hidden layer", ge=1, le=MAX_LAYER_WIDTH
     )
     dropout: float = setting(0.0, doc="mlp: dropout after each hidden layer", ge=0, lt=1)
+    warm_start: str | None = setting(
+        None,
+        doc="start from a release's weights and preprocessing: 'registry:NAME@VERSION' "
+        "(an update study of the learning loop; default: a fresh model)",
+    )
+    registry: str | None = setting(
+        None, doc="registry folder of warm_start (default: registry/ beside the study file)"
+    )
 
     def __post_init__(self) -> None:
         if len(self.hidden_layers) > MAX_HIDDEN_LAYERS:
@@ -439,6 +447,11 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
         contract=contract,
         split_seed=study.seed if data.split_seed is None else data.split_seed,
     )
+    model = study.model
+    if model.warm_start is not None:
+        folder = Path(model.registry or "registry")
+        folder = folder if folder.is_absolute() else (base_dir / folder).resolve()
+        model = dataclasses.replace(model, registry=str(folder))
     training = study.training
     if training.epochs is None and training.steps is None:
         training = dataclasses.replace(training, epochs=1)
@@ -451,7 +464,7 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
     if sites.state_dir is not None and not Path(sites.state_dir).is_absolute():
         sites = dataclasses.replace(sites, state_dir=str((base_dir / sites.state_dir).resolve()))
     return dataclasses.replace(
-        study, data=data, training=training, governance=governance, sites=sites
+        study, data=data, model=model, training=training, governance=governance, sites=sites
     )
 
 
@@ -505,6 +518,12 @@ def check_study(study: Study, *, source: str) -> Study:
             f"{source}: strategy.name = 'scaffold' cannot run with privacy.mode = 'sample-dp': "
             "its drift correction is not part of the DP-SGD step Opacus accounts for. "
             "Use fedavg or fedprox with sample-level DP."
+        )
+    if study.strategy.name == "fedavg-ft" and study.privacy.mode != "none":
+        raise ConfigError(
+            f"{source}: strategy.name = 'fedavg-ft' cannot run with privacy.mode = "
+            f"{study.privacy.mode!r}: its local fine-tuning before each evaluation trains on "
+            "the site's rows outside the DP guarantee. Use fedavg (or fedprox) with DP."
         )
     if study.data.source in ("uci-heart", "folder") and study.data.path is None:
         raise ConfigError(

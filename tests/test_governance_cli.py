@@ -217,3 +217,33 @@ def test_show_and_report(audited, capsys):
     assert main(["audit", "report", str(audited / "run")]) == 0
     assert "INTACT" in capsys.readouterr().out
     assert (audited / "run" / "governance" / "report.html").is_file()
+
+
+def test_gitignore_covers_the_keys_certificates_and_state_the_kits_create():
+    """`lhs-fed keys init keys/coordinator.key` (and the kits' set-up) in a checkout."""
+    import subprocess
+
+    made = [
+        "keys/coordinator.key",
+        "keys/coordinator.pub",
+        "certs/ca.key",
+        "certs/server.crt",
+        "state/runs/study-1/summary.json",
+        "server/keys/coordinator.key",
+        "server/certs/sites/site-01.pub",
+        "server/state/flwr/superlink.db",
+        "client/keys/site-01",
+        "client/state/privacy-ledger.json",
+        "client/governance/site.key",
+        "governance/approvals.jsonl",
+        "hospital-a/ledger.jsonl",
+        "any/folder/signing.key",
+    ]
+    kept = ["lhs_federated/governance/ledger.py", "server/server.toml", "client/site.toml"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *made, *kept],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert ignored == made

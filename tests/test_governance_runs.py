@@ -356,3 +356,36 @@ def test_resumed_run_chains_its_ledgers(tmp_path, small_study):
     lines = (governance / "coordinator.segment-1.jsonl").read_bytes().splitlines(keepends=True)
     (governance / "coordinator.segment-1.jsonl").write_bytes(b"".join(lines[:-1]))
     assert any("before round 2: " in p and "truncated" in p for p in audit_run(out).problems)
+
+
+def test_a_site_that_cannot_record_does_not_reply(tmp_path, small_study):
+    """Fail closed: a site whose ledger cannot be written sends an error, not its update."""
+    out = tmp_path / "run"
+
+    def damage_ledger(message: Message, context: Context, call_next) -> Message:
+        config = message.content[records.CONFIG]
+        if context.node_config["partition-id"] == 2 and config.get(records.ROUND) == 2:
+            with site_ledger(out, "site-03").open("ab") as handle:
+                handle.write(b'{"seq": "not a record"}\n')  # appending would now hide it
+        return call_next(message, context)
+
+    app = ClientApp(mods=[damage_ledger, site_governance_mod, site_errors_mod])
+    app.query()(client_app.describe)
+    app.train()(client_app.train)
+    app.evaluate()(client_app.evaluate)
+    app.query(CLOSE_ACTION)(acknowledge_close)
+    study = small_study.with_overrides({"federation.min_sites": 2})
+    config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(out)}
+    run_inprocess(config, 3, client=app)
+    view = StudyView.from_entries(load_entries(coordinator(out)))
+    reply = view.rounds[1].train["site-03"]
+    assert reply.status == "error" and reply.arrays_hash is None and reply.examples is None
+    assert "site 'site-03' cannot record its reply in its ledger" in reply.detail
+    assert "it sends nothing it has not recorded" in reply.detail
+    assert view.rounds[1].contributors == ["site-01", "site-02"]
+    sent = [e.data for e in load_entries(site_ledger(out, "site-03")) if e.kind == "message-sent"]
+    assert [(s["message_type"], s["server_round"]) for s in sent] == [
+        ("query", 0),
+        ("train", 1),
+        ("evaluate", 1),
+    ]

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +21,22 @@ import pytest
 import tomli_w
 from faulty import run_with
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from malicious import tampering_client
+from malicious import carry_study, malicious_coordinator, tampering_client
 
 from lhs_federated.apps import records
 from lhs_federated.apps.reply_checks import MAX_PARAMETER, ReplyChecks, ReplyRejectedError
+from lhs_federated.apps.run_limits import check_round, preprocessing_digest
 from lhs_federated.cli import main
-from lhs_federated.deploy import coordinator
+from lhs_federated.deploy import coordinator, processes, site_node
 from lhs_federated.deploy.certs import check_site_key, init_certificates, write_site_key
+from lhs_federated.deploy.loopback import free_port
 from lhs_federated.deploy.server_config import load_server_config
-from lhs_federated.errors import ConfigError
+from lhs_federated.errors import ConfigError, LhsError, SiteRefusal, StudyRunError
+from lhs_federated.learning.metrics import clinical_metrics
 from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import get_arrays
 from lhs_federated.learning.site import SiteSummary, n_features
+from lhs_federated.privacy.metric_release import release_metrics
 from lhs_federated.site_config import load_site_config
 
 # ---------------------------------------------------------------- item 3: poisoned replies
@@ -467,3 +474,167 @@ def test_cli_errors_keep_bracketed_names_and_exit_2(capsys):
     err = capsys.readouterr().err
     assert "rounds must be <= 10000; got 1000000000 (accepted: >= 1 and <= 10000)" in err
     assert "unknown key 'data.nope' in [data]" in err
+
+
+# ------------------------------------- items 4 and 5: what a modified coordinator can ask
+
+
+@pytest.mark.parametrize("mode", ["none", "client-dp", "sample-dp"])
+def test_sites_refuse_rounds_beyond_the_approved_study_in_every_privacy_mode(
+    small_study, tmp_path, mode
+):
+    privacy = {"none": {}, "client-dp": {"privacy.epsilon": 50.0}}.get(
+        mode,
+        {
+            "privacy.epsilon": 5.0,
+            "sites.epsilon_budget": 100.0,
+            "sites.state_dir": str(tmp_path / "state"),
+        },
+    )
+    approved = small_study.with_overrides({"privacy.mode": mode, **privacy})
+    asked = approved.with_overrides({"rounds": 8})  # what the coordinator runs
+    with pytest.raises(StudyRunError, match=r"round 3 is outside the approved study's rounds"):
+        malicious_coordinator(asked, carry_study(approved), tmp_path / "run")
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
+    assert rounds["round"].tolist() == [1, 2]  # two rounds of updates, never more
+
+
+def test_a_round_is_asked_at_most_twice_and_rounds_only_go_forward():
+    check_round([], 1, 2, "site-01")
+    check_round([1], 1, 2, "site-01")  # an interrupted round, asked again
+    with pytest.raises(SiteRefusal, match=r"round 1 was asked 2 times already"):
+        check_round([1, 1], 1, 2, "site-01")
+    with pytest.raises(SiteRefusal, match=r"round 1 comes after round 2"):
+        check_round([1, 2], 1, 2, "site-01")
+    for asked in (0, 3, -1):
+        with pytest.raises(SiteRefusal, match=rf"round {asked} is outside .* \(1 to 2\)"):
+            check_round([], asked, 2, "site-01")
+
+
+def _inject_fine_tuning(message: Message) -> None:
+    if message.metadata.message_type == "evaluate":
+        config = message.content[records.CONFIG]
+        config["fine-tune-steps"] = 20000
+        config["fine-tune-learning-rate"] = 1.0
+
+
+def test_evaluate_messages_cannot_make_a_site_fine_tune(small_study, tmp_path):
+    honest = malicious_coordinator(small_study, lambda message: None, tmp_path / "honest")
+    attacked = malicious_coordinator(small_study, _inject_fine_tuning, tmp_path / "attacked")
+    assert attacked["final"]["per_site"] == honest["final"]["per_site"]
+
+
+def _crafted_preprocessing(message: Message) -> None:
+    config = message.content[records.CONFIG]
+    if message.metadata.message_type == "evaluate" and config[records.ROUND] == 2:
+        config[records.PREP_MEAN] = [v + 1.0 for v in config[records.PREP_MEAN]]
+
+
+def test_evaluation_uses_the_runs_fixed_preprocessing(small_study, tmp_path):
+    malicious_coordinator(small_study, _crafted_preprocessing, tmp_path / "run")
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv", keep_default_na=False)
+    assert rounds["failed"][0] == ""
+    assert rounds["failed"][1].count("differs from the one this run started with") == 3
+    bad = ConfigRecord({records.PREP_MEAN: [0.0, 1.0], records.PREP_SCALE: [1.0, 0.0]})
+    with pytest.raises(SiteRefusal, match="scales positive and finite"):
+        preprocessing_digest(bad, "site-01")
+
+
+def test_a_site_can_add_calibrated_noise_to_or_coarsen_the_metrics_it_releases():
+    """A constant model makes accuracy the complement of prevalence: exact counts on 40 rows."""
+    outcome = np.array([1] * 5 + [0] * 35)
+    exact = clinical_metrics(outcome, np.zeros(40))
+    assert exact.values["accuracy"] * 40 == 35 and exact.values["prevalence"] * 40 == 5
+    assert release_metrics(exact, noise=0.0, decimals=None) is exact
+    noisy = release_metrics(exact, noise=2.0, decimals=None, rng=np.random.default_rng(3))
+    assert noisy.values["n"] == 40
+    for name in ("accuracy", "prevalence", "brier"):
+        assert noisy.values[name] != exact.values[name] and 0 <= noisy.values[name] <= 1
+    spread = [
+        release_metrics(exact, noise=2.0, decimals=None).values["prevalence"] for _ in range(400)
+    ]
+    assert np.mean(np.abs(np.array(spread) - 5 / 40)) == pytest.approx(2 / 40, rel=0.25)
+    coarse = release_metrics(exact, noise=0.0, decimals=1)
+    assert coarse.values["accuracy"] == 0.9 and coarse.values["prevalence"] == 0.1
+    assert coarse.values["auroc"] == 0.5
+
+
+# ---------------------------------------------------- item 1: a site always comes back
+
+
+def test_the_site_supervisor_retries_a_failed_rejoin_until_it_succeeds(tmp_path):
+    """A SuperNode killed with -9, then two failed rejoins: the site still comes back."""
+    paths = site_node.SitePaths(tmp_path)
+    first = subprocess.Popen(["sleep", "60"])
+    attempts: list[str] = []
+    rejoined: list[subprocess.Popen] = []
+
+    def launch() -> list[subprocess.Popen]:
+        attempts.append("launch")
+        if len(attempts) <= 2:
+            raise LhsError("the coordinator refused this site's node")
+        rejoined.append(subprocess.Popen(["sleep", "60"]))
+        return rejoined[-1:]
+
+    stop = site_node._StopFlag()
+    try:
+        killer = threading.Timer(0.5, first.kill)
+        stopper = threading.Thread(target=_stop_once_rejoined, args=(stop, rejoined))
+        killer.start()
+        stopper.start()
+        site_node.supervise([first], launch, stop, paths, "site-01", first_pause=0.1)
+        stopper.join()
+    finally:
+        stop.restore()
+    assert attempts == ["launch"] * 3
+    assert rejoined[0].poll() is not None  # stopped by the supervisor on the stop request
+    assert paths.alive.exists()
+
+
+def _stop_once_rejoined(stop, rejoined, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not rejoined and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert rejoined and rejoined[0].poll() is None  # the relaunched process runs
+    stop.requested = True
+
+
+@pytest.mark.slow
+def test_a_supernode_that_gives_up_reconnecting_exits(tmp_path):
+    """Flower's SuperNode logs "Giving up reconnection" and stays alive; ours exits.
+
+    Real processes: a SuperLink, the site's SuperNode entry point joined to it,
+    then the SuperLink stopped for longer than the SuperNode's --max-wait-time.
+    """
+    env = processes.flower_environment(tmp_path / "flwr")
+    port, runtime = free_port(), free_port()
+    superlink = processes.start_process(
+        [processes.flower_command("flower-superlink"), "--insecure", "--host", "127.0.0.1",
+         "--port", str(port)],
+        log=tmp_path / "superlink.log", env=env,
+    )  # fmt: skip
+    log = tmp_path / "supernode.log"
+    try:
+        processes.wait_until(
+            lambda: processes.port_open("127.0.0.1", port), process=superlink, timeout=60,
+            what="the SuperLink", log=tmp_path / "superlink.log",
+        )  # fmt: skip
+        supernode = processes.start_process(
+            [sys.executable, "-m", "lhs_federated.deploy.supernode", "--poll-interval", "0.5",
+             "--superlink", f"127.0.0.1:{port}", "--insecure", "--isolation", "process",
+             "--host", "127.0.0.1", "--port", str(runtime), "--max-wait-time", "2"],
+            log=log, env=env,
+        )  # fmt: skip
+        processes.wait_until(
+            lambda: "SuperNode ID" in log.read_text(), process=supernode, timeout=60,
+            what="the SuperNode", log=log,
+        )  # fmt: skip
+        processes.stop_process(superlink)
+        assert supernode.wait(timeout=60) != 0
+    finally:
+        processes.stop_process(superlink)
+        processes.stop_process(supernode)
+    text = log.read_text()
+    assert "Giving up reconnection" in text
+    assert "the SuperNode stopped (exit code 1); its supervisor restarts it" in text

@@ -27,6 +27,7 @@ LAYERS = [
     ("learning",),
     ("privacy",),
     ("governance",),
+    ("registry",),
     ("apps",),
     ("research",),
     ("loop",),

@@ -166,3 +166,23 @@ def test_federation_means_with_no_large_site_count_every_site_and_warn():
     )
     assert means.counted == ("x", "y") and means.left_out == {}
     assert means.mean["accuracy"] == pytest.approx(0.7) and "unreliable" in means.definition
+
+
+def test_calibration_fit_near_risks_of_0_and_1_converges_to_the_true_estimate():
+    from scipy.optimize import brentq
+
+    y = np.array([0, 0, 1])
+    p = np.array([1 - 1e-9, 1 - 1e-9, 1e-9])  # plain Newton steps went to 1e10 here
+    report = clinical_metrics(y, p)
+    logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / (1 - np.clip(p, 1e-7, 1 - 1e-7)))
+    root = brentq(lambda a: np.sum(y - 1 / (1 + np.exp(-(a + logit)))), -60, 60)
+    assert report.values["calibration_intercept"] == pytest.approx(root, abs=1e-6)
+
+
+def test_a_calibration_slope_that_cannot_be_estimated_is_missing_with_its_reason():
+    # Quasi-separation: only a tie keeps the AUROC below 1, so the slope's MLE is infinite.
+    report = clinical_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.5, 0.5, 0.9]))
+    assert report.values["auroc"] == pytest.approx(0.875)
+    assert math.isnan(report.values["calibration_slope"])
+    assert report.undefined["calibration_slope"].startswith("cannot be estimated")
+    assert abs(report.values["calibration_intercept"]) < 50

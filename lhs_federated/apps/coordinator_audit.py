@@ -303,6 +303,10 @@ class CoordinatorAudit:
             },
         )
 
+    def record(self, kind: str, data: dict[str, Any]) -> None:
+        """Append one record of another kind (the learning loop's findings and decisions)."""
+        self._append(kind, data)
+
     def finish(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """Record the study's end; return what ``summary.json`` says about the ledger.
 

@@ -28,6 +28,7 @@ from flwr.app import (
 
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import resolve_site
+from lhs_federated.apps.loop_messages import GUARDS as LOOP_GUARDS
 from lhs_federated.learning.metrics import METRIC_NAMES
 from lhs_federated.learning.site import n_features
 from lhs_federated.privacy.egress import (
@@ -106,6 +107,7 @@ def guard_reply(
         MessageType.QUERY: _guard_query,
         MessageType.TRAIN: _guard_train,
         MessageType.EVALUATE: _guard_evaluate,
+        **LOOP_GUARDS,
     }[kind]
     return guard(content, study, site, min_cell_size)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,8 @@ from lhs_federated.learning.site import (
     min_test_cases,
     n_features,
 )
-from lhs_federated.results.notes import departures_line, preprocessing_summary
+from lhs_federated.registry.warm_start import load_warm_start
+from lhs_federated.results.notes import convergence, departures_line, preprocessing_summary
 from lhs_federated.results.progress import ProgressEvent, RoundProgress, report_progress
 from lhs_federated.results.writer import RunWriter, utc_now
 from lhs_federated.study import Study
@@ -116,6 +117,7 @@ def run_study(
     checkpoint = load_checkpoint(out_dir, study) if resume else None
     if not resume:
         check_out_dir(out_dir)  # before waiting for any site
+    warm = load_warm_start(study)  # an update study: a verified release, matching inputs
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
     summaries, site_grid = discover_sites(audit.grid, study, expected_sites=expected_sites)
     statistics = federated_statistics(study, summaries.values())
@@ -128,6 +130,8 @@ def run_study(
         standardizer = statistics.standardizer if statistics else None
         strategy = build_strategy(study, n_sites=len(summaries))
         arrays = get_arrays(build_model(study.model, n_features(study), seed=study.seed))
+        if warm is not None:  # the release's weights mean nothing under other statistics
+            arrays, standardizer = warm.arrays, warm.standardizer
         final_reports: dict[str, MetricReport] = {}
     else:
         standardizer, strategy = checkpoint.standardizer, checkpoint.strategy
@@ -171,6 +175,7 @@ def run_study(
             study, summaries, final_reports, arrays, model_files, time.monotonic() - started
         )
         summary["preprocessing"] = preprocessing_summary(study, departures, n_features(study))
+        summary["convergence"] = convergence(out_dir)
         if privacy.active:
             summary["privacy"] = privacy.summary()
         summary["ledger"] = audit.finish(arrays)
@@ -426,6 +431,19 @@ def _run_round(
     return arrays, reports
 
 
+def _not_scored(
+    summaries: Iterable[SiteSummary], reports: dict[str, MetricReport]
+) -> dict[str, str]:
+    """Sites without a final evaluation, and why, for the list of sites left out of means."""
+    return {
+        s.name: "fewer test rows than its minimum cell size (withheld)"
+        if s.n_test is None
+        else "no evaluation in the final round (see rounds.csv)"
+        for s in summaries
+        if s.name not in reports
+    }
+
+
 def _site_row(summary: SiteSummary, min_cell_size: int) -> dict[str, Any]:
     def shown(value: int | None) -> Any:
         return f"<{min_cell_size}" if value is None else value
@@ -467,7 +485,7 @@ def _summary(
             "mean": {m: clean(v) for m, v in means.mean.items()},
             "weighted_mean": {m: clean(v) for m, v in means.weighted_mean.items()},
             "counted_sites": list(means.counted),
-            "left_out": means.left_out,
+            "left_out": {**means.left_out, **_not_scored(summaries.values(), reports)},
             "mean_definition": means.definition,
         },
         "model": {"arrays_sha256": records.hash_arrays(arrays), "files": model_files},

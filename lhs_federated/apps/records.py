@@ -32,8 +32,6 @@ PROXIMAL_MU = "proximal-mu"
 # Simulation only: where the simulated sites' governance folders are. In the one
 # ConfigRecord, because Flower's DP clipping mods accept no second one.
 SIMULATED_SITE_FOLDERS = "simulated-site-folders"
-FINE_TUNE_STEPS = "fine-tune-steps"
-FINE_TUNE_LEARNING_RATE = "fine-tune-learning-rate"
 
 # SCAFFOLD's control variates travel inside the one ArrayRecord of a message
 # (Flower validates exactly one per reply), named with these prefixes; a site
@@ -73,12 +71,25 @@ LEDGER_CLOSE_ACTION = "ledger_close"
 LEDGER_CLOSE = f"{MessageType.QUERY}.{LEDGER_CLOSE_ACTION}"
 
 
+# The learning loop's messages (see lhs_federated.apps.loop_messages): a release
+# monitored at a site, champion and challenger compared there, and one Newton step
+# of a federated recalibration.
+MONITOR_ACTION, GATE_ACTION, RECALIBRATE_ACTION = "monitor", "gate", "recalibrate"
+MONITOR = f"{MessageType.EVALUATE}.{MONITOR_ACTION}"
+GATE = f"{MessageType.EVALUATE}.{GATE_ACTION}"
+RECALIBRATE = f"{MessageType.TRAIN}.{RECALIBRATE_ACTION}"
+DRIFT = "drift"
+
+
 def reply_records(message_type: str) -> dict[str, type]:
     """The records a reply of each message type may hold (name -> record type)."""
     return {
         MessageType.QUERY: {SITE: ConfigRecord, COUNTS: MetricRecord, SUMS: MetricRecord},
         MessageType.TRAIN: {ARRAYS: ArrayRecord, METRICS: MetricRecord},
         MessageType.EVALUATE: {METRICS: MetricRecord, UNDEFINED: ConfigRecord},
+        MONITOR: {METRICS: MetricRecord, UNDEFINED: ConfigRecord, DRIFT: MetricRecord},
+        GATE: {METRICS: MetricRecord, UNDEFINED: ConfigRecord},
+        RECALIBRATE: {METRICS: MetricRecord},
     }.get(message_type, {})
 
 

@@ -20,6 +20,7 @@ hash there; the run config only tells the coordinator which study to run.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps.coordinator_audit import AuditOptions
 from lhs_federated.apps.federation import run_study
+from lhs_federated.apps.loop_tasks import LOOP_TASK_KEY, run_loop_task
 from lhs_federated.apps.preflight import ResultsFolderExists
 from lhs_federated.apps.run_config import (
     DEPLOYMENT,
@@ -116,6 +118,16 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         config = {**context.run_config, **overrides}
         study, out_dir, engine = run_from_config(config)
+        if config.get(LOOP_TASK_KEY):  # a learning-loop study: monitor, gate, recalibrate
+            run_loop_task(
+                grid,
+                study,
+                out_dir,
+                json.loads(str(config[LOOP_TASK_KEY])),
+                engine=engine,
+                audit_options=AuditOptions.from_run_config(config),
+            )
+            return
         try:
             run_study(
                 grid,

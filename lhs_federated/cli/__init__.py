@@ -54,6 +54,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Write report.html (self-contained: tables, plots, versions, seeds) into the folder.",
     ),
     "demo": ("demo", "app", "A whole consortium on this machine, to try a deployment first."),
+    "release": (
+        "loop",
+        "release_command",
+        "Publish a completed run as a signed, immutable release in the registry.",
+    ),
+    "registry": ("loop", "registry_app", "List, show and verify model releases."),
+    "monitor": (
+        "loop",
+        "monitor_command",
+        "Monitor a release at every site on its newest period(s); print and record alerts.",
+    ),
+    "loop": (
+        "loop",
+        "loop_command",
+        "Simulate the learning loop over the periods: monitor, alert, update, gate, promote.",
+    ),
     "dashboard": (
         "dashboard",
         "dashboard_command",

@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from lhs_federated.cli.progress_display import mode_of, print_result, progress_display
 from lhs_federated.errors import ConfigError
+from lhs_federated.results.progress import ProgressEvent
 
 app = typer.Typer(
     help="A whole consortium on this machine, to try a deployment first.",
@@ -81,13 +82,19 @@ def consortium_command(
         else:
             console.print(f"stopped: {escape(what)}")
         return
-    with progress_display("demo consortium", None, mode=mode, console=console):
-        fresh = not (root / "server" / "server.toml").is_file()
-        consortium = (
-            build_demo(root, sites=sites, rows_per_site=rows_per_site)
-            if fresh
-            else open_loopback(root)
-        )
+    with progress_display("demo consortium", None, mode=mode, console=console) as display:
+        if (root / "server" / "server.toml").is_file():
+            consortium = open_loopback(root)
+            display.show(
+                ProgressEvent(
+                    "step",
+                    f"{root} holds a consortium of {len(consortium.sites)} sites "
+                    "(--sites and --rows-per-site apply to a new folder): starting it again",
+                    {"step": "reopen"},
+                )
+            )
+        else:
+            consortium = build_demo(root, sites=sites, rows_per_site=rows_per_site)
         if consortium.is_running():
             raise ConfigError(
                 f"the consortium in {root} is already running; stop it with "

@@ -79,7 +79,7 @@ class Display:
             sys.stdout.write(json.dumps(event.to_dict(), default=str) + "\n")
             sys.stdout.flush()
         elif self.mode == "lines":
-            self.console.print(f"[dim]{event.at[11:19]}[/] {escape(event.message)}")
+            self.console.print(f"[dim]{event.at[11:19]}[/] {escape(event.message)}", soft_wrap=True)
         elif self.mode == "bar":
             self._draw(event)
 
@@ -89,6 +89,7 @@ class Display:
             auroc = event.data.get("mean_auroc")
             self.progress.update(
                 self.task,
+                description=self.title,  # the wait a step named is over
                 completed=done.round,
                 total=done.rounds,
                 sites=f"{done.sites_done}/{done.sites_total}",
@@ -106,7 +107,7 @@ class Display:
             if event.kind in ("step", "waiting"):
                 step = event.data.get("step") or event.kind
                 self.progress.update(self.task, description=f"{self.title} ({step})")
-            self.console.print(f"[dim]{event.at[11:19]}[/] {escape(event.message)}")
+            self.console.print(f"[dim]{event.at[11:19]}[/] {escape(event.message)}", soft_wrap=True)
 
 
 def print_result(message: str, data: dict[str, Any]) -> None:

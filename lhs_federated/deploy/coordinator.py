@@ -174,7 +174,10 @@ def register_site(config: ServerConfig, name: str, public_key: Path) -> str:
 
     A key that is already registered (a restart with a persistent database)
     keeps the node id the last start recorded for this site; a key registered
-    for anything else is an error.
+    for anything else is an error. On a loaded machine Flower's CLI sometimes
+    gives up connecting to a SuperLink that is up ("Connection to the
+    SuperLink is unavailable"): that is tried again twice, since otherwise
+    the whole start fails.
 
     Raises
     ------
@@ -187,7 +190,7 @@ def register_site(config: ServerConfig, name: str, public_key: Path) -> str:
             f"site name {name!r} must be 1-64 letters, digits, '-', '_' or '.' (as in [sites])."
         )
     try:
-        payload = flwr(config, "supernode", "register", str(public_key), CONNECTION, "--name", name)
+        payload = _register(config, name, public_key)
     except LhsError as error:
         if "already in use" not in error.message:
             raise
@@ -202,6 +205,19 @@ def register_site(config: ServerConfig, name: str, public_key: Path) -> str:
     node = str(payload["node-id"])
     write_registered_nodes(config, {**registered_nodes(config), name: node})
     return node
+
+
+def _register(config: ServerConfig, name: str, public_key: Path) -> dict[str, Any]:
+    """``flwr supernode register``, tried up to three times while the SuperLink is unreachable."""
+    args = ("supernode", "register", str(public_key), CONNECTION, "--name", name)
+    for _ in range(2):
+        try:
+            return flwr(config, *args)
+        except LhsError as error:
+            if "SuperLink is unavailable" not in error.message:
+                raise
+        time.sleep(2.0)
+    return flwr(config, *args)
 
 
 def registered_nodes(config: ServerConfig) -> dict[str, str]:

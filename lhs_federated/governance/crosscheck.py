@@ -200,6 +200,13 @@ def crosscheck(
             )
             continue
         differing = [key for key in _COMPARED if reply.data.get(key) != mine.data.get(key)]
+        model = mine.data.get("received_arrays_hash")
+        if model and reply.data.get("sent_arrays_hash") not in (None, model):
+            result.problems.append(
+                f"the site received another model for {where} than the coordinator's ledger "
+                f"says it sent: {_short(model)} at the site, "
+                f"{_short(reply.data.get('sent_arrays_hash'))} recorded as sent"
+            )
         if differing:
             result.problems.append(
                 f"reply to {where}: "
@@ -340,6 +347,10 @@ def _late_sites(coordinator: list[Entry], site: str) -> set[int]:
             if "no reply" in reason:
                 rounds.add(int(entry.data["round"]))
     return rounds
+
+
+def _short(value: object) -> str:
+    return "—" if not value else f"{str(value)[:16]}…"
 
 
 def _where(stage: object, server_round: object, message_id: str) -> str:

@@ -175,6 +175,7 @@ def audit_run(
         audit.notes.append(f"the study cannot be read from the coordinator ledger: {error.message}")
         return audit
     _check_files(run_dir, audit.view, audit)
+    _check_models(audit.view, audit)
     if summary is not None and audit.files.get("summary.json") in (None, "unchanged"):
         _check_summary(summary, audit.view, verification, audit)
     _check_sites(run_dir, audit, site_ledgers)
@@ -265,6 +266,33 @@ def _check_summary(
             f"{anchor.seq} (study-finished), the ledger has {named.hash[:16]}…: the ledger was "
             "rewritten and re-signed"
         )
+
+
+def _check_models(view: StudyView, audit: RunAudit) -> None:
+    """Every site of a stage must have been sent the same global model (the ledger says which)."""
+    for current in view.rounds:
+        for stage, replies in (("train", current.train), ("evaluate", current.evaluate)):
+            groups: dict[str, list[str]] = {}
+            for site, reply in sorted(replies.items()):
+                if reply.sent_arrays_hash:
+                    groups.setdefault(reply.sent_arrays_hash, []).append(site)
+            if len(groups) < 2:
+                continue
+            ranked = sorted(groups.items(), key=lambda item: -len(item[1]))
+            majority = ranked[0] if len(ranked[0][1]) > len(ranked[1][1]) else None
+            for digest, sites in ranked:
+                if majority is not None and digest == majority[0]:
+                    continue
+                others = (
+                    f"the model {majority[0][:16]}… the other sites were sent"
+                    if majority is not None
+                    else "the model the other sites were sent"
+                )
+                audit.problems.append(
+                    f"round {current.round} ({stage}): {', '.join(sites)} "
+                    f"{'was' if len(sites) == 1 else 'were'} sent model {digest[:16]}…, not "
+                    f"{others}: the coordinator sent sites different models"
+                )
 
 
 def _check_files(run_dir: Path, view: StudyView, audit: RunAudit) -> None:

@@ -113,13 +113,19 @@ def clinical_metrics(
     values["auprc"] = average_precision(y, p)
     values["balanced_accuracy"] = balanced_accuracy(y, predicted)
     logit = np.log(np.clip(p, _EPS, 1 - _EPS) / (1 - np.clip(p, _EPS, 1 - _EPS)))
-    values["calibration_intercept"] = _calibration_in_the_large(y, logit)
+    intercept = _calibration_in_the_large(y, logit)
+    if intercept is None:
+        undefined["calibration_intercept"] = NOT_ESTIMABLE
+    else:
+        values["calibration_intercept"] = intercept
     if values["auroc"] in (0.0, 1.0):
         undefined["calibration_slope"] = (
             "predictions separate the outcomes perfectly; the slope is infinite"
         )
+    elif (slope := _calibration_slope(y, logit)) is None:
+        undefined["calibration_slope"] = NOT_ESTIMABLE
     else:
-        values["calibration_slope"] = _calibration_slope(y, logit)
+        values["calibration_slope"] = slope
     return MetricReport(values, undefined)
 
 
@@ -135,33 +141,65 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, *, bins: int) -> fl
     return float(error)
 
 
-def _calibration_slope(y: np.ndarray, logit: np.ndarray) -> float:
+def _calibration_slope(y: np.ndarray, logit: np.ndarray) -> float | None:
     """Slope b of the logistic recalibration model logit P(y) = a + b * logit(p)."""
     design = np.column_stack([np.ones_like(logit), logit])
     coefficients = _newton_logistic(y, design, offset=np.zeros_like(logit))
-    return float(coefficients[1])
+    return None if coefficients is None else float(coefficients[1])
 
 
-def _calibration_in_the_large(y: np.ndarray, logit: np.ndarray) -> float:
+def _calibration_in_the_large(y: np.ndarray, logit: np.ndarray) -> float | None:
     """Intercept a of logit P(y) = a + logit(p): 0 when mean risk is right."""
     coefficients = _newton_logistic(y, np.ones((len(y), 1)), offset=logit)
-    return float(coefficients[0])
+    return None if coefficients is None else float(coefficients[0])
 
 
-def _newton_logistic(y: np.ndarray, design: np.ndarray, *, offset: np.ndarray) -> np.ndarray:
-    """Unpenalised logistic regression by Newton-Raphson (small designs only)."""
+NOT_ESTIMABLE = (
+    "cannot be estimated: the recalibration fit does not converge (predicted risks at 0 or "
+    "1 against the outcomes, or too few cases)"
+)
+_MAX_COEFFICIENT = 50.0  # on the logit scale: a factor of e^50 is no estimate
+
+
+def _newton_logistic(y: np.ndarray, design: np.ndarray, *, offset: np.ndarray) -> np.ndarray | None:
+    """Unpenalised logistic regression by damped Newton-Raphson (small designs only).
+
+    Each step is halved until the log-likelihood improves, so predicted risks
+    near 0 or 1 do not throw the iterations off (plain Newton steps there
+    reached intercepts of 1e10). Returns ``None`` when no finite estimate
+    exists: a coefficient leaves any plausible range (the outcomes are
+    separated) or the iterations do not settle.
+    """
+
+    def log_likelihood(beta: np.ndarray) -> float:
+        eta = offset + design @ beta
+        return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+
     beta = np.zeros(design.shape[1])
-    for _ in range(100):
-        eta = np.clip(offset + design @ beta, -30, 30)
-        mu = 1 / (1 + np.exp(-eta))
-        weights = np.maximum(mu * (1 - mu), 1e-12)
+    current = log_likelihood(beta)
+    for _ in range(200):
+        eta = offset + design @ beta
+        mu = np.exp(-np.logaddexp(0.0, -eta))
+        weights = np.maximum(mu * (1 - mu), 1e-300)
         gradient = design.T @ (y - mu)
         hessian = design.T @ (design * weights[:, None])
-        step = np.linalg.solve(hessian + 1e-10 * np.eye(len(beta)), gradient)
-        beta = beta + step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return beta
+        try:
+            step = np.linalg.solve(hessian + 1e-12 * np.eye(len(beta)), gradient)
+        except np.linalg.LinAlgError:
+            return None
+        scale = 1.0
+        while scale > 1e-8:
+            candidate = beta + scale * step
+            value = log_likelihood(candidate)
+            if np.isfinite(value) and value >= current - 1e-12:
+                break
+            scale /= 2
+        beta, current = candidate, value
+        if not np.all(np.isfinite(beta)) or np.max(np.abs(beta)) > _MAX_COEFFICIENT:
+            return None
+        if np.max(np.abs(scale * step)) < 1e-10:
+            return beta
+    return None
 
 
 def nan_weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:

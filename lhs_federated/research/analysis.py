@@ -12,15 +12,17 @@ federated model be set beside the pooled and local-only models
 - ``cross_site.csv``: each local model's AUROC and accuracy at every site and
   on all test rows (:mod:`lhs_federated.research.cross_site`);
 - ``calibration.csv``: the final federated model's calibration curve at each
-  site (equal-width bins; bins with fewer people than the minimum cell size
-  are left out);
+  site (equal-width bins; bins with fewer people, or fewer cases of a class,
+  than the minimum cell size are left out);
 - ``summary.json``: a ``comparison`` table (federated, pooled and local per
   site and on average, and the gain from federation, federated minus local)
   and the ``baselines`` budget, rewritten atomically.
 
 The federated model is scored exactly as the sites scored it (same
 preprocessing, same fine-tuning for personalised strategies), so the
-comparison's federated column equals the last round of ``metrics.csv``.
+comparison's federated column equals the last round of ``metrics.csv``; and
+under the same disclosure control as a site's replies (a site's metrics on
+fewer test rows than the minimum cell size are withheld, whatever the model).
 """
 
 from __future__ import annotations
@@ -137,10 +139,15 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             )
             for s in sites
         }
-    scores = {name: _score(study, sites, by_site) for name, by_site in predictions.items()}
+    cell = study.sites.min_cell_size
+    rows = {FEDERATED: cell}  # sites below the cell size never train
+    rows.update({name: model.n_rows for name, model in baselines.items()})
+    scores = {
+        name: _score(study, sites, by_site, trained_on=rows[name])
+        for name, by_site in predictions.items()
+    }
     cross = None
     if baselines:  # local models: full metrics at home, the matrix's metrics everywhere
-        cell = study.sites.min_cell_size
         progress(f"cross-site matrix: {len(sites)} local models at {len(sites)} sites", 0, 1)
         cross = score_cross_site(
             study,
@@ -156,10 +163,9 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             home = predict_at_site(
                 study, baselines[name].arrays, site.test.features, standardizers[site.name]
             )
-            report = _guarded(
-                score_predictions(study, site.test.outcome, home), cell, baselines[name].n_rows
-            )
-            scores[name] = ModelScores({site.name: report}, _matrix_report(cross, i, outcome))
+            report = _guarded(score_predictions(study, site.test.outcome, home), cell, rows[name])
+            everywhere = _guarded(_matrix_report(cross, i, outcome), cell, rows[name])
+            scores[name] = ModelScores({site.name: report}, everywhere)
             for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
                 cross.values[metric][i, i] = report.values[metric]
         write_cross_site(out_dir / CROSS_SITE_FILE, cross.sites, cross.values, cross.all_sites)
@@ -170,12 +176,13 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     counted = summary["final"].get("counted_sites", [s.name for s in sites])
     summary["comparison"] = comparison_table(scores, [s.name for s in sites], counted, cross)
     if baselines:
+        cell = study.sites.min_cell_size
         summary["baselines"] = {
             "budget": "fixed epochs" if study.baselines.epochs else "the federation's steps",
             "pooled_scaling": study.baselines.pooled_scaling,
             "models": {
                 name: {
-                    "rows": model.n_rows,
+                    "rows": model.n_rows if model.n_rows >= cell else f"<{cell}",
                     "steps": model.training.steps,
                     "optimizer": model.training.optimizer,
                     "learning_rate": model.training.learning_rate,
@@ -188,11 +195,42 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-def _score(study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray]) -> ModelScores:
-    per_site = {s.name: score_predictions(study, s.test.outcome, by_site[s.name]) for s in sites}
+def _score(
+    study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray], *, trained_on: int
+) -> ModelScores:
+    """A model's scores at every site and on all test rows, guarded (see :func:`_guarded`)."""
+    cell = study.sites.min_cell_size
     outcome = np.concatenate([s.test.outcome for s in sites])
     everything = np.concatenate([by_site[s.name] for s in sites])
-    return ModelScores(per_site, score_predictions(study, outcome, everything))
+    per_site = {
+        s.name: _guarded(
+            score_predictions(study, s.test.outcome, by_site[s.name]), cell, trained_on
+        )
+        for s in sites
+    }
+    all_sites = _guarded(score_predictions(study, outcome, everything), cell, trained_on)
+    return ModelScores(per_site, all_sites)
+
+
+def _guarded(report: MetricReport, cell: int, trained_on: int) -> MetricReport:
+    """A report under the disclosure control a site's egress guard applies.
+
+    Metrics on fewer test rows than the minimum cell size are withheld, and so
+    is the prevalence when it gives a small count of cases away
+    (:func:`~lhs_federated.privacy.egress.suppress_evaluation`); every score of
+    a model trained on fewer rows than the cell size (the local-only model of a
+    tiny site) is withheld too.
+    """
+    if trained_on < cell:
+        reason = f"withheld: model trained on fewer rows than the minimum cell size ({cell})"
+        return MetricReport(
+            {m: float("nan") for m in report.values}, dict.fromkeys(report.values, reason)
+        )
+    return MetricReport(
+        *suppress_evaluation(
+            report.values, report.undefined, n_key="n", weight_keys=(), min_cell_size=cell
+        )
+    )
 
 
 class _StepProgress:
@@ -208,20 +246,6 @@ class _StepProgress:
             self._shown = -1.0 if done == total else share
             data = {"step": "analysis", "done": done, "total": total}
             report_progress(ProgressEvent("step", message, data), run_dir=self._run_dir)
-
-
-def _guarded(report: MetricReport, cell: int, trained_on: int) -> MetricReport:
-    """A report under a site's disclosure control; all withheld if the model saw few rows."""
-    if trained_on < cell:
-        reason = f"withheld: model trained on fewer rows than the minimum cell size ({cell})"
-        return MetricReport(
-            {m: float("nan") for m in report.values}, dict.fromkeys(report.values, reason)
-        )
-    return MetricReport(
-        *suppress_evaluation(
-            report.values, report.undefined, n_key="n", weight_keys=(), min_cell_size=cell
-        )
-    )
 
 
 def _matrix_report(cross: CrossSiteMatrix, i: int, outcome: np.ndarray) -> MetricReport:
@@ -321,7 +345,7 @@ def _write_comparison(path: Path, scores: dict[str, ModelScores]) -> None:
 def _write_calibration(
     path: Path, study: Study, sites: list[SiteData], predictions: dict[str, np.ndarray]
 ) -> None:
-    bins = study.evaluation.calibration_bins
+    bins, cell = study.evaluation.calibration_bins, study.sites.min_cell_size
     edges = np.linspace(0.0, 1.0, bins + 1)
     rows = []
     for site in sites:
@@ -330,8 +354,9 @@ def _write_calibration(
         for b in range(bins):
             members = which == b
             n = int(members.sum())
-            if n < study.sites.min_cell_size:
-                continue
+            positives = int(site.test.outcome[members].sum())
+            if n < cell or any(0 < count < cell for count in (positives, n - positives)):
+                continue  # a bin of few people, or one giving a small count of cases away
             rows.append(
                 (
                     FEDERATED,

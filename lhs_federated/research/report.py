@@ -95,11 +95,12 @@ def write_run_report(run_dir: str | Path) -> Path:
     parts = [
         f"<h1>{_e(summary['study'])}: federated study report</h1>",
         f"<p>{_e(study.get('description', ''))}</p>",
+        f"<p><strong>As run:</strong> {_e(_as_run(summary, versions, sites))}</p>",
         f"<p class='muted'>study hash <code>{_e(summary['study_hash'])}</code> · "
         f"{_e(summary['status'])} {_e(summary['finished_at'])} · {summary['seconds']:.1f} s · "
         f"engine {_e(versions.get('engine', '?'))}</p>",
         "<h2>Study</h2>",
-        _key_values(_study_facts(study)),
+        _key_values(_study_facts(study, versions.get("engine", ""))),
         f"<details><summary>Resolved study (TOML)</summary><pre>"
         f"{_e((run_dir / 'study.resolved.toml').read_text(encoding='utf-8'))}</pre></details>",
         "<h2>Data per site</h2>",
@@ -381,12 +382,24 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
     return _write(sweep_dir, f"sweep {spec.get('name', '')}", parts)
 
 
-def _study_facts(study: dict[str, Any]) -> dict[str, Any]:
+DEPLOYED_DATA = "each site's own table, named in its own site config (the study's [data] is unused)"
+
+
+def _as_run(summary: dict[str, Any], versions: dict[str, Any], sites: pd.DataFrame) -> str:
+    """What actually ran, whatever the study's description says (it may name other sites)."""
+    names = list(sites["site"]) if "site" in sites else summary.get("sites", [])
+    engine = versions.get("engine", "?")
+    data = DEPLOYED_DATA if engine == "deployment" else "simulated sites"
+    return f"{len(names)} sites ({', '.join(map(str, names))}); {data}; engine {engine}."
+
+
+def _study_facts(study: dict[str, Any], engine: str = "") -> dict[str, Any]:
     data, strategy, training = study["data"], study["strategy"], study["training"]
     params = ", ".join(f"{k}={v}" for k, v in strategy.get("params", {}).items())
+    source = f"{data['source']}" + (f" ({data['path']})" if data.get("path") else "")
     return {
         "outcome": study["data"]["contract"]["outcome"]["column"],
-        "data": f"{data['source']}" + (f" ({data['path']})" if data.get("path") else ""),
+        "data": DEPLOYED_DATA if engine == "deployment" else source,
         "contract": data["contract"]["name"],
         "split": f"test fraction {data['test_fraction']}, seed {data['split_seed']} "
         f"({data['split_seeding']}); scored on {data['evaluate_on']}",

@@ -1,0 +1,331 @@
+"""The learning loop's messages: monitor a release, gate a challenger, recalibrate.
+
+Three message types beside Flower's plain ``query``/``train``/``evaluate``
+(names in :mod:`lhs_federated.apps.records`), each carrying the study it
+belongs to, checked against its hash and approved by the site like any other:
+
+- ``evaluate.monitor``: the release's arrays and preprocessing, the bins of
+  each input column; the site replies with the release's metrics and 95%
+  intervals on its evaluation rows and the columns' histograms and moments
+  (and those of its training rows, for a release's reference);
+- ``evaluate.gate``: champion and challenger (arrays prefixed ``champion/``
+  and ``challenger/``) and the study's policy; the site replies with both
+  models' metrics and its own verdict, which its ledger records with the reply;
+- ``train.recalibrate``: the release and the current recalibration
+  parameters; the site replies with the score and information of its
+  training rows (one Newton step of the pooled fit).
+
+This module holds the records both sides build and read, the ClientApp
+handlers (:func:`register`) and the egress guard of each reply
+(:data:`GUARDS`): nothing leaves that the study does not declare, bin counts
+of 1 to k - 1 are withheld, and a site below its minimum cell size sends no
+metric and no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from lhs_federated.apps import records
+from lhs_federated.apps.client_site import resolve_site
+from lhs_federated.data.statistics import Standardizer
+from lhs_federated.learning.drift import ColumnSummary
+from lhs_federated.learning.monitoring import (
+    MONITOR_KEYS,
+    GatePolicy,
+    SiteMonitoring,
+    gate_at_site,
+    monitor_at_site,
+    recalibration_terms,
+)
+from lhs_federated.learning.site import n_features, site_standardizer
+from lhs_federated.privacy.egress import EgressBlocked, Problem, metric_problems, reason_problems
+from lhs_federated.study import Study
+
+EDGES, EDGE_COUNTS, WITH_REFERENCE = "monitor-edges", "monitor-edge-counts", "monitor-reference"
+CHALLENGER_MEAN, CHALLENGER_SCALE = "challenger-mean", "challenger-scale"
+POLICY_KEYS = {
+    "auroc_margin": "gate-auroc-margin",
+    "intercept_bound": "gate-intercept-bound",
+    "slope_low": "gate-slope-low",
+    "slope_high": "gate-slope-high",
+}
+METHOD, PARAMS = "recalibration-method", "recalibration-params"
+CHAMPION, CHALLENGER = "champion/", "challenger/"
+GRADIENT, INFORMATION = "gradient", "information"
+VERDICT, VERDICT_REASON = "verdict", "verdict"
+SUMMARY_PARTS = ("counts", "n", "sum", "sum-of-squares")
+GATE_KEYS = (*(CHAMPION + k for k in MONITOR_KEYS), *(CHALLENGER + k for k in MONITOR_KEYS))
+
+
+# --- what the coordinator sends ---------------------------------------------------------
+
+
+def edges_to_config(edges: list[np.ndarray]) -> ConfigRecord:
+    """The bins of every input column, flattened."""
+    return ConfigRecord(
+        {
+            EDGES: [float(v) for e in edges for v in e],
+            EDGE_COUNTS: [len(e) for e in edges],
+        }
+    )
+
+
+def edges_from_config(config: ConfigRecord) -> list[np.ndarray]:
+    """The bins of every input column."""
+    flat, counts = np.asarray(config[EDGES], float), list(config[EDGE_COUNTS])
+    return np.split(flat, np.cumsum(counts)[:-1]) if counts else []
+
+
+def policy_to_config(policy: GatePolicy) -> ConfigRecord:
+    """The gate's policy, as the sites apply it."""
+    return ConfigRecord({key: float(getattr(policy, name)) for name, key in POLICY_KEYS.items()})
+
+
+def policy_from_config(config: ConfigRecord) -> GatePolicy:
+    """The gate's policy a message carries."""
+    return GatePolicy(**{name: float(config[key]) for name, key in POLICY_KEYS.items()})
+
+
+# --- replies ---------------------------------------------------------------------------
+
+
+def _summaries_to_record(
+    record: dict[str, list[float]], prefix: str, summaries: list[ColumnSummary]
+) -> None:
+    record[f"{prefix}-counts"] = [float(c) for s in summaries for c in s.counts]
+    record[f"{prefix}-n"] = [float(s.n) for s in summaries]
+    record[f"{prefix}-sum"] = [float(s.total) for s in summaries]
+    record[f"{prefix}-sum-of-squares"] = [float(s.total_squares) for s in summaries]
+
+
+def summaries_from_record(
+    record: MetricRecord, prefix: str, edge_counts: list[int]
+) -> list[ColumnSummary] | None:
+    """Column summaries of a monitoring reply (None if the reply has none)."""
+    if f"{prefix}-counts" not in record:
+        return None
+    counts = np.split(
+        np.asarray(record[f"{prefix}-counts"], float), np.cumsum([c + 1 for c in edge_counts])[:-1]
+    )
+    n, total, squares = (
+        np.asarray(record[f"{prefix}-{part}"], float) for part in SUMMARY_PARTS[1:]
+    )
+    return [
+        ColumnSummary(counts[j], float(n[j]), float(total[j]), float(squares[j]))
+        for j in range(len(edge_counts))
+    ]
+
+
+def monitoring_to_record(monitoring: SiteMonitoring) -> RecordDict:
+    """A monitoring reply: metrics, reasons, column summaries."""
+    metrics = MetricRecord({k: float(monitoring.values[k]) for k in MONITOR_KEYS})
+    drift: dict[str, list[float]] = {}
+    if monitoring.current is not None:
+        _summaries_to_record(drift, "current", monitoring.current)
+    if monitoring.reference is not None:
+        _summaries_to_record(drift, "reference", monitoring.reference)
+    return RecordDict(
+        {
+            records.METRICS: metrics,
+            records.UNDEFINED: ConfigRecord(dict(monitoring.undefined)),
+            records.DRIFT: MetricRecord(drift),
+        }
+    )
+
+
+def monitoring_from_record(content: RecordDict, edge_counts: list[int]) -> SiteMonitoring:
+    """Parse a monitoring reply."""
+    metrics = content[records.METRICS]
+    undefined = {str(k): str(v) for k, v in content[records.UNDEFINED].items()}
+    drift = content[records.DRIFT]
+    return SiteMonitoring(
+        {k: float(metrics[k]) for k in MONITOR_KEYS},
+        undefined,
+        summaries_from_record(drift, "current", edge_counts),
+        summaries_from_record(drift, "reference", edge_counts),
+    )
+
+
+def gate_from_record(content: RecordDict) -> tuple[dict[str, float], dict[str, float], bool, str]:
+    """Champion's and challenger's metrics, the site's verdict and its reason."""
+    metrics = content[records.METRICS]
+    champion = {k: float(metrics[CHAMPION + k]) for k in MONITOR_KEYS}
+    challenger = {k: float(metrics[CHALLENGER + k]) for k in MONITOR_KEYS}
+    reason = str(content[records.UNDEFINED].get(VERDICT_REASON, ""))
+    return champion, challenger, bool(metrics[VERDICT] == 1), reason
+
+
+# --- the site's handlers -----------------------------------------------------------------
+
+
+def _standardizer(study: Study, site, config: ConfigRecord, mean: str, scale: str) -> Standardizer:
+    if mean in config:
+        return Standardizer(np.asarray(config[mean], float), np.asarray(config[scale], float))
+    return site_standardizer(study, site.data, None)
+
+
+def monitor(message: Message, context: Context) -> Message:
+    """Score the release on the site's evaluation rows; summarise its columns."""
+    config = message.content[records.CONFIG]
+    study = records.study_from_config(config)
+    site = resolve_site(study, context)
+    torch.set_num_threads(site.threads)
+    monitoring = monitor_at_site(
+        study,
+        site.data,
+        records.from_array_record(message.content[records.ARRAYS]),
+        standardizer=_standardizer(study, site, config, records.PREP_MEAN, records.PREP_SCALE),
+        edges=edges_from_config(config),
+        with_reference=bool(config.get(WITH_REFERENCE, False)),
+        min_cell_size=site.min_cell_size,
+    )
+    return Message(monitoring_to_record(monitoring), reply_to=message)
+
+
+def gate(message: Message, context: Context) -> Message:
+    """Score champion and challenger on the same rows and give the site's verdict."""
+    config = message.content[records.CONFIG]
+    study = records.study_from_config(config)
+    site = resolve_site(study, context)
+    arrays = records.from_array_record(message.content[records.ARRAYS])
+    champion, challenger, passed, reason = gate_at_site(
+        study,
+        site.data,
+        {k.removeprefix(CHAMPION): v for k, v in arrays.items() if k.startswith(CHAMPION)},
+        {k.removeprefix(CHALLENGER): v for k, v in arrays.items() if k.startswith(CHALLENGER)},
+        champion_standardizer=_standardizer(
+            study, site, config, records.PREP_MEAN, records.PREP_SCALE
+        ),
+        challenger_standardizer=_standardizer(
+            study, site, config, CHALLENGER_MEAN, CHALLENGER_SCALE
+        ),
+        policy=policy_from_config(config),
+        min_cell_size=site.min_cell_size,
+    )
+    metrics = MetricRecord(
+        {
+            **{CHAMPION + k: float(champion.values[k]) for k in MONITOR_KEYS},
+            **{CHALLENGER + k: float(challenger.values[k]) for k in MONITOR_KEYS},
+            VERDICT: int(passed),
+        }
+    )
+    reasons = ConfigRecord({VERDICT_REASON: reason[: records.UNDEFINED_REASON_MAX]})
+    return Message(
+        RecordDict({records.METRICS: metrics, records.UNDEFINED: reasons}), reply_to=message
+    )
+
+
+def recalibrate(message: Message, context: Context) -> Message:
+    """Score and information of the site's training rows at the current parameters."""
+    config = message.content[records.CONFIG]
+    study = records.study_from_config(config)
+    site = resolve_site(study, context)
+    params = np.asarray(config[PARAMS], float)
+    gradient, information, n = recalibration_terms(
+        study,
+        site.data,
+        records.from_array_record(message.content[records.ARRAYS]),
+        params,
+        str(config[METHOD]),  # type: ignore[arg-type]
+        standardizer=_standardizer(study, site, config, records.PREP_MEAN, records.PREP_SCALE),
+    )
+    if n < site.min_cell_size:  # nothing computed on fewer rows leaves the site
+        gradient, information = np.full_like(gradient, np.nan), np.full_like(information, np.nan)
+    metrics = MetricRecord(
+        {
+            GRADIENT: gradient.tolist(),
+            INFORMATION: information.ravel().tolist(),
+            records.NUM_EXAMPLES: int(n),
+        }
+    )
+    return Message(RecordDict({records.METRICS: metrics}), reply_to=message)
+
+
+def register(app: ClientApp) -> None:
+    """Add the loop's handlers to the site's ClientApp."""
+    app.evaluate(records.MONITOR_ACTION)(monitor)
+    app.evaluate(records.GATE_ACTION)(gate)
+    app.train(records.RECALIBRATE_ACTION)(recalibrate)
+
+
+# --- egress guards -----------------------------------------------------------------------
+
+
+def _withhold_small(values: dict, k: int) -> dict:
+    if values.get("n", 0) >= k:
+        return values
+    return {key: (value if key == "n" else math.nan) for key, value in values.items()}
+
+
+def _guard_monitor(content: RecordDict, study: Study, site: str, k: int) -> RecordDict:
+    metrics = dict(content.get(records.METRICS, {}))
+    undefined = dict(content.get(records.UNDEFINED, {}))
+    drift = dict(content.get(records.DRIFT, {}))
+    problems = metric_problems(MONITOR_KEYS, metrics, what="monitoring metric")
+    problems += reason_problems(undefined, MONITOR_KEYS, records.UNDEFINED_REASON_MAX)
+    width = n_features(study)
+    for key, value in drift.items():
+        prefix, _, part = key.partition("-")
+        if prefix not in ("current", "reference") or part not in SUMMARY_PARTS:
+            problems.append(Problem("unexpected drift key", repr(key)))
+        elif not isinstance(value, list) or (part != "counts" and len(value) != width):
+            problems.append(Problem("malformed drift summary", repr(key)))
+    if problems:
+        raise EgressBlocked(site, "monitor reply", problems)
+    guarded: dict[str, list[float]] = {}
+    for key, value in drift.items():  # counts of 1 to k - 1 never leave, whatever the code did
+        array = np.asarray(value, float)
+        if key.endswith("-counts"):
+            array = np.where((array > 0) & (array < k), np.nan, array)
+        guarded[key] = array.tolist()
+    return RecordDict(
+        {
+            records.METRICS: MetricRecord(_withhold_small(metrics, k)),
+            records.UNDEFINED: ConfigRecord(undefined),
+            records.DRIFT: MetricRecord(guarded),
+        }
+    )
+
+
+def _guard_gate(content: RecordDict, study: Study, site: str, k: int) -> RecordDict:
+    metrics = dict(content.get(records.METRICS, {}))
+    undefined = dict(content.get(records.UNDEFINED, {}))
+    problems = metric_problems((*GATE_KEYS, VERDICT), metrics, what="gate metric")
+    problems += reason_problems(undefined, (VERDICT_REASON,), records.UNDEFINED_REASON_MAX)
+    if problems:
+        raise EgressBlocked(site, "gate reply", problems)
+    for prefix in (CHAMPION, CHALLENGER):
+        part = {k_[len(prefix) :]: v for k_, v in metrics.items() if k_.startswith(prefix)}
+        metrics.update({prefix + key: v for key, v in _withhold_small(part, k).items()})
+    return RecordDict(
+        {records.METRICS: MetricRecord(metrics), records.UNDEFINED: ConfigRecord(undefined)}
+    )
+
+
+def _guard_recalibrate(content: RecordDict, study: Study, site: str, k: int) -> RecordDict:
+    metrics = dict(content.get(records.METRICS, {}))
+    problems = [
+        Problem("unexpected recalibration key", repr(key))
+        for key in metrics
+        if key not in (GRADIENT, INFORMATION, records.NUM_EXAMPLES)
+    ]
+    if problems:
+        raise EgressBlocked(site, "recalibrate reply", problems)
+    if float(metrics.get(records.NUM_EXAMPLES, 0)) < k:
+        for key in (GRADIENT, INFORMATION):
+            metrics[key] = [math.nan] * len(metrics.get(key, []))
+    return RecordDict({records.METRICS: MetricRecord(metrics)})
+
+
+#: The egress guard of each loop reply (see :func:`lhs_federated.apps.egress.guard_reply`).
+GUARDS = {
+    records.MONITOR: _guard_monitor,
+    records.GATE: _guard_gate,
+    records.RECALIBRATE: _guard_recalibrate,
+}

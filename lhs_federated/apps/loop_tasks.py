@@ -1,0 +1,360 @@
+"""The coordinator's side of the learning loop's studies, on any Flower Grid.
+
+Each task is one study the sites approve, run like any other: discovery, the
+coordinator's signed ledger (:class:`~lhs_federated.apps.coordinator_audit.CoordinatorAudit`,
+every reply recorded, the sites told the final hash), and a results folder
+whose files are hashed into the closing record. What differs is the work:
+
+- :func:`monitor_release`: one ``evaluate.monitor`` message per site;
+- :func:`gate_challenger`: one ``evaluate.gate`` message per site, each site's
+  verdict in its reply (and so in its ledger) and the tally in the coordinator's;
+- :func:`recalibrate_release`: ``train.recalibrate`` rounds, each summing the
+  sites' scores and information into one Newton step of the pooled fit.
+
+A task's kind and inputs reach the ServerApp in the run config
+(:data:`LOOP_TASK_KEY`, JSON), so the same ServerApp serves the in-process
+engine, Ray and a deployed SuperLink.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from lhs_federated.apps import loop_messages, records
+from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
+from lhs_federated.apps.federation import discover_sites
+from lhs_federated.apps.site_grid import SiteGrid
+from lhs_federated.data.encoding import encoded_columns
+from lhs_federated.data.statistics import Standardizer
+from lhs_federated.errors import StudyRunError
+from lhs_federated.learning.drift import reference_edges, summary_to_json
+from lhs_federated.learning.export import ReleasedModel
+from lhs_federated.learning.metrics import MetricReport
+from lhs_federated.learning.monitoring import GatePolicy, SiteMonitoring
+from lhs_federated.learning.recalibration import Recalibration, identity, newton_step
+from lhs_federated.results.writer import utc_now
+from lhs_federated.study import Study, write_study
+
+LOGGER = logging.getLogger("lhs_federated.loop")
+LOOP_TASK_KEY = "loop-task"
+RESULT_FILE = "loop-task.json"
+
+
+@dataclass
+class TaskOutcome:
+    """What a loop task found: per-site results and failures, and its ledger's close."""
+
+    kind: str
+    per_site: dict[str, Any] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    ledger: dict[str, Any] = field(default_factory=dict)
+
+
+def _config(study: Study, standardizer: Standardizer | None) -> ConfigRecord:
+    config = records.study_config(study)
+    if standardizer is not None:
+        config.update(records.standardizer_to_config(standardizer))
+    return config
+
+
+def _exchange(
+    grid: SiteGrid, study: Study, message_type: str, content: Callable[[int], RecordDict]
+) -> tuple[dict[str, Message], dict[str, str]]:
+    """Send one message per site; replies by site, failures with their reasons."""
+    messages = [Message(content(node), node, message_type) for node in sorted(grid.sites)]
+    timeout = study.federation.round_timeout
+    replies, failed = {}, {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        site = grid.site_of(reply)
+        if reply.has_error():
+            kind = "refused" if reply.error.code == records.SITE_REFUSED else "failed"
+            failed[site] = f"{kind}: {reply.error.reason}"
+        else:
+            replies[site] = reply
+    for site in grid.sites.values():
+        if site not in replies and site not in failed:
+            failed[site] = f"no reply within {timeout:g} s"
+    return dict(sorted(replies.items())), failed
+
+
+def _run_task(
+    grid: Grid,
+    study: Study,
+    out_dir: Path,
+    *,
+    kind: str,
+    engine: str,
+    audit_options: AuditOptions | None,
+    arrays: dict[str, np.ndarray],
+    work: Callable[[SiteGrid, CoordinatorAudit], TaskOutcome],
+) -> TaskOutcome:
+    """Discovery, ledger, the task's ``work``, its result file and the ledger's close."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise StudyRunError(f"results folder {str(out_dir)!r} exists and is not empty.")
+    audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
+    summaries, site_grid = discover_sites(audit.grid, study)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_study(study, out_dir / "study.resolved.toml")
+    audit.open({node: s.name for node, s in summaries.items()}, engine=engine)
+    try:
+        outcome = work(site_grid, audit)
+        audit.record(f"loop-{kind}", {"result": outcome.result, "failed": outcome.failed})
+        (out_dir / RESULT_FILE).write_text(
+            json.dumps(
+                {
+                    "kind": kind,
+                    "study_hash": study.hash,
+                    "finished_at": utc_now(),
+                    "result": outcome.result,
+                    "failed": outcome.failed,
+                },
+                indent=2,
+                default=_plain,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+        outcome.ledger = audit.finish(arrays)
+    except Exception as error:
+        audit.fail(error)
+        raise
+    return outcome
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _clean(values: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+
+
+def monitor_release(
+    grid: Grid,
+    study: Study,
+    out_dir: Path,
+    model: ReleasedModel,
+    edges: list[np.ndarray],
+    *,
+    with_reference: bool = False,
+    engine: str = "inprocess",
+    audit_options: AuditOptions | None = None,
+) -> TaskOutcome:
+    """Score a release and summarise the data at every site (``evaluate.monitor``).
+
+    ``study`` selects each site's rows (its ``evaluate_periods`` are the rows
+    monitored); ``with_reference`` also summarises the training rows, to build
+    a release's drift reference.
+    """
+    edge_counts = [len(e) for e in edges]
+
+    def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
+        def content(node: int) -> RecordDict:
+            config = _config(study, model.standardizer)
+            config.update(loop_messages.edges_to_config(edges))
+            config[loop_messages.WITH_REFERENCE] = with_reference
+            return RecordDict(
+                {records.ARRAYS: records.to_array_record(model.arrays), records.CONFIG: config}
+            )
+
+        replies, failed = _exchange(site_grid, study, records.MONITOR, content)
+        per_site: dict[str, SiteMonitoring] = {}
+        for site, reply in replies.items():
+            try:
+                per_site[site] = loop_messages.monitoring_from_record(reply.content, edge_counts)
+            except (KeyError, ValueError, TypeError) as error:
+                failed[site] = f"reply rejected: malformed monitoring reply ({error})"
+        audit.evaluated(
+            0, {s: MetricReport(m.values, m.undefined) for s, m in per_site.items()}, failed
+        )
+        result = {
+            s: {
+                "values": _clean(m.values),
+                "undefined": m.undefined,
+                "current": [summary_to_json(c) for c in m.current or []],
+                "reference": [summary_to_json(c) for c in m.reference or []],
+            }
+            for s, m in per_site.items()
+        }
+        return TaskOutcome("monitor", per_site, failed, result)
+
+    return _run_task(
+        grid, study, out_dir, kind="monitor", engine=engine, audit_options=audit_options,
+        arrays=model.arrays, work=work,
+    )  # fmt: skip
+
+
+def gate_challenger(
+    grid: Grid,
+    study: Study,
+    out_dir: Path,
+    champion: ReleasedModel,
+    challenger: ReleasedModel,
+    policy: GatePolicy,
+    *,
+    engine: str = "inprocess",
+    audit_options: AuditOptions | None = None,
+) -> TaskOutcome:
+    """Champion vs challenger at every site (``evaluate.gate``); each site's verdict."""
+    arrays = {
+        **{loop_messages.CHAMPION + k: v for k, v in champion.arrays.items()},
+        **{loop_messages.CHALLENGER + k: v for k, v in challenger.arrays.items()},
+    }
+
+    def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
+        def content(node: int) -> RecordDict:
+            config = _config(study, champion.standardizer)
+            config.update(loop_messages.policy_to_config(policy))
+            if challenger.standardizer is not None:
+                config[loop_messages.CHALLENGER_MEAN] = challenger.standardizer.mean.tolist()
+                config[loop_messages.CHALLENGER_SCALE] = challenger.standardizer.scale.tolist()
+            return RecordDict(
+                {records.ARRAYS: records.to_array_record(arrays), records.CONFIG: config}
+            )
+
+        replies, failed = _exchange(site_grid, study, records.GATE, content)
+        per_site = {}
+        for site, reply in replies.items():
+            champ, chall, passed, reason = loop_messages.gate_from_record(reply.content)
+            per_site[site] = {
+                "champion": _clean(champ), "challenger": _clean(chall),
+                "passed": passed, "reason": reason,
+            }  # fmt: skip
+        return TaskOutcome("gate", per_site, failed, per_site)
+
+    return _run_task(
+        grid, study, out_dir, kind="gate", engine=engine, audit_options=audit_options,
+        arrays=challenger.arrays, work=work,
+    )  # fmt: skip
+
+
+def recalibrate_release(
+    grid: Grid,
+    study: Study,
+    out_dir: Path,
+    model: ReleasedModel,
+    method: Recalibration,
+    *,
+    max_rounds: int = 8,
+    engine: str = "inprocess",
+    audit_options: AuditOptions | None = None,
+) -> TaskOutcome:
+    """The pooled maximum-likelihood recalibration of a release, by federated Newton steps.
+
+    Sites below their minimum cell size send no gradient and are left out of
+    the sums (named in ``failed``).
+    """
+
+    def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
+        params = identity(method)
+        failed: dict[str, str] = {}
+        rounds = 0
+        while rounds < max_rounds:
+            rounds += 1
+
+            def content(node: int, params: np.ndarray = params) -> RecordDict:
+                config = _config(study, model.standardizer)
+                config[loop_messages.METHOD] = method
+                config[loop_messages.PARAMS] = [float(v) for v in params]
+                return RecordDict(
+                    {records.ARRAYS: records.to_array_record(model.arrays), records.CONFIG: config}
+                )
+
+            replies, failed = _exchange(site_grid, study, records.RECALIBRATE, content)
+            size = len(params)
+            gradient, information = np.zeros(size), np.zeros((size, size))
+            for site, reply in replies.items():
+                metrics = reply.content[records.METRICS]
+                g = np.asarray(metrics[loop_messages.GRADIENT], float)
+                h = np.asarray(metrics[loop_messages.INFORMATION], float)
+                if (
+                    g.shape != (size,)
+                    or h.shape != (size * size,)
+                    or not np.isfinite([*g, *h]).all()
+                ):
+                    failed[site] = "no usable recalibration terms (withheld or malformed)"
+                    continue
+                gradient, information = gradient + g, information + h.reshape(size, size)
+            if not information.any():
+                raise StudyRunError("no site sent recalibration terms; nothing to fit.")
+            new = newton_step(params, gradient, information)
+            step = float(np.max(np.abs(new - params)))
+            params = new
+            if step < 1e-9:
+                break
+        result = {"method": method, "params": params.tolist(), "newton_rounds": rounds}
+        return TaskOutcome("recalibrate", {}, failed, result)
+
+    return _run_task(
+        grid, study, out_dir, kind="recalibrate", engine=engine, audit_options=audit_options,
+        arrays=model.arrays, work=work,
+    )  # fmt: skip
+
+
+def model_edges(model: ReleasedModel) -> list[np.ndarray]:
+    """Drift bins of a model's inputs, from its training statistics."""
+    study = model.study
+    columns = encoded_columns(study.contract, study.preprocessing.one_hot)
+    standardizer = model.standardizer
+    return reference_edges(
+        [c.indicator for c in columns],
+        None if standardizer is None else standardizer.mean,
+        None if standardizer is None else standardizer.scale,
+        [(c.low, c.high) for c in columns],
+    )
+
+
+def run_loop_task(
+    grid: Grid,
+    study: Study,
+    out_dir: Path,
+    task: dict[str, Any],
+    *,
+    engine: str,
+    audit_options: AuditOptions | None = None,
+) -> TaskOutcome:
+    """The loop task a run config names (``LOOP_TASK_KEY``), run on ``grid``.
+
+    ``task`` is ``{"kind": "monitor", "model": DIR, "edges": [...] | None,
+    "with_reference": bool}``, ``{"kind": "gate", "champion": DIR,
+    "challenger": DIR, "policy": {...}}`` or ``{"kind": "recalibrate",
+    "model": DIR, "method": ...}``; a ``DIR`` is a run folder or a release
+    (``study.resolved.toml`` and ``model/``).
+    """
+    kind = task.get("kind")
+    options = {"engine": engine, "audit_options": audit_options}
+    if kind == "monitor":
+        model = ReleasedModel.load(task["model"])
+        edges = task.get("edges")
+        edges = [np.asarray(e, float) for e in edges] if edges else model_edges(model)
+        return monitor_release(
+            grid, study, out_dir, model, edges,
+            with_reference=bool(task.get("with_reference", False)), **options,
+        )  # fmt: skip
+    if kind == "gate":
+        return gate_challenger(
+            grid, study, out_dir,
+            ReleasedModel.load(task["champion"]), ReleasedModel.load(task["challenger"]),
+            GatePolicy(**task.get("policy", {})), **options,
+        )  # fmt: skip
+    if kind == "recalibrate":
+        return recalibrate_release(
+            grid, study, out_dir, ReleasedModel.load(task["model"]), task["method"], **options
+        )
+    raise StudyRunError(f"unknown loop task kind {kind!r}; kinds: monitor, gate, recalibrate.")
