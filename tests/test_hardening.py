@@ -315,7 +315,7 @@ BAD_STUDY_VALUES = [
     ({"data.test_fraction": 0}, r"test_fraction must be > 0"),
     ({"data.test_fraction": 1}, r"test_fraction must be < 1"),
     ({"data.synthetic.sites": 0}, r"sites must be >= 1"),
-    ({"data.synthetic.sites": 10**6}, r"sites must be <= 200"),
+    ({"data.synthetic.sites": 10**6}, r"sites must be <= 10000"),
     ({"data.synthetic.rows_per_site": 10**9}, r"rows_per_site must be <= 1000000"),
     ({"data.synthetic.rows_per_site": 5}, r"rows_per_site must be >= 20"),
     ({"data.source": "s3"}, r"data\.source must be one of"),
