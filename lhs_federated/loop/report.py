@@ -1,6 +1,7 @@
 """The loop's HTML timeline report: one self-contained page.
 
-Per site, two panels over the periods: AUROC and calibration slope of the
+Per site, three panels over the periods: AUROC, calibration intercept and
+slope (their target bands shaded) of the
 frozen first release, of the loop's current release and of an oracle refitted
 on each period; alerts marked on the loop's line (red), promoted releases
 (green lines) and rejected candidates (grey dashes) on the time axis, and the
@@ -20,6 +21,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 COLOURS = {"frozen": "#7f7f7f", "loop": "#1f77b4", "oracle": "#2ca02c"}
+PANELS = (
+    ("auroc", "AUROC"),
+    ("calibration_intercept", "calibration intercept"),
+    ("calibration_slope", "calibration slope"),
+)
+BANDS = {"calibration_slope": (0.9, 1.1), "calibration_intercept": (-0.2, 0.2)}
 STYLE = (
     "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}"
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
@@ -34,16 +41,14 @@ def timeline_png(
     periods = sorted({r["period"] for r in scores})
     sites = sorted({r["site"] for r in scores})
     x_of = {p: i for i, p in enumerate(periods)}
-    figure = Figure(figsize=(11, 2.4 * len(sites) + 0.6), dpi=90, layout="constrained")
+    figure = Figure(figsize=(14, 2.4 * len(sites) + 0.6), dpi=90, layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(sites), 2, squeeze=False)
+    axes = figure.subplots(len(sites), 3, squeeze=False)
     for row, site in enumerate(sites):
-        for col, (metric, label) in enumerate(
-            (("auroc", "AUROC"), ("calibration_slope", "calibration slope"))
-        ):
+        for col, (metric, label) in enumerate(PANELS):
             ax = axes[row][col]
-            if metric == "calibration_slope":
-                ax.axhspan(0.9, 1.1, color="#2ca02c", alpha=0.08, lw=0)
+            if metric in BANDS:
+                ax.axhspan(*BANDS[metric], color="#2ca02c", alpha=0.08, lw=0)
             for model, colour in COLOURS.items():
                 points = [
                     (x_of[r["period"]], r[metric])
@@ -75,10 +80,11 @@ def timeline_png(
                         ax.annotate(event["release"].split("@")[-1], (x + 0.5, 1.0),
                                     xycoords=("data", "axes fraction"), fontsize=7,
                                     ha="left", va="top")  # fmt: skip
-            for event in drift:
+            for k, event in enumerate(drift):
                 if event["period"] in x_of and event["site"] in (None, site):
                     ax.axvline(x_of[event["period"]] - 0.5, color="#ff7f0e", ls=":", lw=1.5)
-                    ax.annotate(event["kind"], (x_of[event["period"]] - 0.45, 0.02),
+                    height = 0.02 + 0.08 * (k % 3)
+                    ax.annotate(event["kind"], (x_of[event["period"]] - 0.45, height),
                                 xycoords=("data", "axes fraction"), fontsize=7,
                                 color="#ff7f0e")  # fmt: skip
             ax.set_title(f"{site}: {label}", fontsize=10)
