@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import ipaddress
+import math
 import tomllib
 import types
 import typing
@@ -239,6 +241,9 @@ def _convert(hint: Any, value: Any, *, source: str, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number; got {_describe(value)}.")
+        if not math.isfinite(value):
+            # TOML reads 1e400 as inf: never a meaningful setting.
+            raise ConfigError(f"{source}: {key} must be a finite number; got {value!r}.")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -269,7 +274,48 @@ def _check_bounds(field: dataclasses.Field, value: Any, *, source: str, key: str
         ):
             limit = field.metadata.get(bound)
             if limit is not None and not test(number, limit):
-                raise ConfigError(f"{source}: {key} must be {words} {limit}; got {number!r}.")
+                raise ConfigError(
+                    f"{source}: {key} must be {words} {_show(limit)}; got {number!r} "
+                    f"(accepted: {accepted_range(field)})."
+                )
+
+
+def _show(limit: float) -> str:
+    """A bound as people write it: 1000000, 0.5, 1e-05."""
+    return str(int(limit)) if float(limit).is_integer() and abs(limit) < 1e15 else f"{limit:g}"
+
+
+def accepted_range(field: dataclasses.Field) -> str:
+    """A field's declared bounds in words (``>= 1 and <= 1000``)."""
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    parts = [
+        f"{words[bound]} {_show(field.metadata[bound])}"
+        for bound in words
+        if field.metadata.get(bound) is not None
+    ]
+    return " and ".join(parts)
+
+
+def is_host(host: str) -> bool:
+    """Whether ``host`` is an IP address or a DNS name (labels of letters, digits, '-')."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return 0 < len(host) <= 253 and all(
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
+        for label in labels
+    )
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` is letters, digits, '-', '_' or '.' (it names folders and sites)."""
+    return bool(name) and len(name) <= 64 and all(c.isalnum() or c in "-_." for c in name)
 
 
 def _name(hint: Any) -> str:

@@ -45,6 +45,10 @@ class StudyRunError(LhsError):
     """A federated run could not complete (too few sites, all sites failed)."""
 
 
+class TrainingDivergedError(LhsError):
+    """Local training diverged (loss NaN, infinite or exploding); the update is not sent."""
+
+
 class SiteRefusal(LhsError):  # noqa: N818 - a refusal is a decision, not a fault
     """A site declined a message; the reason travels back to the server.
 
@@ -64,6 +68,10 @@ class SiteRefusal(LhsError):  # noqa: N818 - a refusal is a decision, not a faul
 
 class LhsWarning(UserWarning):
     """Base class of the warnings lhs-federated emits."""
+
+
+class TrainingWarning(LhsWarning):
+    """Local training was unstable but recovered (a loss spike within the round)."""
 
 
 class UndefinedMetricWarning(LhsWarning):

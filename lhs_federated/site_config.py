@@ -83,12 +83,22 @@ class DataSection:
 class PolicySection:
     """What the site allows, whatever the coordinator asks."""
 
-    min_cell_size: int = setting(10, doc="smallest count of people the site reports", ge=1)
+    min_cell_size: int = setting(10, doc="smallest count of people the site reports", ge=1, le=1000)
     epsilon_budget: float = setting(
-        10.0, doc="the site's total epsilon over all studies (sample-level DP)", gt=0
+        10.0, doc="the site's total epsilon over all studies (sample-level DP)", gt=0, le=1000
     )
     budget_delta: float = setting(
         1e-5, doc="delta at which the site's total epsilon is stated", gt=0, lt=1
+    )
+    metric_noise: float = setting(
+        0.0,
+        doc="Laplace noise on each released evaluation metric, in patients (scale "
+        "metric_noise / n_test); 0: none",
+        ge=0,
+        le=100,
+    )
+    metric_decimals: int | None = setting(
+        None, doc="decimal places of released evaluation metrics (default: all)", ge=0, le=6
     )
 
 
@@ -99,15 +109,20 @@ class RuntimeSection:
     runtime_port: int = setting(
         9094, doc="loopback port of the SuperNode's Runtime API", ge=1, le=65535
     )
-    threads: int = setting(1, doc="torch threads per task", ge=1)
-    workers: int = setting(2, doc="tasks the launcher runs at once", ge=1)
+    threads: int = setting(1, doc="torch threads per task", ge=1, le=256)
+    workers: int = setting(2, doc="tasks the launcher runs at once", ge=1, le=64)
     connect_timeout: float = setting(
-        60.0, doc="seconds the SuperNode keeps trying to reach the coordinator", gt=0
+        60.0,
+        doc="seconds the SuperNode keeps trying to reach the coordinator before it exits "
+        "and the site's supervisor starts it again",
+        gt=0,
+        le=86400,
     )
     poll_interval: float = setting(
         0.5,
         doc="seconds the idle SuperNode waits between polls of the coordinator (Flower's: 3)",
         gt=0,
+        le=60,
     )
 
 

@@ -35,6 +35,17 @@ from lhs_federated.data.synthetic import SYNTHETIC_INDEX_DATE, SyntheticCohort
 from lhs_federated.errors import EXIT_INTERNAL, ConfigError, LhsError
 from lhs_federated.privacy.spec import PrivacySpec, check_privacy
 
+# Upper bounds of the settings below: far beyond any real study, low enough that a
+# typo or a hostile value (rounds = 1e9, an MLP of 100000 x 100000) is an error at
+# load with the accepted range, not a worker held for weeks.
+MAX_ROUNDS = 10_000
+MAX_STEPS = 100_000
+MAX_LEARNING_RATE = 10.0
+MAX_LAYER_WIDTH = 4096
+MAX_HIDDEN_LAYERS = 16
+MAX_EPSILON = 1000.0
+WEEK = 7 * 24 * 3600.0
+
 DEFAULT_DESCRIPTION = (
     "Ten-year cardiovascular risk, logistic regression, FedAvg over four synthetic sites"
 )
@@ -125,7 +136,9 @@ class ModelSpec:
     """The model family and its hyperparameters."""
 
     name: str = setting("logistic", doc="model family: logistic or mlp")
-    hidden_layers: tuple[int, ...] = setting((32,), doc="mlp: width of each hidden layer", ge=1)
+    hidden_layers: tuple[int, ...] = setting(
+        (32,), doc="mlp: width of each hidden layer", ge=1, le=MAX_LAYER_WIDTH
+    )
     dropout: float = setting(0.0, doc="mlp: dropout after each hidden layer", ge=0, lt=1)
     warm_start: str | None = setting(
         None,
@@ -135,6 +148,13 @@ class ModelSpec:
     registry: str | None = setting(
         None, doc="registry folder of warm_start (default: registry/ beside the study file)"
     )
+
+    def __post_init__(self) -> None:
+        if len(self.hidden_layers) > MAX_HIDDEN_LAYERS:
+            raise ValueError(
+                f"model.hidden_layers has {len(self.hidden_layers)} layers; at most "
+                f"{MAX_HIDDEN_LAYERS} are accepted"
+            )
 
 
 @dataclass(frozen=True)
@@ -155,13 +175,15 @@ class StrategySpec:
 class TrainingSpec:
     """Local training at each site, each round."""
 
-    epochs: int | None = setting(None, doc="passes over the site's training rows (default 1)", ge=1)
-    steps: int | None = setting(None, doc="optimiser steps instead of epochs", ge=1)
-    batch_size: int = setting(32, doc="rows per optimiser step", ge=1)
+    epochs: int | None = setting(
+        None, doc="passes over the site's training rows (default 1)", ge=1, le=1000
+    )
+    steps: int | None = setting(None, doc="optimiser steps instead of epochs", ge=1, le=MAX_STEPS)
+    batch_size: int = setting(32, doc="rows per optimiser step", ge=1, le=1_000_000)
     optimizer: Literal["sgd", "adam"] = setting("sgd", doc="local optimiser")
-    learning_rate: float = setting(0.2, doc="local learning rate", gt=0)
+    learning_rate: float = setting(0.2, doc="local learning rate", gt=0, le=MAX_LEARNING_RATE)
     momentum: float = setting(0.0, doc="sgd momentum", ge=0, lt=1)
-    weight_decay: float = setting(0.0, doc="L2 penalty", ge=0)
+    weight_decay: float = setting(0.0, doc="L2 penalty", ge=0, le=100)
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.steps is not None:
@@ -176,6 +198,13 @@ class EvaluationSpec:
         0.5, doc="probability above which a case is called positive", gt=0, lt=1
     )
     calibration_bins: int = setting(10, doc="equal-width bins of the ECE", ge=2, le=100)
+    min_test_cases: int | None = setting(
+        None,
+        doc="a site's metrics count in the federation's means only with at least this many "
+        "test rows and of each outcome class (default: sites.min_cell_size); others are "
+        "shown, marked",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -214,17 +243,21 @@ class FederationSpec:
     min_sites: int | None = setting(
         None, doc="fewest training replies a round needs (default: every site)", ge=1
     )
-    round_timeout: float = setting(600.0, doc="seconds to wait for the sites in each stage", gt=0)
-    connect_timeout: float = setting(120.0, doc="seconds to wait for sites to connect", gt=0)
+    round_timeout: float = setting(
+        600.0, doc="seconds to wait for the sites in each stage", gt=0, le=WEEK
+    )
+    connect_timeout: float = setting(
+        120.0, doc="seconds to wait for sites to connect", gt=0, le=WEEK
+    )
 
 
 @dataclass(frozen=True)
 class SitesSpec:
     """Settings simulated sites apply (in deployment each site sets its own)."""
 
-    min_cell_size: int = setting(10, doc="smallest count of people a site reports", ge=1)
+    min_cell_size: int = setting(10, doc="smallest count of people a site reports", ge=1, le=1000)
     epsilon_budget: float = setting(
-        10.0, doc="sample-dp: each site's total epsilon over all studies", gt=0
+        10.0, doc="sample-dp: each site's total epsilon over all studies", gt=0, le=MAX_EPSILON
     )
     budget_delta: float = setting(
         1e-5, doc="delta at which each site's total epsilon is stated", gt=0, lt=1
@@ -266,7 +299,7 @@ class Study:
     name: str = setting("default", doc="short name of the study, used for result folders")
     description: str = setting("", doc="what the study asks")
     seed: int = setting(42, doc="seed of model initialisation, splits and training")
-    rounds: int = setting(10, doc="federated rounds", ge=1)
+    rounds: int = setting(10, doc="federated rounds", ge=1, le=MAX_ROUNDS)
     data: DataSpec = setting(default_factory=DataSpec, doc="data sources and splits")
     preprocessing: PreprocessingSpec = setting(
         default_factory=PreprocessingSpec, doc="imputation and scaling"
@@ -485,6 +518,12 @@ def check_study(study: Study, *, source: str) -> Study:
             f"{source}: strategy.name = 'scaffold' cannot run with privacy.mode = 'sample-dp': "
             "its drift correction is not part of the DP-SGD step Opacus accounts for. "
             "Use fedavg or fedprox with sample-level DP."
+        )
+    if study.strategy.name == "fedavg-ft" and study.privacy.mode != "none":
+        raise ConfigError(
+            f"{source}: strategy.name = 'fedavg-ft' cannot run with privacy.mode = "
+            f"{study.privacy.mode!r}: its local fine-tuning before each evaluation trains on "
+            "the site's rows outside the DP guarantee. Use fedavg (or fedprox) with DP."
         )
     if study.data.source in ("uci-heart", "folder") and study.data.path is None:
         raise ConfigError(

@@ -86,6 +86,23 @@ def test_revocation_withdraws_and_reapproval_restores(site):
         site.revoke(STUDY, code_hash=CODE, by="x", reason="y")
 
 
+def test_a_restored_older_registry_is_detected_not_obeyed(site):
+    approve(site)
+    registry = site.folder / "approvals.jsonl"
+    older = registry.read_bytes()  # a backup taken while the study was approved
+    site.revoke(STUDY, by="site DPO", reason="consent withdrawn")
+    registry.write_bytes(older)  # the backup restored: a valid registry, one record short
+    reopened = SiteFolder.open(site.folder)
+    with pytest.raises(
+        SiteRefusal,
+        match=r"the approvals registry '.*approvals\.jsonl' lacks record \w{16}…, which the "
+        r"site's signed ledger '.*ledger\.jsonl' names as its latest approval or revocation: "
+        r"the registry is an older copy",
+    ):
+        reopened.check(STUDY, CODE)
+    assert site_kinds(site)[-1] == "refusal"
+
+
 def test_registry_state_survives_reopening_and_continues(site):
     approve(site)
     reopened = SiteFolder.open(site.folder, site="site-01")

@@ -42,6 +42,8 @@ def test_simulate_json_prints_events_one_per_line_and_writes_them(tmp_path, smal
     kinds = [line["kind"] for line in lines]
     assert kinds == ["round", "round", "step", "step", "result"]
     assert lines[1]["data"]["round"] == 2 and lines[1]["data"]["sites_total"] == 3
+    assert all(set(line) == {"at", "kind", "message", "data"} for line in lines)  # one shape
+    assert lines[-1]["data"]["out_dir"] == str(out)
     written, _ = read_events(out / EVENTS_FILE)
     assert [e.to_dict() for e in written] == lines[:-1]
     # The run's audit is intact although the events file grew after the study closed.
@@ -58,3 +60,18 @@ def test_simulate_log_lines_print_once_above_the_bar(tmp_path, small_study):
     output = done.stdout + done.stderr
     assert output.count("writing report.html") == 1
     assert "INFO:small: round" not in output  # the round line is the bar's, not a log line
+
+
+def test_python_api_prints_each_flower_line_once(tmp_path, small_study):
+    """A notebook that configured logging gets Flower's lines once, not twice."""
+    study = tmp_path / "study.toml"
+    study.write_text(small_study.with_overrides({"baselines.enabled": False}).to_toml())
+    code = (
+        "import logging, sys\nlogging.basicConfig(level=logging.INFO)\n"
+        "from lhs_federated import load_study, simulate\n"
+        f"simulate(load_study({str(study)!r}), out_dir={str(tmp_path / 'run')!r}, report=False)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    output = done.stdout + done.stderr
+    assert output.count("configure_train: Sampled 3 nodes") == small_study.rounds, output
+    assert output.count("round 2/2, 3/3 sites trained") == 1  # our own progress line, once

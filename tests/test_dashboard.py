@@ -199,3 +199,28 @@ def test_runs_folder_lists_nested_runs_and_refuses_escapes(runs):
     assert "done" in folder.run_ids()
     with pytest.raises(Exception, match="no run"):
         folder.run_dir("../" + runs.name + "/done/..")
+
+
+def test_consortium_page_shows_the_approvals_a_site_holds_and_its_budget(runs, tmp_path, capsys):
+    from lhs_federated.deploy.loopback import build_loopback
+
+    table = tmp_path / "site-01.csv"
+    table.write_text("age,outcome\n50,1\n")
+    consortium = build_loopback(tmp_path / "c", {"site-01": table, "site-02": table})
+    study = runs.parent / "study.toml"
+    approve = ["site", "approve", str(study), "--deployment", "--reason", "IRB 7"]
+    folder = consortium.sites["site-01"].governance_dir
+    assert main([*approve, "--site-folder", str(folder)]) == 0
+    sites = [consortium.sites[name].path for name in ("site-01", "site-02")]
+    settings = serve.prepare(runs, port=free_port(), site_configs=sites)
+    with Served(settings) as server:
+        response, page = server.get("/consortium")
+    assert response.status == 200
+    rows = {n: page.split(f"<tr><td>{n}</td>")[1].split("</tr>")[0] for n in ("site-01", "site-02")}
+    assert "small" in rows["site-01"] and "by " in rows["site-01"]  # from the site's registry
+    assert "none in force" in rows["site-02"]
+    # No DP study ran at these sites: nothing spent, the whole site.toml budget left.
+    assert '<span class="budget">0.00 / 10.00</span>' in rows["site-01"]
+    bad = tmp_path / "missing" / "site.toml"
+    assert main(["dashboard", "--runs", str(runs), "--site", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err

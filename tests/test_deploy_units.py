@@ -8,6 +8,8 @@ import hashlib
 import os
 import socket
 import stat
+import subprocess
+import time
 
 import pytest
 from cryptography import x509
@@ -243,3 +245,24 @@ def test_a_deployed_sample_dp_study_reaches_the_sites_exactly_as_approved(tmp_pa
     assert deployed.hash == study.hash and deployed.sites.state_dir is None
     simulated, _, _ = server_app.run_from_config({**config, server_app.ENGINE_KEY: "flower"})
     assert simulated.sites.state_dir == str((tmp_path / "run" / "site-state").resolve())
+
+
+def test_a_pid_file_is_trusted_only_for_the_process_that_wrote_it(tmp_path):
+    """A stale pid file whose pid now belongs to another process names no live supervisor."""
+    first = subprocess.Popen(["sleep", "30"])
+    time.sleep(0.05)  # start times are clock ticks (10 ms): the two differ
+    later = subprocess.Popen(["sleep", "30"])
+    try:
+        pid_file = tmp_path / "server.pid"
+        processes.write_pid_file(pid_file, first.pid)
+        assert processes.read_pid_file(pid_file) == first.pid
+        _, started = pid_file.read_text().split()
+        pid_file.write_text(f"{later.pid} {started}\n")  # as if `later` had been given first's pid
+        assert processes.read_pid_file(pid_file) is None
+        pid_file.write_text(f"{later.pid}\n")  # a file written before start times were kept
+        assert processes.read_pid_file(pid_file) == later.pid
+    finally:
+        first.kill()
+        later.kill()
+        first.wait()
+        later.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import tomli_w
+from audit_mutations import KINDS, run_mutations, summarise
 from faulty import faulty_client, run_with
 
 from lhs_federated import StudyRunError, load_study, simulate
@@ -88,6 +90,15 @@ def test_deployed_study_equals_its_simulation(consortium, tmp_path):
         assert kinds.count("message-sent") == 5 and kinds[-1] == "study-closed", name
         coordinator_ledger = run_dir / "governance" / "coordinator.jsonl"
         assert main(["audit", "crosscheck", str(coordinator_ledger), str(ledger)]) == 0
+    # The audit's mutation suite on this deployed run, its site ledgers kept at the sites;
+    # the key the coordinator published is the run's public key as it was at the end.
+    published = shutil.copy(run_dir / "governance" / "coordinator.pub", tmp_path / "published.pub")
+    sites = {name: site.governance_dir / "ledger.jsonl" for name, site in consortium.sites.items()}
+    outcomes = run_mutations(run_dir, sites, tmp_path / "mutations", published_key=Path(published))
+    report = summarise(outcomes)
+    print(report)  # the figure for the closing note
+    assert {o.mutation.kind for o in outcomes} == set(KINDS)
+    assert all(o.exact for o in outcomes), report
 
 
 def test_unapproved_or_altered_study_is_refused_at_every_site(consortium):

@@ -67,7 +67,7 @@ def test_keys_init_writes_a_private_file_only_its_owner_reads(audited, capsys):
 
 def test_verify_clean_ledger_exits_0(audited, capsys):
     assert verify(audited) == 0
-    assert "intact: 24 records" in capsys.readouterr().out
+    assert "intact: 25 records" in capsys.readouterr().out
 
 
 def test_verify_tampered_ledger_exits_1_naming_the_record(audited, tmp_path, capsys):
@@ -79,16 +79,20 @@ def test_verify_tampered_ledger_exits_1_naming_the_record(audited, tmp_path, cap
     tampered.write_bytes(b"".join(lines))
     assert verify(audited, tampered) == 1
     out = capsys.readouterr().out
-    assert "NOT INTACT: line 8 (record 7): modified: its content no longer matches its hash" in out
+    assert (
+        "NOT INTACT: 1 problem(s): line 8 (record 7): modified: its content no longer matches "
+        "its hash (the next record still chains to its stored hash: edited in place). The other "
+        "24 records verify" in out
+    )
     tampered.write_bytes(b"".join(lines[:7] + lines[8:]))
     assert verify(audited, tampered) == 1
     assert "line 8 (record 8): deleted: record 7 is missing before it" in capsys.readouterr().out
 
 
-def test_verify_with_another_key_exits_1(audited, tmp_path, capsys):
+def test_verify_with_another_key_exits_2(audited, tmp_path, capsys):
     assert main(["keys", "init", str(tmp_path / "other.key")]) == 0
-    assert verify(audited, key=tmp_path / "other.pub") == 1
-    assert "line 1 (record 0): bad signature" in capsys.readouterr().out
+    assert verify(audited, key=tmp_path / "other.pub") == 2  # a wrong input, as the README says
+    assert "its header names signing key ed25519:" in capsys.readouterr().err
 
 
 def test_verify_against_summary_catches_truncation(audited, tmp_path, capsys):
@@ -98,7 +102,9 @@ def test_verify_against_summary_catches_truncation(audited, tmp_path, capsys):
     summary = str(audited / "run" / "summary.json")
     args = ["audit", "verify", str(cut), "--public-key", str(audited / "coordinator.pub")]
     assert main([*args, "--summary", summary, "--allow-open"]) == 1
-    assert "truncated: the ledger ends at record 22, but" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 problem(s)" in out
+    assert "truncated: the ledger ends at record 23, but" in out and "names record 24" in out
 
 
 def rsa_key(path, *, private):
@@ -203,7 +209,7 @@ def test_show_and_report(audited, capsys):
     ledger = str(ledger_of(audited))
     assert main(["audit", "show", ledger, "--public-key", str(audited / "coordinator.pub")]) == 0
     out = capsys.readouterr().out
-    assert "intact: 24 records" in out and "participants: site-01, site-02, site-03" in out
+    assert "intact: 25 records" in out and "participants: site-01, site-02, site-03" in out
     assert "status completed; final model" in out
     site = audited / "run" / "governance" / "sites" / "site-02" / "ledger.jsonl"
     assert main(["audit", "show", str(site)]) == 0
@@ -211,3 +217,33 @@ def test_show_and_report(audited, capsys):
     assert main(["audit", "report", str(audited / "run")]) == 0
     assert "INTACT" in capsys.readouterr().out
     assert (audited / "run" / "governance" / "report.html").is_file()
+
+
+def test_gitignore_covers_the_keys_certificates_and_state_the_kits_create():
+    """`lhs-fed keys init keys/coordinator.key` (and the kits' set-up) in a checkout."""
+    import subprocess
+
+    made = [
+        "keys/coordinator.key",
+        "keys/coordinator.pub",
+        "certs/ca.key",
+        "certs/server.crt",
+        "state/runs/study-1/summary.json",
+        "server/keys/coordinator.key",
+        "server/certs/sites/site-01.pub",
+        "server/state/flwr/superlink.db",
+        "client/keys/site-01",
+        "client/state/privacy-ledger.json",
+        "client/governance/site.key",
+        "governance/approvals.jsonl",
+        "hospital-a/ledger.jsonl",
+        "any/folder/signing.key",
+    ]
+    kept = ["lhs_federated/governance/ledger.py", "server/server.toml", "client/site.toml"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *made, *kept],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert ignored == made

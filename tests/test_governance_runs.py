@@ -64,7 +64,9 @@ def site_key(run_dir, site):
 
 def test_coordinator_ledger_records_the_whole_study(run, small_study, keys):
     summary = json.loads((run / "summary.json").read_text())
-    anchor = Anchor(summary["ledger"]["final_seq"], summary["ledger"]["final_hash"], "summary")
+    named = summary["ledger"]
+    assert named["sealed_seq"] == named["finished_seq"] + 1
+    anchor = Anchor(named["finished_seq"], named["finished_hash"], "summary", then=1)
     public = load_public_key(keys.with_suffix(".pub"))
     result = verify_ledger(coordinator(run), public, anchor=anchor)
     assert result.ok, result.describe()
@@ -80,6 +82,7 @@ def test_coordinator_ledger_records_the_whole_study(run, small_study, keys):
         *["site-reply"] * 3,  # discovery
         *per_round * 2,
         "study-finished",
+        "results-sealed",
     ]
     started = result.entries[1].data
     assert started["study_hash"] == small_study.hash
@@ -97,6 +100,15 @@ def test_coordinator_ledger_records_the_whole_study(run, small_study, keys):
     assert all(r.update_norm > 0 for r in first.train.values())
     assert set(first.evaluation) == set(SITES) and "auroc" in first.evaluation["site-01"]
     assert set(view.result_files) >= {"metrics.csv", "rounds.csv", "model/model.npz"}
+    # The seal, written last, covers every file a reader sees, summary.json included.
+    assert view.sealed and set(view.sealed_files) >= {
+        "summary.json",
+        "comparison.csv",
+        "calibration.csv",
+        "report.html",
+        *view.result_files,
+    }
+    assert set(view.sealed_logs) == {"events.jsonl"}
 
 
 @pytest.mark.parametrize("site", SITES)
@@ -111,10 +123,12 @@ def test_each_site_ledger_matches_the_coordinator(run, site):
     assert [e.data["message_type"] for e in sent] == ["query", *["train", "evaluate"] * 2]
     assert {e.data["approval"] for e in sent} == {approval.data["registry_record"]}
     closed = entries[-1]
-    summary = json.loads((run / "summary.json").read_text())["ledger"]
-    assert closed.kind == "study-closed"
-    assert closed.data["coordinator_ledger"]["final_hash"] == summary["final_hash"]
-    assert summary["sites_notified"] == list(SITES)
+    seal = load_entries(coordinator(run))[-1]
+    assert closed.kind == "study-closed" and seal.kind == "results-sealed"
+    assert closed.data["coordinator_ledger"]["final_hash"] == seal.hash
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["kind"] == "ledger-sealed"
+    assert events[-1]["data"] == {"sites_notified": list(SITES), "sites_not_notified": {}}
     check = crosscheck(load_entries(coordinator(run)), entries)
     assert check.ok and check.matched == 5, check.describe()
 
@@ -123,6 +137,7 @@ def test_run_audit_and_report_say_intact(run):
     audit = audit_run(run)
     assert audit.ok, audit.problems
     assert [s.owner for s in audit.sites] == list(SITES)
+    assert audit.files.pop("events.jsonl") == "appended"  # the "ledger sealed" event
     assert set(audit.files.values()) == {"unchanged"}
     html = render_report(audit)
     for heading in (
@@ -146,7 +161,11 @@ def test_changed_result_file_fails_the_audit(run, tmp_path):
     with (copied / "metrics.csv").open("a") as handle:
         handle.write("2,site-01,test,auroc,0.99,\n")
     audit = audit_run(copied)
-    assert audit.problems == ["result file metrics.csv was changed after the study finished"]
+    assert len(audit.problems) == 1, audit.problems
+    assert audit.problems[0].startswith(
+        "result file metrics.csv was changed after the ledger's closing record: the ledger "
+        "records SHA-256 "
+    )
     assert "NOT INTACT: 1 problem(s)" in render_report(audit)
 
 
@@ -337,3 +356,36 @@ def test_resumed_run_chains_its_ledgers(tmp_path, small_study):
     lines = (governance / "coordinator.segment-1.jsonl").read_bytes().splitlines(keepends=True)
     (governance / "coordinator.segment-1.jsonl").write_bytes(b"".join(lines[:-1]))
     assert any("before round 2: " in p and "truncated" in p for p in audit_run(out).problems)
+
+
+def test_a_site_that_cannot_record_does_not_reply(tmp_path, small_study):
+    """Fail closed: a site whose ledger cannot be written sends an error, not its update."""
+    out = tmp_path / "run"
+
+    def damage_ledger(message: Message, context: Context, call_next) -> Message:
+        config = message.content[records.CONFIG]
+        if context.node_config["partition-id"] == 2 and config.get(records.ROUND) == 2:
+            with site_ledger(out, "site-03").open("ab") as handle:
+                handle.write(b'{"seq": "not a record"}\n')  # appending would now hide it
+        return call_next(message, context)
+
+    app = ClientApp(mods=[damage_ledger, site_governance_mod, site_errors_mod])
+    app.query()(client_app.describe)
+    app.train()(client_app.train)
+    app.evaluate()(client_app.evaluate)
+    app.query(CLOSE_ACTION)(acknowledge_close)
+    study = small_study.with_overrides({"federation.min_sites": 2})
+    config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(out)}
+    run_inprocess(config, 3, client=app)
+    view = StudyView.from_entries(load_entries(coordinator(out)))
+    reply = view.rounds[1].train["site-03"]
+    assert reply.status == "error" and reply.arrays_hash is None and reply.examples is None
+    assert "site 'site-03' cannot record its reply in its ledger" in reply.detail
+    assert "it sends nothing it has not recorded" in reply.detail
+    assert view.rounds[1].contributors == ["site-01", "site-02"]
+    sent = [e.data for e in load_entries(site_ledger(out, "site-03")) if e.kind == "message-sent"]
+    assert [(s["message_type"], s["server_round"]) for s in sent] == [
+        ("query", 0),
+        ("train", 1),
+        ("evaluate", 1),
+    ]

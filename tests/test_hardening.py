@@ -8,19 +8,36 @@ lives (:mod:`lhs_federated.apps.reply_checks`).
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tomli_w
 from faulty import run_with
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from malicious import tampering_client
+from malicious import carry_study, malicious_coordinator, tampering_client
 
 from lhs_federated.apps import records
 from lhs_federated.apps.reply_checks import MAX_PARAMETER, ReplyChecks, ReplyRejectedError
+from lhs_federated.apps.run_limits import check_round, preprocessing_digest
+from lhs_federated.cli import main
+from lhs_federated.deploy import coordinator, processes, site_node
+from lhs_federated.deploy.certs import check_site_key, init_certificates, write_site_key
+from lhs_federated.deploy.loopback import free_port
+from lhs_federated.deploy.server_config import load_server_config
+from lhs_federated.errors import ConfigError, LhsError, SiteRefusal, StudyRunError
+from lhs_federated.learning.metrics import clinical_metrics
 from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import get_arrays
 from lhs_federated.learning.site import SiteSummary, n_features
+from lhs_federated.privacy.metric_release import release_metrics
+from lhs_federated.site_config import load_site_config
 
 # ---------------------------------------------------------------- item 3: poisoned replies
 
@@ -192,3 +209,432 @@ def test_robust_strategies_stay_available_against_a_plausible_but_wrong_update(
         largest[name] = max(float(np.abs(weights[k]).max()) for k in weights.files)
     assert largest["fedavg"] > 100 * largest["fedmedian"]
     assert largest["fedmedian"] < MAX_PARAMETER
+
+
+# ---------------------------------------------------------------- item 8: absurd values
+
+INF, NAN = float("inf"), float("nan")
+#: Study overrides a user (or a coordinator's `--set`) might try, and the error each gives.
+BAD_STUDY_VALUES = [
+    ({"rounds": 0}, r"rounds must be >= 1; got 0 \(accepted: >= 1 and <= 10000\)"),
+    ({"rounds": -1}, r"rounds must be >= 1"),
+    ({"rounds": 10**9}, r"rounds must be <= 10000; got 1000000000 \(accepted: >= 1 and <= 10000\)"),
+    ({"rounds": 1e9}, r"rounds must be an integer; got 1000000000\.0"),
+    ({"rounds": 10001}, r"rounds must be <= 10000"),
+    ({"rounds": "ten"}, r"rounds must be an integer; got 'ten'"),
+    ({"rounds": True}, r"rounds must be an integer; got True"),
+    (
+        {"training.learning_rate": 0},
+        r"learning_rate must be > 0; got 0\.0 \(accepted: > 0 and <= 10\)",
+    ),
+    ({"training.learning_rate": -0.1}, r"learning_rate must be > 0"),
+    ({"training.learning_rate": 1e30}, r"learning_rate must be <= 10; got 1e\+30"),
+    ({"training.learning_rate": 11}, r"learning_rate must be <= 10"),
+    ({"training.learning_rate": INF}, r"learning_rate must be a finite number; got inf"),
+    ({"training.learning_rate": NAN}, r"learning_rate must be a finite number; got nan"),
+    ({"training.learning_rate": "fast"}, r"learning_rate must be a number; got 'fast'"),
+    ({"training.steps": 0}, r"steps must be >= 1"),
+    ({"training.steps": 10**12}, r"steps must be <= 100000; got 1000000000000"),
+    ({"training.steps": 1.5}, r"steps must be an integer"),
+    ({"training.epochs": 0}, r"epochs must be >= 1"),
+    ({"training.epochs": 1001}, r"epochs must be <= 1000"),
+    ({"training.epochs": 2, "training.steps": 5}, r"set either epochs \(2\) or steps \(5\)"),
+    ({"training.batch_size": 0}, r"batch_size must be >= 1"),
+    ({"training.batch_size": 10**9}, r"batch_size must be <= 1000000"),
+    ({"training.momentum": 1.0}, r"momentum must be < 1"),
+    ({"training.momentum": -0.1}, r"momentum must be >= 0"),
+    ({"training.weight_decay": -1}, r"weight_decay must be >= 0"),
+    ({"training.weight_decay": 1e9}, r"weight_decay must be <= 100"),
+    ({"training.optimizer": "lbfgs"}, r"optimizer must be one of 'sgd', 'adam'"),
+    (
+        {"model.name": "mlp", "model.hidden_layers": [100000, 100000]},
+        r"hidden_layers must be <= 4096; got 100000",
+    ),
+    (
+        {"model.name": "mlp", "model.hidden_layers": [100000, 100000]},
+        r"\(accepted: >= 1 and <= 4096\)",
+    ),
+    ({"model.name": "mlp", "model.hidden_layers": [0]}, r"hidden_layers must be >= 1; got 0"),
+    ({"model.name": "mlp", "model.hidden_layers": [8] * 17}, r"17 layers; at most 16"),
+    ({"model.name": "mlp", "model.hidden_layers": "wide"}, r"hidden_layers must be a list"),
+    ({"model.dropout": 1.0}, r"dropout must be < 1"),
+    ({"model.dropout": -0.5}, r"dropout must be >= 0"),
+    ({"model.name": "transformer"}, r"transformer"),
+    ({"privacy.mode": "sample-dp", "privacy.epsilon": 1e9}, r"at most 100 .*got 1000000000\.0"),
+    ({"privacy.mode": "sample-dp", "privacy.epsilon": 0}, r"privacy\.epsilon must be a positive"),
+    ({"privacy.mode": "sample-dp", "privacy.epsilon": -1}, r"privacy\.epsilon must be a positive"),
+    ({"privacy.mode": "sample-dp", "privacy.epsilon": INF}, r"epsilon must be a finite number"),
+    ({"privacy.mode": "sample-dp", "privacy.epsilon": NAN}, r"epsilon must be a finite number"),
+    ({"privacy.mode": "sample-dp"}, r"needs privacy\.epsilon"),
+    ({"privacy.epsilon": 1.0}, r"privacy\.mode is"),
+    ({"privacy.delta": 0}, r"privacy\.delta must be in \(0, 1\)"),
+    ({"privacy.delta": 1}, r"privacy\.delta must be in \(0, 1\)"),
+    ({"privacy.max_grad_norm": 0}, r"max_grad_norm must be > 0"),
+    ({"privacy.mode": "full"}, r"privacy\.mode must be one of"),
+    ({"privacy.min_train_rows": 0}, r"min_train_rows must be >= 1"),
+    ({"strategy.name": "fedavgg"}, r"Did you mean 'fedavg'"),
+    ({"strategy.fraction_train": 0}, r"fraction_train must be > 0"),
+    ({"strategy.fraction_train": 1.5}, r"fraction_train must be <= 1"),
+    ({"strategy.name": "fedprox", "strategy.params": {"proximal_mu": INF}}, r"finite number"),
+    ({"strategy.name": "fedprox", "strategy.params": {"proximal_mu": "x"}}, r"must be a number"),
+    ({"strategy.params": {"proximal_mu": 0.1}}, r"proximal_mu is not a parameter of fedavg"),
+    ({"strategy.params": {"min_train_nodes": 1}}, r"set by lhs-federated"),
+    ({"strategy.name": "fedavg-ft", "strategy.params": {"fine_tune_steps": 10**9}}, r"1 to 10000"),
+    ({"strategy.name": "fedavg-ft", "strategy.params": {"fine_tune_steps": 0}}, r"1 to 10000"),
+    ({"strategy.name": "fedavg-ft", "strategy.params": {"fine_tune_steps": 2.5}}, r"1 to 10000"),
+    (
+        {"strategy.name": "fedavg-ft", "strategy.params": {"fine_tune_learning_rate": 1e30}},
+        r"fine_tune_learning_rate must be a number > 0 and <= 10",
+    ),
+    ({"federation.min_sites": 0}, r"min_sites must be >= 1"),
+    ({"federation.round_timeout": 0}, r"round_timeout must be > 0"),
+    ({"federation.round_timeout": 1e12}, r"round_timeout must be <= 604800"),
+    ({"federation.round_timeout": INF}, r"round_timeout must be a finite number"),
+    ({"federation.connect_timeout": -5}, r"connect_timeout must be > 0"),
+    ({"sites.epsilon_budget": INF}, r"epsilon_budget must be a finite number; got inf"),
+    ({"sites.epsilon_budget": 0}, r"epsilon_budget must be > 0"),
+    ({"sites.epsilon_budget": 1e9}, r"epsilon_budget must be <= 1000"),
+    ({"sites.min_cell_size": 0}, r"min_cell_size must be >= 1"),
+    ({"sites.min_cell_size": 10**6}, r"min_cell_size must be <= 1000"),
+    ({"sites.budget_delta": 1}, r"budget_delta must be < 1"),
+    ({"evaluation.threshold": 0}, r"threshold must be > 0"),
+    ({"evaluation.threshold": 1}, r"threshold must be < 1"),
+    ({"evaluation.calibration_bins": 1}, r"calibration_bins must be >= 2"),
+    ({"evaluation.calibration_bins": 1000}, r"calibration_bins must be <= 100"),
+    ({"data.test_fraction": 0}, r"test_fraction must be > 0"),
+    ({"data.test_fraction": 1}, r"test_fraction must be < 1"),
+    ({"data.synthetic.sites": 0}, r"sites must be >= 1"),
+    ({"data.synthetic.sites": 10**6}, r"sites must be <= 200"),
+    ({"data.synthetic.rows_per_site": 10**9}, r"rows_per_site must be <= 1000000"),
+    ({"data.synthetic.rows_per_site": 5}, r"rows_per_site must be >= 20"),
+    ({"data.source": "s3"}, r"data\.source must be one of"),
+    ({"data.source": "folder"}, r"needs data\.path"),
+    ({"name": "bad name!"}, r"name must be letters, digits"),
+    ({"name": ""}, r"name must be letters, digits"),
+    ({"name": "../x"}, r"name must be letters, digits"),
+    ({"trainig.learning_rate": 0.1}, r"unknown key 'trainig'"),
+    ({"training.learning_rat": 0.1}, r"Did you mean 'learning_rate'"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD_STUDY_VALUES)
+def test_an_absurd_study_value_is_a_clear_error(small_study, overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        small_study.with_overrides(overrides)
+
+
+def _site_toml(tmp_path, **tables) -> Path:
+    key = write_site_key(tmp_path / "site.key")
+    (tmp_path / "data.csv").write_text("age\n50\n")
+    (tmp_path / "ca.crt").write_text("")
+    base = {
+        "site": {"name": "site-01"},
+        "coordinator": {"address": "127.0.0.1:9092", "ca_certificate": "ca.crt"},
+        "identity": {"private_key": str(key)},
+        "data": {"file": "data.csv"},
+    }
+    for table, values in tables.items():
+        base[table] = {**base.get(table, {}), **values}
+    path = tmp_path / "site.toml"
+    path.write_text(tomli_w.dumps(base))
+    return path
+
+
+BAD_SITE_VALUES = [
+    ({"site": {"name": "bad name!"}}, r"site name must be letters, digits"),
+    ({"policy": {"epsilon_budget": INF}}, r"epsilon_budget must be a finite number; got inf"),
+    ({"policy": {"epsilon_budget": 5000.0}}, r"epsilon_budget must be <= 1000"),
+    ({"policy": {"min_cell_size": 0}}, r"min_cell_size must be >= 1"),
+    ({"policy": {"budget_delta": 2.0}}, r"budget_delta must be < 1"),
+    ({"runtime": {"threads": 0}}, r"threads must be >= 1"),
+    ({"runtime": {"workers": 1000}}, r"workers must be <= 64"),
+    ({"runtime": {"runtime_port": 70000}}, r"runtime_port must be <= 65535"),
+    ({"runtime": {"connect_timeout": 0}}, r"connect_timeout must be > 0"),
+    ({"runtime": {"poll_interval": 1000}}, r"poll_interval must be <= 60"),
+    ({"coordinator": {"address": "nohost"}}, r"coordinator\.address must be host:port"),
+    ({"data": {"file": "missing.csv"}}, r"data\.file names .* which does not exist"),
+    ({"data": {"csv_separator": "#"}}, r"csv_separator must be one of"),
+    ({"policy": {"min_cel_size": 5}}, r"Did you mean 'min_cell_size'"),
+]
+
+
+@pytest.mark.parametrize(("tables", "expected"), BAD_SITE_VALUES)
+def test_an_absurd_site_setting_is_a_clear_error(tmp_path, tables, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_site_config(_site_toml(tmp_path, **tables))
+
+
+def test_a_site_value_of_1e400_in_toml_is_refused(tmp_path):
+    path = _site_toml(tmp_path)
+    path.write_text(path.read_text() + "\n[policy]\nepsilon_budget = 1e400\n")
+    with pytest.raises(ConfigError, match=r"policy\.epsilon_budget must be a finite number"):
+        load_site_config(path)
+
+
+def _server_toml(tmp_path, sites: dict[str, str], **server) -> Path:
+    path = tmp_path / "server.toml"
+    table = {"tls": {"insecure": True}, "sites": sites}
+    if server:
+        table["server"] = server
+    path.write_text(tomli_w.dumps(table))
+    return path
+
+
+def test_bad_server_settings_are_clear_errors(tmp_path):
+    one = write_site_key(tmp_path / "one")
+    two = write_site_key(tmp_path / "two")
+    cases = [
+        ({"bad name!": f"{one}.pub"}, {}, r"site name 'bad name!' in \[sites\]"),
+        ({"site-01": f"{one}.pub", "site-02": f"{one}.pub"}, {}, r"name the same public key"),
+        ({"site-01": f"{two}.pub"}, {"host": "bad host/!"}, r"server\.host must be an IP"),
+        ({"site-01": f"{two}.pub"}, {"port": 0}, r"server\.port must be >= 1"),
+        ({"site-01": str(tmp_path / "missing.pub")}, {}, r"sites\.site-01 names .* not exist"),
+    ]
+    for sites, server, expected in cases:
+        with pytest.raises(ConfigError, match=expected):
+            load_server_config(_server_toml(tmp_path, sites, **server))
+    # The same key copied to a second file is the same key.
+    (tmp_path / "copy.pub").write_bytes((tmp_path / "one.pub").read_bytes())
+    with pytest.raises(ConfigError, match=r"sites\.site-02 and sites\.site-01 name the same"):
+        load_server_config(
+            _server_toml(tmp_path, {"site-01": f"{one}.pub", "site-02": str(tmp_path / "copy.pub")})
+        )
+    config = load_server_config(_server_toml(tmp_path, {"site-01": f"{one}.pub"}))
+    with pytest.raises(ConfigError, match=r"site name 'bad name!' must be 1-64 letters"):
+        coordinator.register_site(config, "bad name!", Path(f"{one}.pub"))
+
+
+@pytest.mark.parametrize(
+    ("hosts", "sites", "expected"),
+    [
+        (["bad host/!"], [], r"--host 'bad host/!' is neither an IP address nor a DNS name"),
+        (["-x.example.org"], [], r"--host '-x\.example\.org'"),
+        (["a" * 64 + ".org"], [], r"is neither an IP address"),
+        (["coordinator.example.org"], ["bad name!"], r"--site 'bad name!' must be 1-64"),
+        (["coordinator.example.org"], ["../../etc"], r"--site '\.\./\.\./etc'"),
+        ([], [], r"at least one host"),
+    ],
+)
+def test_certs_init_refuses_bad_hosts_and_site_names(tmp_path, hosts, sites, expected):
+    with pytest.raises(ConfigError, match=expected):
+        init_certificates(tmp_path / "certs", hosts=hosts, sites=sites)
+    assert not (tmp_path / "certs" / "ca.crt").exists()  # nothing half written
+
+
+def test_site_keys_that_flower_cannot_use_or_others_can_read_are_refused(tmp_path):
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen (OpenSSH) makes the passphrase-protected key")
+    locked = tmp_path / "locked"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "secret", "-f", str(locked)],
+        check=True,
+    )
+    with pytest.raises(ConfigError, match=r"protected by a passphrase.*ssh-keygen -p"):
+        check_site_key(locked)
+    open_key = write_site_key(tmp_path / "open")
+    check_site_key(open_key)  # 0600 as written: accepted
+    assert open_key.stat().st_mode & 0o777 == 0o600
+    open_key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"has mode 0644: other users can read it.*chmod 600"):
+        check_site_key(open_key)
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not a key\n")
+    garbage.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"is not an OpenSSH private key"):
+        check_site_key(garbage)
+    with pytest.raises(ConfigError, match=r"is not an OpenSSH private key"):
+        check_site_key(tmp_path / "absent")
+
+
+def test_checkpoints_ledgers_and_privacy_ledgers_are_not_world_readable(small_study, tmp_path):
+    study = small_study.with_overrides(
+        {"rounds": 1, "privacy.mode": "sample-dp", "privacy.epsilon": 5.0}
+    )
+    run_with(tampering_client(0, lambda reply, _: None), study, tmp_path / "run")
+    written = [
+        tmp_path / "run" / "checkpoint.pkl",
+        tmp_path / "run" / "governance" / "coordinator.jsonl",
+        *(tmp_path / "run" / "site-state").glob("*/privacy-ledger.json"),
+        *(tmp_path / "run" / "governance" / "sites").glob("*/ledger.jsonl"),
+    ]
+    assert len(written) == 8
+    for path in written:
+        assert path.stat().st_mode & 0o077 == 0, path
+    # The wrong public key is a wrong input: exit 2, as the README says.
+    assert main(["keys", "init", str(tmp_path / "other.key")]) == 0
+    ledger = str(tmp_path / "run" / "governance" / "coordinator.jsonl")
+    assert main(["audit", "verify", ledger, "--public-key", str(tmp_path / "other.pub")]) == 2
+    own = str(tmp_path / "run" / "governance" / "coordinator.pub")
+    assert main(["audit", "verify", ledger, "--public-key", own]) == 0
+
+
+def test_cli_errors_keep_bracketed_names_and_exit_2(capsys):
+    assert main(["simulate", "--set", "rounds=1000000000"]) == 2
+    assert main(["simulate", "--set", "data.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "rounds must be <= 10000; got 1000000000 (accepted: >= 1 and <= 10000)" in err
+    assert "unknown key 'data.nope' in [data]" in err
+
+
+# ------------------------------------- items 4 and 5: what a modified coordinator can ask
+
+
+@pytest.mark.parametrize("mode", ["none", "client-dp", "sample-dp"])
+def test_sites_refuse_rounds_beyond_the_approved_study_in_every_privacy_mode(
+    small_study, tmp_path, mode
+):
+    privacy = {"none": {}, "client-dp": {"privacy.epsilon": 50.0}}.get(
+        mode,
+        {
+            "privacy.epsilon": 5.0,
+            "sites.epsilon_budget": 100.0,
+            "sites.state_dir": str(tmp_path / "state"),
+        },
+    )
+    approved = small_study.with_overrides({"privacy.mode": mode, **privacy})
+    asked = approved.with_overrides({"rounds": 8})  # what the coordinator runs
+    with pytest.raises(StudyRunError, match=r"round 3 is outside the approved study's rounds"):
+        malicious_coordinator(asked, carry_study(approved), tmp_path / "run")
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
+    assert rounds["round"].tolist() == [1, 2]  # two rounds of updates, never more
+
+
+def test_a_round_is_asked_at_most_twice_and_rounds_only_go_forward():
+    check_round([], 1, 2, "site-01")
+    check_round([1], 1, 2, "site-01")  # an interrupted round, asked again
+    with pytest.raises(SiteRefusal, match=r"round 1 was asked 2 times already"):
+        check_round([1, 1], 1, 2, "site-01")
+    with pytest.raises(SiteRefusal, match=r"round 1 comes after round 2"):
+        check_round([1, 2], 1, 2, "site-01")
+    for asked in (0, 3, -1):
+        with pytest.raises(SiteRefusal, match=rf"round {asked} is outside .* \(1 to 2\)"):
+            check_round([], asked, 2, "site-01")
+
+
+def _inject_fine_tuning(message: Message) -> None:
+    if message.metadata.message_type == "evaluate":
+        config = message.content[records.CONFIG]
+        config["fine-tune-steps"] = 20000
+        config["fine-tune-learning-rate"] = 1.0
+
+
+def test_evaluate_messages_cannot_make_a_site_fine_tune(small_study, tmp_path):
+    honest = malicious_coordinator(small_study, lambda message: None, tmp_path / "honest")
+    attacked = malicious_coordinator(small_study, _inject_fine_tuning, tmp_path / "attacked")
+    assert attacked["final"]["per_site"] == honest["final"]["per_site"]
+
+
+def _crafted_preprocessing(message: Message) -> None:
+    config = message.content[records.CONFIG]
+    if message.metadata.message_type == "evaluate" and config[records.ROUND] == 2:
+        config[records.PREP_MEAN] = [v + 1.0 for v in config[records.PREP_MEAN]]
+
+
+def test_evaluation_uses_the_runs_fixed_preprocessing(small_study, tmp_path):
+    malicious_coordinator(small_study, _crafted_preprocessing, tmp_path / "run")
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv", keep_default_na=False)
+    assert rounds["failed"][0] == ""
+    assert rounds["failed"][1].count("differs from the one this run started with") == 3
+    bad = ConfigRecord({records.PREP_MEAN: [0.0, 1.0], records.PREP_SCALE: [1.0, 0.0]})
+    with pytest.raises(SiteRefusal, match="scales positive and finite"):
+        preprocessing_digest(bad, "site-01")
+
+
+def test_a_site_can_add_calibrated_noise_to_or_coarsen_the_metrics_it_releases():
+    """A constant model makes accuracy the complement of prevalence: exact counts on 40 rows."""
+    outcome = np.array([1] * 5 + [0] * 35)
+    exact = clinical_metrics(outcome, np.zeros(40))
+    assert exact.values["accuracy"] * 40 == 35 and exact.values["prevalence"] * 40 == 5
+    assert release_metrics(exact, noise=0.0, decimals=None) is exact
+    noisy = release_metrics(exact, noise=2.0, decimals=None, rng=np.random.default_rng(3))
+    assert noisy.values["n"] == 40
+    for name in ("accuracy", "prevalence", "brier"):
+        assert noisy.values[name] != exact.values[name] and 0 <= noisy.values[name] <= 1
+    spread = [
+        release_metrics(exact, noise=2.0, decimals=None).values["prevalence"] for _ in range(400)
+    ]
+    assert np.mean(np.abs(np.array(spread) - 5 / 40)) == pytest.approx(2 / 40, rel=0.25)
+    coarse = release_metrics(exact, noise=0.0, decimals=1)
+    assert coarse.values["accuracy"] == 0.9 and coarse.values["prevalence"] == 0.1
+    assert coarse.values["auroc"] == 0.5
+
+
+# ---------------------------------------------------- item 1: a site always comes back
+
+
+def test_the_site_supervisor_retries_a_failed_rejoin_until_it_succeeds(tmp_path):
+    """A SuperNode killed with -9, then two failed rejoins: the site still comes back."""
+    paths = site_node.SitePaths(tmp_path)
+    first = subprocess.Popen(["sleep", "60"])
+    attempts: list[str] = []
+    rejoined: list[subprocess.Popen] = []
+
+    def launch() -> list[subprocess.Popen]:
+        attempts.append("launch")
+        if len(attempts) <= 2:
+            raise LhsError("the coordinator refused this site's node")
+        rejoined.append(subprocess.Popen(["sleep", "60"]))
+        return rejoined[-1:]
+
+    stop = site_node._StopFlag()
+    try:
+        killer = threading.Timer(0.5, first.kill)
+        stopper = threading.Thread(target=_stop_once_rejoined, args=(stop, rejoined))
+        killer.start()
+        stopper.start()
+        site_node.supervise([first], launch, stop, paths, "site-01", first_pause=0.1)
+        stopper.join()
+    finally:
+        stop.restore()
+    assert attempts == ["launch"] * 3
+    assert rejoined[0].poll() is not None  # stopped by the supervisor on the stop request
+    assert paths.alive.exists()
+
+
+def _stop_once_rejoined(stop, rejoined, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not rejoined and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert rejoined and rejoined[0].poll() is None  # the relaunched process runs
+    stop.requested = True
+
+
+@pytest.mark.slow
+def test_a_supernode_that_gives_up_reconnecting_exits(tmp_path):
+    """Flower's SuperNode logs "Giving up reconnection" and stays alive; ours exits.
+
+    Real processes: a SuperLink, the site's SuperNode entry point joined to it,
+    then the SuperLink stopped for longer than the SuperNode's --max-wait-time.
+    """
+    env = processes.flower_environment(tmp_path / "flwr")
+    port, runtime = free_port(), free_port()
+    superlink = processes.start_process(
+        [processes.flower_command("flower-superlink"), "--insecure", "--host", "127.0.0.1",
+         "--port", str(port)],
+        log=tmp_path / "superlink.log", env=env,
+    )  # fmt: skip
+    log = tmp_path / "supernode.log"
+    try:
+        processes.wait_until(
+            lambda: processes.port_open("127.0.0.1", port), process=superlink, timeout=60,
+            what="the SuperLink", log=tmp_path / "superlink.log",
+        )  # fmt: skip
+        supernode = processes.start_process(
+            [sys.executable, "-m", "lhs_federated.deploy.supernode", "--poll-interval", "0.5",
+             "--superlink", f"127.0.0.1:{port}", "--insecure", "--isolation", "process",
+             "--host", "127.0.0.1", "--port", str(runtime), "--max-wait-time", "2"],
+            log=log, env=env,
+        )  # fmt: skip
+        processes.wait_until(
+            lambda: "SuperNode ID" in log.read_text(), process=supernode, timeout=60,
+            what="the SuperNode", log=log,
+        )  # fmt: skip
+        processes.stop_process(superlink)
+        assert supernode.wait(timeout=60) != 0
+    finally:
+        processes.stop_process(superlink)
+        processes.stop_process(supernode)
+    text = log.read_text()
+    assert "Giving up reconnection" in text
+    assert "the SuperNode stopped (exit code 1); its supervisor restarts it" in text

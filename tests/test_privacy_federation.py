@@ -11,9 +11,13 @@ import pytest
 
 from lhs_federated import ConfigError, StudyRunError, load_study, simulate
 from lhs_federated.cli import main
+from lhs_federated.errors import SiteRefusal
+from lhs_federated.governance.code import installed_code_hash
 from lhs_federated.governance.ledger_view import StudyView
+from lhs_federated.governance.privacy_anchor import check_privacy_ledger
 from lhs_federated.governance.report import render_report
 from lhs_federated.governance.run_audit import audit_run
+from lhs_federated.governance.site_folder import SiteFolder
 from lhs_federated.governance.verify import load_entries
 from lhs_federated.privacy.ledger import PrivacyLedger
 
@@ -242,3 +246,45 @@ def test_readme_privacy_commands_run(tmp_path, monkeypatch):
         quick = ["--set", "rounds=1", "--quiet", "--out", str(tmp_path / f"run{k}")]
         assert main([*argv, *quick]) == 0
     assert (tmp_path / "state" / "site-01" / "privacy-ledger.json").is_file()
+
+
+def test_a_reset_privacy_ledger_is_detected_by_the_signed_site_ledger(tmp_path, dp_study):
+    """Moving the privacy ledger away, or restoring an older copy, does not reset a budget."""
+
+    folders, state = tmp_path / "sites", tmp_path / "state"
+    study = dp_study.with_overrides(
+        {
+            "rounds": 1,
+            "governance.preapproved": False,
+            "governance.site_folders": str(folders),
+            "sites.state_dir": str(state),
+        }
+    )
+    for name in ("site-01", "site-02", "site-03"):
+        SiteFolder.init(folders / name, name)
+    for seed in (1, 2, 3):
+        again = study.with_overrides({"seed": seed})
+        for name in ("site-01", "site-02", "site-03"):
+            SiteFolder.open(folders / name).approve(
+                again.hash, installed_code_hash(), study_name="s", by="dpo", reason="IRB"
+            )
+    simulate(study.with_overrides({"seed": 1}), out_dir=tmp_path / "first", report=False)
+    ledger = state / "site-02" / "privacy-ledger.json"
+    older = ledger.read_bytes()  # after one study
+    simulate(study.with_overrides({"seed": 2}), out_dir=tmp_path / "second", report=False)
+    ledger.rename(tmp_path / "moved.json")
+    with pytest.raises(
+        StudyRunError,
+        match=r"site-02' refused: its privacy ledger '.*site-02/privacy-ledger\.json' is "
+        r"missing, but its signed ledger '.*site-02/ledger\.jsonl' records 2 private "
+        r"round\(s\) released",
+    ):
+        simulate(study.with_overrides({"seed": 3}), out_dir=tmp_path / "third", report=False)
+    ledger.write_bytes(older)  # an older copy: one study short (the gate's own check)
+    site = SiteFolder.open(folders / "site-02", with_key=False)
+    with pytest.raises(
+        SiteRefusal,
+        match=r"its privacy ledger .* holds 0 round\(s\) of study \w{12}… \(epsilon 0\.0000\), "
+        r"but its signed ledger .* records 1 released",
+    ):
+        check_privacy_ledger("site-02", site.folder, site.public_key, ledger)

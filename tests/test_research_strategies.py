@@ -91,11 +91,11 @@ def test_fine_tuning_personalises_and_the_analysis_scores_the_same_model(tmp_pat
         ),
         (
             {"strategy.name": "fedavg-ft", "strategy.params": {"fine_tune_steps": 0}},
-            r"strategy 'fedavg-ft': fine_tune_steps must be an integer >= 1; got 0",
+            r"strategy 'fedavg-ft': fine_tune_steps must be an integer from 1 to 10000; got 0",
         ),
         (
             {"strategy.name": "fedavg-ft", "strategy.params": {"fine_tune_learning_rate": "x"}},
-            r"fine_tune_learning_rate must be a number > 0; got 'x'",
+            r"fine_tune_learning_rate must be a number > 0 and <= 10; got 'x'",
         ),
         (
             {"strategy.name": "scaffold", "strategy.params": {"eta": 1.0}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -140,6 +141,11 @@ def test_cli_sweep_in_worker_processes(tmp_path, capsys):
     assert code == 0, out
     assert "mean ± 95% CI half-width" in out and "learning_rate" in out
     assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 2
+    # Resumed with --json: every line is JSON, the last names the sweep's files.
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["kind"] == "result" and lines[-1]["data"]["failed"] == []
+    assert lines[-1]["data"]["runs"] == str(tmp_path / "out" / "runs.csv")
     assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
 
 

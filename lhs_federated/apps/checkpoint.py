@@ -63,7 +63,8 @@ def save_checkpoint(out_dir: Path, checkpoint: Checkpoint) -> None:
     """Replace the run's checkpoint atomically."""
     path = out_dir / CHECKPOINT_FILE
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
+    # 0600: a checkpoint holds the model and the sites' counts; only the operator reads it.
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
         _Pickler(handle, protocol=pickle.HIGHEST_PROTOCOL).dump(checkpoint)
         handle.flush()
         os.fsync(handle.fileno())

@@ -21,7 +21,7 @@ from lhs_federated.apps import loop_messages, records
 from lhs_federated.apps.client_dp import client_clipping_mod
 from lhs_federated.apps.client_site import resolve_site
 from lhs_federated.apps.egress import egress_guard_mod
-from lhs_federated.apps.fine_tuning import fine_tuning_from_config
+from lhs_federated.apps.run_limits import run_limits_mod
 from lhs_federated.apps.scaffold import SiteControl
 from lhs_federated.apps.site_governance import (
     CLOSE_ACTION,
@@ -29,8 +29,9 @@ from lhs_federated.apps.site_governance import (
     site_governance_mod,
 )
 from lhs_federated.errors import LhsError, SiteRefusal
-from lhs_federated.learning.personalisation import personalise
+from lhs_federated.learning.personalisation import fine_tuning_of, personalise
 from lhs_federated.learning.site import evaluate_at_site, site_standardizer, summarise_site
+from lhs_federated.privacy.metric_release import release_metrics
 from lhs_federated.privacy.site_round import train_site_round
 
 
@@ -52,8 +53,15 @@ def site_errors_mod(message: Message, context: Context, call_next) -> Message:
 
 # Outermost first. Governance checks approval before anything else runs and records
 # exactly the reply that leaves the site (after the guard); errors become replies;
-# the egress guard sees what client-side clipping leaves.
-SITE_MODS = [site_governance_mod, site_errors_mod, egress_guard_mod, client_clipping_mod]
+# the run's limits (rounds, preprocessing) are checked before any work; the egress
+# guard sees what client-side clipping leaves.
+SITE_MODS = [
+    site_governance_mod,
+    site_errors_mod,
+    run_limits_mod,
+    egress_guard_mod,
+    client_clipping_mod,
+]
 app = ClientApp(mods=SITE_MODS)
 app.query(CLOSE_ACTION)(acknowledge_close)
 loop_messages.register(app)  # evaluate.monitor, evaluate.gate, train.recalibrate
@@ -105,14 +113,17 @@ def evaluate(message: Message, context: Context) -> Message:
     site = resolve_site(study, context)
     torch.set_num_threads(site.threads)
     standardizer = site_standardizer(study, site.data, records.standardizer_from_config(config))
-    arrays = personalise(  # fedavg-ft: local steps first; the result never leaves the site
+    arrays = personalise(  # fedavg-ft: the study's local steps first; never leaves the site
         study,
         site.data,
         records.from_array_record(message.content[records.ARRAYS]),
         standardizer=standardizer,
-        fine_tuning=fine_tuning_from_config(config),
+        fine_tuning=fine_tuning_of(study),
         server_round=int(config[records.ROUND]),
     )
     report = evaluate_at_site(study, site.data, arrays, standardizer=standardizer)
+    if site.config is not None:  # the site's own coarsening of what it releases
+        policy = site.config.policy
+        report = release_metrics(report, noise=policy.metric_noise, decimals=policy.metric_decimals)
     content = records.report_to_record(report, unit_weight=study.privacy.client_dp)
     return Message(content, reply_to=message)

@@ -15,14 +15,17 @@ for this run only, kept in memory, whose public key goes beside the ledger):
 - ``round-aggregated``: hash of the new global arrays, aggregate metrics,
   who contributed and who failed why;
 - ``evaluation``: per-site metrics;
-- ``study-finished`` (final model hash, result files and their hashes) or
-  ``study-failed``.
+- ``study-finished`` (final model hash, result files and their hashes), then,
+  once ``summary.json``, the analysis and the report are written,
+  ``results-sealed`` with the SHA-256 of every file a reader sees; or
+  ``study-failed`` (with the same hashes of what the run left).
 
 Replies are recorded by :class:`AuditedGrid`, a Grid wrapper that sees every
 message the loop sends and every reply it gets; it also tells simulated sites
-where their governance folders are. After ``study-finished`` every
+where their governance folders are. After ``results-sealed`` every
 participant is sent the ledger's final hash (``query.ledger_close``), which
-goes into its own ledger, as it goes into ``summary.json``.
+goes into its own ledger; ``summary.json`` names the ``study-finished``
+record and the seal's sequence number (the seal in turn hashes it).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from lhs_federated.apps.reply_digest import content_hash, digest_reply, update_n
 from lhs_federated.apps.run_config import LEDGER_KEY, SIMULATED_SITES
 from lhs_federated.apps.site_governance import (
     CLOSE_TYPE,
+    COORDINATOR_KEY,
     FINAL_HASH,
     FINAL_SEQ,
     LEDGER_ID,
@@ -57,9 +61,11 @@ from lhs_federated.governance.run_files import (
     COORDINATOR_LEDGER,
     COORDINATOR_PUBLIC_KEY,
     GOVERNANCE_DIR,
+    SEAL,
     SEGMENT_GLOB,
     SIMULATED_SITES_DIR,
     hash_result_files,
+    seal_files,
     segment_name,
 )
 from lhs_federated.governance.verify import load_entries
@@ -137,8 +143,14 @@ class CoordinatorAudit:
         self.grid = AuditedGrid(grid, self)
 
     def stamp(self, message: Message) -> None:
-        """Tell simulated sites where their governance folders are (deployed sites ignore it)."""
-        message.content[records.CONFIG][records.SIMULATED_SITE_FOLDERS] = str(self._simulated_sites)
+        """Name the ledger's key to every site; tell simulated sites where their folders are.
+
+        Each site records the key's fingerprint, so an auditor can tell whether
+        the run folder's ``coordinator.pub`` is the key the sites saw.
+        """
+        config = message.content[records.CONFIG]
+        config[records.SIMULATED_SITE_FOLDERS] = str(self._simulated_sites)
+        config[COORDINATOR_KEY] = fingerprint(self._key.public_key())
 
     def open(
         self, sites: Mapping[int, str], *, engine: str, resumed_after: int | None = None
@@ -296,9 +308,14 @@ class CoordinatorAudit:
         self._append(kind, data)
 
     def finish(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Close the ledger, tell every participant its final hash; return it for the summary."""
-        self._closed = True
-        final = self._require().append(
+        """Record the study's end; return what ``summary.json`` says about the ledger.
+
+        ``study-finished`` names the final model and the files written so far;
+        the ledger stays open for :meth:`seal`, which follows once
+        ``summary.json`` and every other reader's file is written, and which
+        the summary names by its sequence number (``sealed_seq``).
+        """
+        finished = self._require().append(
             "study-finished",
             {
                 "status": "completed",
@@ -307,25 +324,39 @@ class CoordinatorAudit:
                 "result_files": hash_result_files(self.out_dir),
             },
         )
-        notified, not_notified = self._close_sites(final.seq, final.hash, "completed")
-        ledger = self._require()
         return {
             "file": f"{GOVERNANCE_DIR}/{COORDINATOR_LEDGER}",
             "public_key": f"{GOVERNANCE_DIR}/{COORDINATOR_PUBLIC_KEY}",
             "key_fingerprint": fingerprint(self._key.public_key()),
-            "ledger_id": ledger.ledger_id,
-            "final_seq": final.seq,
-            "final_hash": final.hash,
-            "sites_notified": notified,
-            "sites_not_notified": not_notified,
+            "ledger_id": self._require().ledger_id,
+            "finished_seq": finished.seq,
+            "finished_hash": finished.hash,
+            "sealed_seq": finished.seq + 1,
         }
 
+    def seal(self) -> tuple[list[str], dict[str, str]]:
+        """Close the ledger over every reader's file, then tell each site its final hash.
+
+        Returns the sites told and those not told (with why), which also go to
+        the run's log: nothing may be written into the sealed files.
+        """
+        self._closed = True
+        sealed = self._require().append(SEAL, seal_files(self.out_dir))
+        return self._close_sites(sealed.seq, sealed.hash, "completed")
+
     def fail(self, error: BaseException) -> None:
-        """Close the ledger with ``study-failed``, unless it was never opened or is closed."""
+        """Close the ledger with ``study-failed``, unless it was never opened or is closed.
+
+        The record hashes every file the failed run leaves (``failure.json``
+        included), as a seal does.
+        """
         if self._ledger is None or self._closed:
             return
+        self._closed = True
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
-        self._ledger.append("study-failed", {"status": "failed", "error": message})
+        self._ledger.append(
+            "study-failed", {"status": "failed", "error": message, **seal_files(self.out_dir)}
+        )
 
     def _close_sites(self, seq: int, digest: str, status: str) -> tuple[list[str], dict[str, str]]:
         config = records.study_config(self.study)

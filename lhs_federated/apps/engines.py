@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import random
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
@@ -23,11 +25,19 @@ from lhs_federated.apps.inprocess import InProcessGrid
 
 
 def run_inprocess(
-    run_config: dict[str, str], n_sites: int, *, client: ClientApp | None = None
+    run_config: dict[str, str],
+    n_sites: int,
+    *,
+    client: ClientApp | None = None,
+    write_results: Callable[[Path], None] | None = None,
+    batch_durability: bool = True,
 ) -> None:
     """Run the ServerApp on an :class:`InProcessGrid` of ``n_sites`` nodes.
 
-    ``client`` replaces the site ClientApp (fault-injection tests use it).
+    ``client`` replaces the site ClientApp (fault-injection tests use it);
+    ``write_results`` writes further reader files before the ledger is sealed;
+    ``batch_durability=False`` syncs each site ledger record on its own (see
+    :class:`InProcessGrid`).
     """
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -37,14 +47,21 @@ def run_inprocess(
     TaskIdentity.run_id = run_id
     TaskIdentity.node_id = 0
     TaskIdentity.task_id = 1
-    grid = InProcessGrid(client or client_app.app, n_sites, run_id=run_id)
+    grid = InProcessGrid(
+        client or client_app.app, n_sites, run_id=run_id, batch_durability=batch_durability
+    )
     context = Context(
         run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
     )
-    server_app.app(grid, context)
+    server_app.build_server_app(write_results=write_results)(grid, context)
 
 
-def run_ray(run_config: dict[str, str], n_sites: int) -> None:
+def run_ray(
+    run_config: dict[str, str],
+    n_sites: int,
+    *,
+    write_results: Callable[[Path], None] | None = None,
+) -> None:
     """Run the ServerApp and ``n_sites`` ClientApps on Flower's simulation engine (Ray)."""
     from flwr.simulation import run_simulation
 
@@ -55,7 +72,7 @@ def run_ray(run_config: dict[str, str], n_sites: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
-            server_app=server_app.build_server_app(run_config),
+            server_app=server_app.build_server_app(run_config, write_results=write_results),
             client_app=client_app.app,
             num_supernodes=n_sites,
             backend_config=backend_config,

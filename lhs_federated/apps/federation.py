@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,18 @@ from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import Standardizer
 from lhs_federated.errors import StudyRunError
 from lhs_federated.learning.export import save_model
-from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
+from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, federation_means
 from lhs_federated.learning.models import build_model
 from lhs_federated.learning.parameters import get_arrays
-from lhs_federated.learning.site import SiteSummary, federated_statistics, n_features
+from lhs_federated.learning.site import (
+    SiteSummary,
+    federated_statistics,
+    min_test_cases,
+    n_features,
+)
 from lhs_federated.registry.warm_start import load_warm_start
-from lhs_federated.results.notes import departures_line, preprocessing_summary
-from lhs_federated.results.progress import RoundProgress, report_progress
+from lhs_federated.results.notes import convergence, departures_line, preprocessing_summary
+from lhs_federated.results.progress import ProgressEvent, RoundProgress, report_progress
 from lhs_federated.results.writer import RunWriter, utc_now
 from lhs_federated.study import Study
 
@@ -70,6 +75,7 @@ def run_study(
     resume: bool = False,
     audit_options: AuditOptions | None = None,
     expected_sites: int = 0,
+    write_results: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``study`` on ``grid`` and write its results folder.
 
@@ -91,6 +97,10 @@ def run_study(
     expected_sites : int
         Sites registered at the coordinator, waited for before discovery
         (0: start with those connected).
+    write_results : callable, optional
+        Writes the run's further files for readers (a simulation's analysis
+        and report) once ``summary.json`` is written and before the ledger is
+        sealed over every file (upper layers pass it in: they own those files).
 
     Returns
     -------
@@ -165,15 +175,34 @@ def run_study(
             study, summaries, final_reports, arrays, model_files, time.monotonic() - started
         )
         summary["preprocessing"] = preprocessing_summary(study, departures, n_features(study))
+        summary["convergence"] = convergence(out_dir)
         if privacy.active:
             summary["privacy"] = privacy.summary()
         summary["ledger"] = audit.finish(arrays)
         writer.finish(summary)
+        if write_results is not None:
+            write_results(out_dir)
+        _report_close(out_dir, *audit.seal())
     except Exception as error:
         writer.fail(error)
         audit.fail(error)
         raise
     return summary
+
+
+def _report_close(out_dir: Path, notified: list[str], not_notified: dict[str, str]) -> None:
+    """Log which sites hold the sealed ledger's final hash (the sealed files cannot say)."""
+    for site, why in not_notified.items():
+        LOGGER.warning("site %s was not told the ledger's final hash: %s", site, why)
+    report_progress(
+        ProgressEvent(
+            "ledger-sealed",
+            f"ledger sealed; final hash sent to {len(notified)} of "
+            f"{len(notified) + len(not_notified)} sites",
+            {"sites_notified": notified, "sites_not_notified": not_notified},
+        ),
+        run_dir=out_dir,
+    )
 
 
 def discover_sites(
@@ -383,9 +412,7 @@ def _run_round(
             )
     writer.add_metrics(rows)
     failed = {**{s: f"evaluation {w}" for s, w in evaluated.failed.items()}, **trained.failed}
-    mean_auroc = nan_weighted_mean(
-        [r.values["auroc"] for r in reports.values()], [1.0] * len(reports)
-    )
+    mean_auroc = federation_means(reports, min_cases=min_test_cases(study)).mean["auroc"]
     writer.add_round(
         server_round, time.monotonic() - started, [s for s, _ in trained.ok], failed, mean_auroc
     )
@@ -402,6 +429,19 @@ def _run_round(
         run_dir=writer.out_dir,
     )
     return arrays, reports
+
+
+def _not_scored(
+    summaries: Iterable[SiteSummary], reports: dict[str, MetricReport]
+) -> dict[str, str]:
+    """Sites without a final evaluation, and why, for the list of sites left out of means."""
+    return {
+        s.name: "fewer test rows than its minimum cell size (withheld)"
+        if s.n_test is None
+        else "no evaluation in the final round (see rounds.csv)"
+        for s in summaries
+        if s.name not in reports
+    }
 
 
 def _site_row(summary: SiteSummary, min_cell_size: int) -> dict[str, Any]:
@@ -426,7 +466,7 @@ def _summary(
     seconds: float,
 ) -> dict[str, Any]:
     sites = list(reports)
-    weights = [reports[s].values["n"] for s in sites]
+    means = federation_means(reports, min_cases=min_test_cases(study))
 
     def clean(value: float) -> float | None:
         return None if np.isnan(value) else value
@@ -442,18 +482,11 @@ def _summary(
         "final": {
             "per_site": {s: {m: clean(v) for m, v in reports[s].values.items()} for s in sites},
             "undefined": {s: reports[s].undefined for s in sites if reports[s].undefined},
-            "mean": {
-                m: clean(
-                    nan_weighted_mean([reports[s].values[m] for s in sites], [1.0] * len(sites))
-                )
-                for m in METRIC_NAMES
-                if m != "n"
-            },
-            "weighted_mean": {
-                m: clean(nan_weighted_mean([reports[s].values[m] for s in sites], weights))
-                for m in METRIC_NAMES
-                if m != "n"
-            },
+            "mean": {m: clean(v) for m, v in means.mean.items()},
+            "weighted_mean": {m: clean(v) for m, v in means.weighted_mean.items()},
+            "counted_sites": list(means.counted),
+            "left_out": {**means.left_out, **_not_scored(summaries.values(), reports)},
+            "mean_definition": means.definition,
         },
         "model": {"arrays_sha256": records.hash_arrays(arrays), "files": model_files},
     }

@@ -31,8 +31,6 @@ PROXIMAL_MU = "proximal-mu"
 # Simulation only: where the simulated sites' governance folders are. In the one
 # ConfigRecord, because Flower's DP clipping mods accept no second one.
 SIMULATED_SITE_FOLDERS = "simulated-site-folders"
-FINE_TUNE_STEPS = "fine-tune-steps"
-FINE_TUNE_LEARNING_RATE = "fine-tune-learning-rate"
 
 # SCAFFOLD's control variates travel inside the one ArrayRecord of a message
 # (Flower validates exactly one per reply), named with these prefixes; a site

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context, UserConfig
@@ -98,11 +99,17 @@ def run_from_config(config: UserConfig) -> tuple[Study, Path, str]:
     return study, out_dir, engine
 
 
-def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
+def build_server_app(
+    run_config: UserConfig | None = None,
+    *,
+    write_results: Callable[[Path], None] | None = None,
+) -> ServerApp:
     """A ServerApp whose run config is the engine's, updated with ``run_config``.
 
     Flower's Python simulation entry point starts the ServerApp with an empty
-    run config; this is how a study reaches it there.
+    run config; this is how a study reaches it there. ``write_results`` writes
+    a simulation's further reader files before the ledger is sealed (see
+    :func:`~lhs_federated.apps.federation.run_study`).
     """
     server_app = ServerApp()
     overrides = dict(run_config or {})
@@ -130,6 +137,7 @@ def build_server_app(run_config: UserConfig | None = None) -> ServerApp:
                 resume=bool(config.get(RESUME_KEY, False)),
                 audit_options=AuditOptions.from_run_config(config),
                 expected_sites=int(config.get(EXPECTED_SITES_KEY) or 0),
+                write_results=write_results,
             )
         except ResultsFolderExists:
             raise  # the folder is someone else's: write nothing into it

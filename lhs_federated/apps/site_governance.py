@@ -27,19 +27,29 @@ this module only reads Flower messages.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 
 from lhs_federated.apps import records
-from lhs_federated.apps.client_site import PARTITION_ID, SITE_CONFIG, resolve_site
+from lhs_federated.apps.client_site import (
+    PARTITION_ID,
+    SITE_CONFIG,
+    resolve_site,
+    simulated_privacy,
+)
 from lhs_federated.apps.reply_digest import digest_reply
 from lhs_federated.errors import LhsError, SiteRefusal
 from lhs_federated.governance.approval import Approval
 from lhs_federated.governance.code import installed_code_hash
 from lhs_federated.governance.ledger import Entry
+from lhs_federated.governance.privacy_anchor import check_privacy_ledger
 from lhs_federated.governance.simulated import simulated_site_folder
-from lhs_federated.governance.site_folder import SentMessage, SiteFolder
+from lhs_federated.governance.site_folder import LEDGER_FILE, SentMessage, SiteFolder
+from lhs_federated.study import Study
+
+LOGGER = logging.getLogger("lhs_federated.site")
 
 #: Record the coordinator adds to messages for simulated sites, and its key.
 #: The message that tells a site a study's coordinator ledger is closed.
@@ -49,6 +59,8 @@ LEDGER_ID = "ledger-id"
 FINAL_SEQ = "ledger-final-seq"
 FINAL_HASH = "ledger-final-hash"
 STUDY_STATUS = "study-status"
+#: Fingerprint of the coordinator's ledger key, in every message: each site records it.
+COORDINATOR_KEY = "coordinator-ledger-key"
 SIMULATED_REFUSAL_HINT = (
     " (in a simulation, a simulated site approves a study the study declares pre-approved "
     "([governance] preapproved = true), or the approvals in its own site folder "
@@ -79,13 +91,61 @@ def site_governance_mod(message: Message, context: Context, call_next) -> Messag
             reply = _error(message, records.SITE_REFUSED, refusal.message + hint)
             record_task(folder, message, reply)
             return reply
+    if message.metadata.message_type == MessageType.TRAIN:
+        study = records.study_from_config(message.content[records.CONFIG])
+        ledger = simulated_privacy(study, folder.site).ledger_path
+        try:
+            check_private_round(folder, study, ledger)
+        except SiteRefusal as refusal:
+            folder.record_refusal(
+                study_hash, code_hash, refusal.reason, context=message_context(message)
+            )
+            reply = _error(message, records.SITE_REFUSED, refusal.message)
+            record_task(folder, message, reply)
+            return reply
     try:
         reply = call_next(message, context)
     except Exception as exc:
         record_task(folder, message, None, approval=approval, crash=f"{type(exc).__name__}: {exc}")
         raise
-    record_task(folder, message, reply, approval=approval)
+    return record_or_withhold(folder, message, reply, approval=approval)
+
+
+def record_or_withhold(
+    folder: SiteFolder, message: Message, reply: Message, *, approval: Approval | None = None
+) -> Message:
+    """Record ``reply`` in the site ledger, then let it go; if it cannot be recorded, withhold it.
+
+    A site fails closed: nothing leaves that its ledger does not hold. When
+    the ledger cannot be written (a full disk, a damaged last record, a file
+    made immutable), the reply is replaced by an error reply that carries no
+    data and says why, so the coordinator records the site as failed at once
+    instead of waiting out its timeout.
+    """
+    try:
+        record_task(folder, message, reply, approval=approval)
+    except Exception as exc:  # whatever stops the record stops the reply
+        reason = (
+            f"site {folder.site!r} cannot record its reply in its ledger "
+            f"{str(folder.folder / LEDGER_FILE)!r} ({type(exc).__name__}: {exc}); it sends "
+            "nothing it has not recorded"
+        )
+        LOGGER.error("%s", reason)
+        return _error(message, records.SITE_ERROR, reason)
     return reply
+
+
+def check_private_round(folder: SiteFolder, study: Study, privacy_ledger: Path | None) -> None:
+    """Before a private training round: the privacy ledger must hold what the site ledger does.
+
+    Raises
+    ------
+    SiteRefusal
+        If the study trains with sample-level DP and the site's privacy ledger
+        is missing, shorter or inconsistent with its signed ledger.
+    """
+    if study.privacy.sample_dp:
+        check_privacy_ledger(folder.site, folder.folder, folder.public_key, privacy_ledger)
 
 
 def acknowledge_close(message: Message, context: Context) -> Message:
@@ -110,7 +170,8 @@ def record_task(
     """Record in the site ledger what the site sent in answer to ``message``.
 
     The one call a site's runtime makes per task, in simulation (from the mod)
-    and in deployment (from the launcher, after the reply is pushed): a
+    and in deployment (from the launcher), before the reply is pushed
+    (:func:`record_or_withhold`): a
     ``query.ledger_close`` message becomes a ``study-closed`` record with the
     coordinator's final ledger hash; anything else a ``message-sent`` record.
 
@@ -131,6 +192,7 @@ def record_task(
     config = message.content.get(records.CONFIG)
     config = config if isinstance(config, ConfigRecord) else ConfigRecord()
     study_hash = str(config.get(records.STUDY_HASH, ""))
+    coordinator_key = str(config[COORDINATOR_KEY]) if COORDINATOR_KEY in config else None
     if meta.message_type == CLOSE_TYPE:
         return folder.record_closed(
             run_id=meta.run_id,
@@ -139,6 +201,7 @@ def record_task(
             final_seq=int(config[FINAL_SEQ]),
             final_hash=str(config[FINAL_HASH]),
             status=str(config[STUDY_STATUS]),
+            coordinator_key=coordinator_key,
         )
     common = {
         "run_id": meta.run_id,
@@ -147,6 +210,8 @@ def record_task(
         "server_round": int(config.get(records.ROUND, 0)),
         "study_hash": study_hash,
         "approval": approval.record_hash if approval is not None else None,
+        "coordinator_key": coordinator_key,
+        "received_arrays_hash": _arrays_hash(message),
     }
     if reply is None:
         sent = SentMessage(**common, status="crashed", content_hash=None, size=None, detail=crash)
@@ -205,6 +270,14 @@ def simulated_governance(message: Message, context: Context) -> tuple[SiteFolder
     except LhsError as error:
         raise SiteRefusal(site, error.message) from error
     return folder, code_hash, "" if study.governance.site_folders else SIMULATED_REFUSAL_HINT
+
+
+def _arrays_hash(message: Message) -> str | None:
+    """Hash of the model a message brought, as the coordinator hashes what it sent."""
+    arrays = message.content.get(records.ARRAYS)
+    if not isinstance(arrays, ArrayRecord):
+        return None
+    return records.hash_arrays(records.from_array_record(arrays))
 
 
 def _error(message: Message, code: int, reason: str) -> Message:

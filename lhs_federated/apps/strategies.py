@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
@@ -130,6 +131,10 @@ def check_strategy(spec: Any, *, source: str, training: TrainingSpec | None = No
         numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
         if numeric_default and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(f"{source}: strategy.params.{key} must be a number; got {value!r}.")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{source}: strategy.params.{key} must be a finite number; got {value!r}."
+            )
     check_params = getattr(STRATEGIES[spec.name], "check_params", None)
     if check_params is not None and training is not None:
         try:

@@ -53,6 +53,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "report_command",
         "Write report.html (self-contained: tables, plots, versions, seeds) into the folder.",
     ),
+    "demo": ("demo", "app", "A whole consortium on this machine, to try a deployment first."),
     "release": (
         "loop",
         "release_command",

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.crosscheck import crosscheck
-from lhs_federated.governance.keys import load_public_key
+from lhs_federated.governance.keys import fingerprint, load_public_key
 from lhs_federated.governance.ledger import Entry, read_header
 from lhs_federated.governance.ledger_view import StudyView
 from lhs_federated.governance.report import write_report
@@ -55,12 +55,33 @@ def verify_command(
 ) -> None:
     """Check every record's hash, signature and place; name the first bad record."""
     key = load_public_key(public_key)
+    _check_key_is_the_ledgers(ledger, key, public_key)
     result = verify_ledger(
         ledger, key, anchor=_summary_anchor(summary) if summary else None, allow_open=allow_open
     )
     console.print(result.describe(), markup=False)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _check_key_is_the_ledgers(ledger: Path, key, key_path: Path) -> None:
+    """A key other than the one the ledger's header names is a wrong input (exit 2).
+
+    Raises
+    ------
+    ConfigError
+        Naming both fingerprints: either the wrong key was given, or the whole
+        ledger was re-signed with another key (compare with the published one).
+    """
+    entries = load_entries(ledger)
+    named = entries[0].data.get("key_fingerprint") if entries else None
+    given = fingerprint(key)
+    if named is not None and named != given:
+        raise ConfigError(
+            f"{ledger}: its header names signing key {named}, but --public-key "
+            f"{key_path} is {given}: a wrong public key, or a ledger re-signed with another "
+            "key (compare with the fingerprint the owner published)."
+        )
 
 
 @app.command("show")
@@ -105,7 +126,12 @@ def crosscheck_command(
     for result in results:
         console.print(result.describe(), markup=False)
     server, site = results
-    outcome = crosscheck(list(server.entries), list(site.entries))
+    outcome = crosscheck(
+        list(server.entries),
+        list(site.entries),
+        unverified=list(server.unverified),
+        site_unverified=list(site.unverified),
+    )
     console.print(outcome.describe(), markup=False)
     if not (server.ok and site.ok and outcome.ok):
         raise typer.Exit(1)
@@ -121,12 +147,22 @@ def report_command(
     public_key: Annotated[
         Path | None,
         typer.Option(
-            "--public-key", help="Coordinator's public key (default: the run's own copy)."
+            "--public-key",
+            help="Coordinator's published public key (default: the run's own copy, checked "
+            "against the key the site ledgers record).",
+        ),
+    ] = None,
+    site_ledger: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--site-ledger",
+            help="A site's ledger.jsonl (site.pub beside it), for sites that keep theirs "
+            "outside the run folder; repeat for each site.",
         ),
     ] = None,
 ) -> None:
     """Write a self-contained HTML governance report of a run, with its verdict."""
-    audit = audit_run(run_dir, public_key=public_key)
+    audit = audit_run(run_dir, public_key=public_key, site_ledgers=site_ledger or [])
     path = write_report(audit, out or run_dir / GOVERNANCE_DIR / "report.html")
     if audit.ok:
         console.print(f"INTACT: {run_dir}: every ledger verifies and agrees; no result changed.")
@@ -134,21 +170,28 @@ def report_command(
         console.print(f"NOT INTACT: {run_dir}:", markup=False)
         for problem in audit.problems:
             console.print(f"  {problem}", markup=False)
+    for note in audit.notes:
+        console.print(f"  note: {note}", markup=False)
     console.print(f"report: {path}")
     if not audit.ok:
         raise typer.Exit(1)
 
 
 def _summary_anchor(path: Path) -> Anchor:
+    """The ledger's study-finished record as summary.json names it, and the seal after it."""
     try:
         ledger = json.loads(path.read_text(encoding="utf-8"))["ledger"]
-        return Anchor(int(ledger["final_seq"]), str(ledger["final_hash"]), str(path))
+        if "finished_hash" not in ledger:  # a run from before the seal
+            return Anchor(int(ledger["final_seq"]), str(ledger["final_hash"]), str(path))
+        seq = int(ledger["finished_seq"])
+        then = int(ledger["sealed_seq"]) - seq
+        return Anchor(seq, str(ledger["finished_hash"]), str(path), then)
     except FileNotFoundError as exc:
         raise ConfigError(f"summary file {str(path)!r} does not exist.") from exc
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(
-            f"{path}: not a run summary with a final ledger hash (ledger.final_seq and "
-            f"ledger.final_hash): {exc}"
+            f"{path}: not a run summary naming its ledger's study-finished record "
+            f"(ledger.finished_seq, ledger.finished_hash, ledger.sealed_seq): {exc}"
         ) from exc
 
 

@@ -24,6 +24,14 @@ def dashboard_command(
         Path | None,
         typer.Option("--server", help="The coordinator's server.toml: adds its sites."),
     ] = None,
+    site: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--site",
+            help="A site's site.toml (repeatable): adds its approvals in force and its "
+            "privacy budget spent and left.",
+        ),
+    ] = None,
     host: Annotated[
         str,
         typer.Option(help="Address to listen on; anything but loopback requires a token."),
@@ -47,7 +55,12 @@ def dashboard_command(
         runs = ServerPaths(load_server_config(server).state_dir).runs
         runs.mkdir(parents=True, exist_ok=True)  # a coordinator that has run nothing yet
     settings = serve.prepare(
-        runs or Path("runs"), host=host, port=port, server_config=server, token=token
+        runs or Path("runs"),
+        host=host,
+        port=port,
+        server_config=server,
+        token=token,
+        site_configs=site,
     )
     uvicorn_server = serve.server(settings, serve.build(settings))
     console.print(f"dashboard of [bold]{settings.runs.resolve()}[/] at [bold]{settings.url}[/]")

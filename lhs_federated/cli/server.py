@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,11 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lhs_federated.cli.progress_display import Mode, mode_of, progress_display
+from lhs_federated.cli.progress_display import Mode, mode_of, print_result, progress_display
 from lhs_federated.cli.study_input import load_with_overrides
 from lhs_federated.deploy import coordinator
 from lhs_federated.deploy.server_config import ServerConfig, load_server_config
-from lhs_federated.results.progress import EVENTS_FILE, read_events
+from lhs_federated.results.progress import EVENTS_FILE, ProgressEvent, read_events
 
 app = typer.Typer(help="Run the coordinating centre (a Flower SuperLink).", no_args_is_help=True)
 console = Console(highlight=False)
@@ -31,17 +30,29 @@ JsonOption = Annotated[
 def start_command(
     config: ConfigOption,
     detach: Annotated[bool, typer.Option(help="Start in the background and return.")] = False,
+    quiet: QuietOption = False,
+    json_lines: JsonOption = False,
 ) -> None:
-    """Start the SuperLink (TLS and SuperNode authentication on) and register the sites."""
+    """Start the SuperLink (TLS and SuperNode authentication on) and register the sites.
+
+    Shows what it waits for: the SuperLink, the sites registered, then the
+    sites online (counts) until all are; then it serves until stopped.
+    """
     server = load_server_config(config)
     if detach:
         pid = coordinator.start_detached(server)
-        console.print(
-            f"coordinator started (pid {pid}) on {server.address}; "
-            f"logs in {server.state_dir / 'logs'}"
-        )
+        logs = server.state_dir / "logs"
+        if json_lines:
+            print_result(
+                f"coordinator started (pid {pid}) on {server.address}",
+                {"pid": pid, "address": server.address, "logs": str(logs)},
+            )
+        else:
+            console.print(f"coordinator started (pid {pid}) on {server.address}; logs in {logs}")
         return
-    coordinator.start_server(server)
+    mode = mode_of(quiet=quiet, json_lines=json_lines, bar=False)
+    with progress_display(f"coordinator {server.address}", None, mode=mode, console=console):
+        coordinator.start_server(server)
 
 
 @app.command("check")
@@ -139,9 +150,25 @@ def _finish(
             display.show(event)
 
     with progress_display(study.name, study.rounds, mode=mode, console=console) as display:
+        # Until its first round the ServerApp writes nothing: say what the wait is for.
+        display.show(
+            ProgressEvent(
+                "waiting",
+                f"run {submitted.run_id}: waiting for the ServerApp to start and the "
+                f"{len(server.sites)} registered sites to join (round 1 follows)",
+                {"step": "joining", "run_id": submitted.run_id},
+            )
+        )
         summary = coordinator.wait_for_run(server, submitted, timeout=timeout, on_poll=follow)
     if mode == "json":
-        print(json.dumps({"kind": "result", "out_dir": str(submitted.out_dir)}))
+        print_result(
+            f"run {submitted.run_id} completed; results in {submitted.out_dir}",
+            {
+                "run_id": submitted.run_id,
+                "out_dir": str(submitted.out_dir),
+                "summary": str(submitted.out_dir / "summary.json"),
+            },
+        )
         return
     mean = summary["final"]["mean"]
     console.print(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lhs_federated.apps.run_config import BACKENDS
-from lhs_federated.cli.progress_display import mode_of, progress_display
+from lhs_federated.cli.progress_display import mode_of, print_result, progress_display
 from lhs_federated.cli.study_input import load_with_overrides
 from lhs_federated.errors import ConfigError
 
@@ -38,6 +37,8 @@ SHORT_LABELS = {
     "calibration_slope": "slope",
     "calibration_intercept": "CITL",
     "ece": "ECE",
+    "auroc_ci_low": "AUROC low",
+    "auroc_ci_high": "AUROC high",
 }
 
 
@@ -53,12 +54,15 @@ def results_table(results: RunResults) -> Table:
 
     final = results.summary["final"]
     privacy = results.summary.get("privacy")
+    shown = [m for m in METRIC_NAMES if not m.startswith("auroc_ci")]
+    left_out = final.get("left_out", {})
     table = Table(
         title=f"{results.summary['study']}: final round, test splits", box=box.SIMPLE_HEAD
     )
     table.add_column("site", no_wrap=True)
-    for metric in METRIC_NAMES:
+    for metric in shown:
         table.add_column(SHORT_LABELS[metric], justify="right", no_wrap=True)
+    table.add_column("AUROC 95% CI", justify="right", no_wrap=True)
     epsilon: dict[str, float | None] = {}
     if privacy:
         table.add_column("ε", justify="right", no_wrap=True)
@@ -69,13 +73,20 @@ def results_table(results: RunResults) -> Table:
             return "—"
         return f"{value:.0f}" if metric == "n" else f"{value:.3f}"
 
+    def interval(values: dict[str, float | None]) -> str:
+        low, high = values.get("auroc_ci_low"), values.get("auroc_ci_high")
+        return "—" if low is None or high is None else f"{low:.2f}–{high:.2f}"
+
     spent = [cell(epsilon.get(site), "ε") for site in final["per_site"]] if privacy else []
     for k, (site, values) in enumerate(final["per_site"].items()):
         extra = [spent[k]] if privacy else []
-        table.add_row(site, *(cell(values.get(m), m) for m in METRIC_NAMES), *extra)
+        label = f"{site} *" if site in left_out else site
+        table.add_row(
+            escape(label), *(cell(values.get(m), m) for m in shown), interval(values), *extra
+        )
     for label, values in (("mean", final["mean"]), ("weighted mean", final["weighted_mean"])):
-        cells = [cell(values.get(m), m) for m in METRIC_NAMES[1:]]
-        table.add_row(f"[bold]{label}[/]", "", *cells, *([""] if privacy else []))
+        cells = [cell(values.get(m), m) for m in shown[1:]]
+        table.add_row(f"[bold]{label}[/]", "", *cells, "", *([""] if privacy else []))
     return table
 
 
@@ -101,7 +112,14 @@ def comparison_table(results: RunResults) -> Table | None:
             return f"{value:.3f}" if column != "gain" else f"{value:+.3f}"
         return f"[{'green' if value > 0 else 'red'}]{value:+.3f}[/]"
 
-    rows = [*comparison["per_site"].items(), ("[bold]mean[/]", comparison["mean"])]
+    left_out = results.summary["final"].get("left_out", {})
+    rows = [
+        *(
+            (escape(f"{site} *" if site in left_out else site), v)
+            for site, v in comparison["per_site"].items()
+        ),
+        ("[bold]mean[/]", comparison["mean"]),
+    ]
     for site, values in rows:
         table.add_row(
             site,
@@ -154,8 +172,10 @@ def simulate_command(
             coordinator_key=coordinator_key,
         )
     if json_lines:
-        done = {"kind": "result", "out_dir": str(results.out_dir)}
-        print(json.dumps({**done, "summary": str(results.out_dir / "summary.json")}))
+        print_result(
+            f"results in {results.out_dir}",
+            {"out_dir": str(results.out_dir), "summary": str(results.out_dir / "summary.json")},
+        )
         return
     console.print(results_table(results))
     console.print("slope: calibration slope; CITL: calibration-in-the-large (intercept)")
@@ -180,7 +200,8 @@ def simulate_command(
     console.print(f"results in [bold]{escape(str(results.out_dir))}[/]")
     ledger = results.summary["ledger"]
     console.print(
-        f"ledger {ledger['file']} (final hash {ledger['final_hash'][:16]}…); "
+        f"ledger {ledger['file']} (study-finished {ledger['finished_hash'][:16]}…, sealed "
+        f"at record {ledger['sealed_seq']}); "
         f"audit it with: lhs-fed audit report {results.out_dir}"
     )
     if (results.out_dir / REPORT_NAME).is_file():

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from lhs_federated.cli.progress_display import mode_of, print_result, progress_display
 from lhs_federated.deploy import site_node
 from lhs_federated.site_config import load_site_config
 
@@ -20,16 +21,27 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The site's s
 def start_command(
     config: ConfigOption,
     detach: Annotated[bool, typer.Option(help="Start in the background and return.")] = False,
+    quiet: Annotated[bool, typer.Option(help="Warnings only.")] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="Print progress events as JSON lines on stdout.")
+    ] = False,
 ) -> None:
     """Check everything, then run the site's SuperNode and gated launcher."""
     site = load_site_config(config)
     if detach:
         pid = site_node.start_detached(site)
-        console.print(
-            f"site {site.site.name!r} started (pid {pid}); logs in {site.state_dir / 'logs'}"
-        )
+        logs = site.state_dir / "logs"
+        if json_lines:
+            print_result(
+                f"site {site.site.name!r} started (pid {pid})",
+                {"site": site.site.name, "pid": pid, "logs": str(logs)},
+            )
+        else:
+            console.print(f"site {site.site.name!r} started (pid {pid}); logs in {logs}")
         return
-    site_node.start_site(site)
+    mode = mode_of(quiet=quiet, json_lines=json_lines, bar=False)
+    with progress_display(f"site {site.site.name}", None, mode=mode, console=console):
+        site_node.start_site(site)
 
 
 def stop_command(config: ConfigOption) -> None:

@@ -2,65 +2,20 @@
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import pandas as pd
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lhs_federated.cli.progress_display import mode_of, print_result, progress_display
 from lhs_federated.cli.simulate import console
 from lhs_federated.errors import StudyRunError
 from lhs_federated.research.report import REPORT_NAME
-from lhs_federated.research.sweep import Sweep, SweepProgress, load_sweep, run_sweep
-from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
-
-
-class _SweepHandler(logging.Handler):
-    """Advances the progress bar as runs finish; reports failed runs."""
-
-    def __init__(self, progress: Progress, task: Any) -> None:
-        super().__init__(logging.INFO)
-        self.progress = progress
-        self.task = task
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "lhs_progress", None)
-        if not isinstance(event, SweepProgress):
-            return  # round events of runs executed in this process
-        self.progress.update(self.task, completed=event.done, total=event.total)
-        if event.status != "completed":
-            self.progress.console.print(f"[yellow]run {event.run_id} failed[/]")
-
-
-@contextmanager
-def sweep_progress(sweep: Sweep, *, enabled: bool):
-    """A progress bar over the sweep's runs."""
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("runs"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-    )
-    task = progress.add_task(sweep.spec.name, total=len(sweep.runs))
-    handler = _SweepHandler(progress, task)
-    previous = PROGRESS_LOGGER.level
-    PROGRESS_LOGGER.setLevel(logging.INFO)
-    PROGRESS_LOGGER.addHandler(handler)
-    try:
-        with progress:
-            yield
-    finally:
-        PROGRESS_LOGGER.removeHandler(handler)
-        PROGRESS_LOGGER.setLevel(previous)
+from lhs_federated.research.sweep import Sweep, load_sweep, run_sweep
 
 
 def aggregate_table(aggregate: pd.DataFrame, sweep: Sweep) -> Table:
@@ -100,14 +55,35 @@ def sweep_command(
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (default: one per core).", min=1)
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar (warnings only).")] = False,
+    json_lines: Annotated[
+        bool,
+        typer.Option("--json", help="Print each finished run as a JSON line, then the folder."),
+    ] = False,
 ) -> None:
     """Run a grid of simulated studies (resuming finished runs) and aggregate over seeds."""
     sweep = load_sweep(sweep_file)
-    with sweep_progress(sweep, enabled=not quiet):
+    mode = mode_of(quiet=quiet, json_lines=json_lines)
+    with progress_display(
+        sweep.spec.name, len(sweep.runs), mode=mode, console=console, unit="runs"
+    ):
         rows, aggregate, folder = run_sweep(sweep, out, workers=workers)
-    console.print(aggregate_table(aggregate, sweep))
     failed = rows[rows["status"] != "completed"] if len(rows) else rows
+    if json_lines:
+        print_result(
+            f"sweep {sweep.spec.name}: {len(rows) - len(failed)} of {len(rows)} runs completed",
+            {
+                "folder": str(folder),
+                "runs": str(folder / "runs.csv"),
+                "aggregate": str(folder / "aggregate.csv"),
+                "report": str(folder / REPORT_NAME),
+                "failed": [str(r) for r in failed["run"]] if len(failed) else [],
+            },
+        )
+        if len(failed):
+            raise StudyRunError(f"{len(failed)} of {len(rows)} runs failed (see runs.csv).")
+        return
+    console.print(aggregate_table(aggregate, sweep))
     for _, row in failed.iterrows():
         console.print(f"[red]run {escape(str(row['run']))} failed:[/] {escape(str(row['error']))}")
     console.print(

@@ -117,6 +117,7 @@ def create_app(
     runs: str | Path,
     *,
     server_config: str | Path | None = None,
+    site_configs: list[Path] | None = None,
     token: str | None = None,
 ) -> Any:
     """Build the dashboard for a runs folder (and a coordinator's ``server.toml``).
@@ -127,6 +128,8 @@ def create_app(
         The folder of run folders it shows; nothing outside it is served.
     server_config : str or Path, optional
         A coordinator's ``server.toml``: adds its sites (registered, online).
+    site_configs : list of Path, optional
+        Sites' ``site.toml`` files: adds their approvals in force and budgets.
     token : str, optional
         Required on every request when given (the CLI gives one whenever the
         dashboard listens beyond loopback).
@@ -137,7 +140,9 @@ def create_app(
         If the runs folder does not exist or the server config is invalid.
     """
     folder = RunsFolder(runs)
-    consortium = ConsortiumReader(folder, Path(server_config) if server_config else None)
+    consortium = ConsortiumReader(
+        folder, Path(server_config) if server_config else None, site_configs
+    )
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(fmt=_fmt, metrics=SITE_METRICS)
 

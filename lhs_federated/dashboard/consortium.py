@@ -6,9 +6,12 @@ running SuperLink (asked through Flower's own ``flwr supernode ls``, only
 while the coordinator runs) says which are online and since when. The
 ledgers of the runs say which studies each site approved (it trained, or
 answered discovery) or refused and why, and the epsilon each reported. A
-site's own budget is set and enforced at the site; the dashboard can show
-what is left only where the study declared the budget (simulated sites).
-Ledger records are read here for display; the audit page verifies them.
+site's own budget is set and enforced at the site: the dashboard shows what is
+left where the study declared the budget (simulated sites), and for each site
+whose ``site.toml`` it is given (``--site``: a site's steward looking at their
+own node, or a consortium on one machine), the approvals the site holds in
+force (its signed registry) and its budget spent and left (its privacy
+ledger). Ledger records are read here for display; the audit page verifies them.
 """
 
 from __future__ import annotations
@@ -48,6 +51,31 @@ class StudyTaken:
 
 
 @dataclass
+class HeldApproval:
+    """An approval in force in a site's own registry."""
+
+    study: str
+    study_hash: str
+    code_hash: str
+    by: str
+    at: str
+
+
+@dataclass
+class SiteBudget:
+    """A site's own privacy budget, from its ``site.toml`` and its privacy ledger."""
+
+    budget: float
+    delta: float
+    spent: float
+
+    @property
+    def left(self) -> float:
+        """What the site can still spend (never below zero)."""
+        return max(self.budget - self.spent, 0.0)
+
+
+@dataclass
 class SiteRow:
     """One site's line on the consortium page."""
 
@@ -56,6 +84,8 @@ class SiteRow:
     status: str = "unknown"
     last_seen: str | None = None
     studies: list[StudyTaken] = field(default_factory=list)
+    held: list[HeldApproval] | None = None
+    budget: SiteBudget | None = None
 
     @property
     def approved(self) -> list[StudyTaken]:
@@ -98,13 +128,21 @@ class ConsortiumReader:
         The coordinator's ``server.toml``.
     """
 
-    def __init__(self, runs: RunsFolder, server_config: Path | None = None) -> None:
+    def __init__(
+        self,
+        runs: RunsFolder,
+        server_config: Path | None = None,
+        site_configs: list[Path] | None = None,
+    ) -> None:
         self.runs = runs
         self.config = None
         if server_config is not None:
             from lhs_federated.deploy.server_config import load_server_config
 
             self.config = load_server_config(server_config)
+        from lhs_federated.site_config import load_site_config
+
+        self.site_configs = [load_site_config(path) for path in site_configs or []]
         self._status: tuple[float, dict[str, Any] | None, str] = (0.0, None, "")
 
     def read(self) -> Consortium:
@@ -118,6 +156,8 @@ class ConsortiumReader:
             state = self._server_state(rows, notes)
         for run_id in self.runs.run_ids():
             self._read_ledger(run_id, rows, notes)
+        for site in self.site_configs:
+            self._read_site(site, rows, notes)
         return Consortium(coordinator, state, sorted(rows.values(), key=lambda r: r.site), notes)
 
     def _server_state(self, rows: dict[str, SiteRow], notes: list[str]) -> str:
@@ -187,6 +227,37 @@ class ConsortiumReader:
             if taken.simulated and run.epsilon_budget is not None:
                 taken.budget = float(run.epsilon_budget)
             row.studies.append(taken)
+
+    @staticmethod
+    def _read_site(site: Any, rows: dict[str, SiteRow], notes: list[str]) -> None:
+        """A site's own files: its approvals in force and its privacy budget."""
+        from lhs_federated.apps.client_site import LEDGER_FILE
+        from lhs_federated.governance.site_folder import SiteFolder
+        from lhs_federated.privacy.ledger import PrivacyLedger
+
+        name = site.site.name
+        row = rows.setdefault(name, SiteRow(name, status="site files given"))
+        try:
+            folder = SiteFolder.open(site.governance_dir, site=name, with_key=False)
+            approvals = folder.registry.approvals() if folder.registry.path.is_file() else []
+            row.held = [
+                HeldApproval(a.study_name, a.study_hash, a.code_hash, a.approved_by, a.approved_at)
+                for a in approvals
+            ]
+        except LhsError as error:
+            notes.append(f"site {name}: approvals not readable ({error.message})")
+        policy = site.policy
+        ledger_path = site.state_dir / LEDGER_FILE
+        try:
+            spent = (
+                PrivacyLedger.load(ledger_path, name).site_epsilon(policy.budget_delta)
+                if ledger_path.is_file()
+                else 0.0
+            )
+        except LhsError as error:
+            notes.append(f"site {name}: privacy ledger not readable ({error.message})")
+            return
+        row.budget = SiteBudget(policy.epsilon_budget, policy.budget_delta, spent)
 
     @staticmethod
     def _taken(run_id: str, view: Any, site: str, epsilon: float | None) -> StudyTaken:

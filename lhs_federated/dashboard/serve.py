@@ -36,6 +36,7 @@ class DashboardSettings:
     port: int = 8765
     server_config: Path | None = None
     token: str | None = None
+    site_configs: tuple[Path, ...] = ()
 
     @property
     def url(self) -> str:
@@ -52,6 +53,7 @@ def prepare(
     port: int = 8765,
     server_config: Path | None = None,
     token: str | None = None,
+    site_configs: list[Path] | None = None,
 ) -> DashboardSettings:
     """Check the settings before anything listens; make a token where one is needed.
 
@@ -72,14 +74,21 @@ def prepare(
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
     check_port_free(host, port, what="the dashboard (choose another with --port)")
-    return DashboardSettings(Path(runs), host, port, server_config, token)
+    return DashboardSettings(
+        Path(runs), host, port, server_config, token, tuple(site_configs or ())
+    )
 
 
 def build(settings: DashboardSettings) -> Any:
     """The ASGI app for ``settings`` (see :func:`~lhs_federated.dashboard.app.create_app`)."""
     from lhs_federated.dashboard.app import create_app
 
-    return create_app(settings.runs, server_config=settings.server_config, token=settings.token)
+    return create_app(
+        settings.runs,
+        server_config=settings.server_config,
+        site_configs=list(settings.site_configs),
+        token=settings.token,
+    )
 
 
 def server(settings: DashboardSettings, app: Any) -> Any:

@@ -95,7 +95,22 @@ def prepare_table(
     """
     validate_table(table, contract, file=source).raise_for_errors()
     features = encode_features(table, contract, one_hot)
-    keep = np.ones(len(table), dtype=bool)
+    outcome = matches_levels(table[contract.outcome.column], contract.outcome.positive)
+    return finish_table(features, outcome.to_numpy(dtype=np.int64), contract, site, source)
+
+
+def finish_table(
+    features: np.ndarray, outcome: np.ndarray, contract: DataContract, site: str, source: str
+) -> SiteTable:
+    """A validated site's encoded rows after its missing-value policy.
+
+    Raises
+    ------
+    DataError
+        If no rows (or only one outcome class) remain after dropping rows with
+        missing values.
+    """
+    keep = np.ones(len(outcome), dtype=bool)
     if contract.missing == "drop-row":
         keep = ~np.isnan(features).any(axis=1)
     n_dropped = int((~keep).sum())
@@ -105,8 +120,7 @@ def prepare_table(
             f"{n_dropped} rows with a missing feature value (contract: missing = "
             "'drop-row'). Fill the gaps or use missing = 'impute'."
         )
-    outcome = matches_levels(table[contract.outcome.column], contract.outcome.positive)
-    outcome = outcome.to_numpy(dtype=np.int64)[keep]
+    outcome = outcome[keep]
     if outcome.min() == outcome.max():
         raise DataError(
             f"site {site!r} ({source}): after dropping rows with missing values only "

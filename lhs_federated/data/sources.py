@@ -16,12 +16,13 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-from lhs_federated.data.encoding import SiteTable, prepare_table
+from lhs_federated.data.encoding import SiteTable, encode_features, finish_table, prepare_table
 from lhs_federated.data.io import TABLE_SUFFIXES, read_table
 from lhs_federated.data.periods import periods_of, rows_in_periods
 from lhs_federated.data.split import split_site
 from lhs_federated.data.synthetic import generate_cohort
 from lhs_federated.data.uci_heart import load_uci_heart
+from lhs_federated.data.validation import matches_levels, validate_table
 from lhs_federated.errors import DataError
 from lhs_federated.study import Study
 
@@ -148,12 +149,66 @@ def load_sites(study: Study) -> list[SiteData]:
 def _load_sites_cached(study_hash: str, study_json: str) -> tuple[SiteData, ...]:
     study = Study.from_json(study_json, source=f"study {study_hash[:12]}")
     raws = raw_sites(study)
-    data_range = periods_of([(r.table, r.name, r.source) for r in raws], study.contract)
-    return tuple(
-        each_or_all_errors(
-            lambda raw: prepare_site(raw, study, data_range=data_range), raws, what="sites"
-        )
+    return tuple(prepare_sites(raws, study))
+
+
+def prepare_sites(raws: list[RawSite], study: Study) -> list[SiteData]:
+    """Every site's table validated, encoded and split, as :func:`prepare_site` does.
+
+    Validating and encoding is per value, so the sites' tables are checked and
+    encoded together, in one pass over their union (per-column pandas work
+    costs milliseconds however small a table is: 25 s for 1000 sites one by
+    one). If the union breaks the contract anywhere, or a site would fail a
+    rule that concerns a whole table (no rows, other columns, one outcome
+    class, nothing left after dropping rows), the sites are prepared one by
+    one, so every error names its site and file exactly as before. A study that
+    names periods prepares its sites one by one, each against the periods of
+    the whole data set.
+
+    Raises
+    ------
+    DataError
+        If any site's table breaks the contract (every failing site named).
+    """
+    dated = study.data.train_periods is not None or study.data.evaluate_periods is not None
+    together = None if dated else _prepare_together(raws, study)
+    if together is not None:
+        return together
+    data_range = (
+        periods_of([(r.table, r.name, r.source) for r in raws], study.contract) if dated else None
     )
+    return each_or_all_errors(
+        lambda raw: prepare_site(raw, study, data_range=data_range), raws, what="sites"
+    )
+
+
+def _prepare_together(raws: list[RawSite], study: Study) -> list[SiteData] | None:
+    """The sites prepared from their union, or None where one site at a time must say why."""
+    contract = study.contract
+    columns = list(raws[0].table.columns) if raws else []
+    if len(raws) < 2 or any(
+        list(raw.table.columns) != columns or len(raw.table) == 0 for raw in raws
+    ):
+        return None
+    union = pd.concat([raw.table for raw in raws], ignore_index=True)
+    if validate_table(union, contract, file="(all sites)").errors:
+        return None
+    features = encode_features(union, contract, study.preprocessing.one_hot)
+    label = union[contract.outcome.column]
+    positive = matches_levels(label, contract.outcome.positive).to_numpy(dtype=np.int64)
+    negative = matches_levels(label, contract.outcome.negative).to_numpy(dtype=bool)
+    ends = np.cumsum([len(raw.table) for raw in raws])
+    sites = []
+    for raw, end in zip(raws, ends, strict=True):
+        rows = slice(end - len(raw.table), end)
+        if (positive[rows].sum() == 0) != (negative[rows].sum() == 0):
+            return None  # one outcome class: validation names it for this site
+        try:
+            table = finish_table(features[rows], positive[rows], contract, raw.name, raw.source)
+        except DataError:
+            return None
+        sites.append(_split(table, study, raw.name))
+    return sites
 
 
 def each_or_all_errors(
@@ -227,7 +282,10 @@ def prepare_site(raw: RawSite, study: Study, *, data_range: list[str] | None = N
         else:
             train = prepared(train_periods)
         return SiteData(raw.name, train, test)
-    table = prepared(train_periods)
+    return _split(prepared(train_periods), study, raw.name)
+
+
+def _split(table: SiteTable, study: Study, name: str) -> SiteData:
     seed = study.data.split_seed if study.data.split_seed is not None else study.seed
     shared = study.data.split_seeding == "shared"
     train, test = split_site(
@@ -237,4 +295,4 @@ def prepare_site(raw: RawSite, study: Study, *, data_range: list[str] | None = N
         train, test = split_site(
             train, test_fraction=study.data.validation_fraction, seed=seed + 1, shared_seed=shared
         )
-    return SiteData(raw.name, train, test)
+    return SiteData(name, train, test)

@@ -105,7 +105,9 @@ class SyntheticCohort:
     """Knobs of the synthetic cohort (the ``[data.synthetic]`` study table)."""
 
     sites: int = setting(4, doc="number of sites", ge=1, le=200)
-    rows_per_site: int = setting(500, doc="average number of patients per site", ge=20)
+    rows_per_site: int = setting(
+        500, doc="average number of patients per site", ge=20, le=1_000_000
+    )
     size_imbalance: float = setting(
         0.5, doc="log-normal spread of site sizes (0 = equal sizes)", ge=0, le=3
     )

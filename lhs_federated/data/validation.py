@@ -333,11 +333,22 @@ def matches_levels(column: pd.Series, levels: tuple[Level, ...]) -> pd.Series:
         return pd.Series(False, index=column.index)
     numeric_levels = [float(v) for v in levels if not isinstance(v, str)]
     text_levels = {v for v in levels if isinstance(v, str)}
-    result = column.astype("string").isin(text_levels).fillna(False).astype(bool)
+    result = np.zeros(len(column), dtype=bool)
+    if text_levels:
+        # Text compared as text; a column already of strings needs no conversion
+        # (the conversion is most of the cost of validating a small site's table).
+        text = (
+            column
+            if pd.api.types.infer_dtype(column, skipna=True) in ("string", "empty")
+            else column.astype("string")
+        )
+        result |= text.isin(text_levels).to_numpy(dtype=bool, na_value=False)
     if numeric_levels:
-        numbers = pd.to_numeric(column, errors="coerce")
-        result = result | numbers.isin(numeric_levels)
-    return result
+        numbers = column if pd.api.types.is_numeric_dtype(column) else None
+        if numbers is None:
+            numbers = pd.to_numeric(column, errors="coerce")
+        result |= np.isin(numbers.to_numpy(dtype=float, na_value=np.nan), numeric_levels)
+    return pd.Series(result, index=column.index)
 
 
 def _fmt(value: float) -> str:

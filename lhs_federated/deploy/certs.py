@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lhs_federated.config import is_host, is_plain_name
 from lhs_federated.errors import ConfigError
 
 SITE_KEY_CURVE = ec.SECP384R1()
@@ -99,6 +100,18 @@ def init_certificates(
         raise ConfigError(f"{folder} already holds a CA (ca.crt); refusing to overwrite it.")
     if not hosts:
         raise ConfigError("at least one host name or IP address is needed for the certificate")
+    for host in hosts:
+        if not is_host(host):
+            raise ConfigError(
+                f"--host {host!r} is neither an IP address nor a DNS name (letters, digits and "
+                "'-' in dot-separated labels, e.g. coordinator.example.org)."
+            )
+    for site in sites:
+        if not is_plain_name(site):
+            raise ConfigError(
+                f"--site {site!r} must be 1-64 letters, digits, '-', '_' or '.' (it names a "
+                "file and the site)."
+            )
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_certificate = (
@@ -226,10 +239,17 @@ def check_site_key(path: Path) -> ec.EllipticCurvePublicKey:
     Raises
     ------
     ConfigError
-        If the file is not an OpenSSH EC private key (Flower would exit 305).
+        If the file is not an OpenSSH EC private key (Flower would exit 305),
+        is protected by a passphrase, or can be read by other users.
     """
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+    except TypeError as exc:  # "Password was not given but private key is encrypted"
+        raise ConfigError(
+            f"site key {str(path)!r} is protected by a passphrase; Flower's SuperNode reads "
+            "its key without one. Remove it with `ssh-keygen -p -N '' -f KEY` (keep the file "
+            "mode 0600) or make a new key with `lhs-fed certs init`."
+        ) from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"site key {str(path)!r} is not an OpenSSH private key ({exc}); "
@@ -240,4 +260,24 @@ def check_site_key(path: Path) -> ec.EllipticCurvePublicKey:
             f"site key {str(path)!r} is a {type(key).__name__}; SuperNode authentication needs "
             "an EC key (ssh-keygen -t ecdsa -b 384)."
         )
+    check_private_mode(path, what="site key")
     return key.public_key()
+
+
+def check_private_mode(path: Path, *, what: str) -> None:
+    """Refuse a private key that other users can read (as OpenSSH does).
+
+    Raises
+    ------
+    ConfigError
+        If the file's mode gives the group or others any access, with the fix.
+    """
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read ({exc.strerror}).") from exc
+    if mode & 0o077:
+        raise ConfigError(
+            f"{what} {str(path)!r} has mode {mode:04o}: other users can read it. "
+            f"Make it private with `chmod 600 {path}`."
+        )

@@ -30,11 +30,14 @@ import tomli_w
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps import run_config
 from lhs_federated.apps.preflight import check_out_dir
+from lhs_federated.config import is_plain_name
 from lhs_federated.deploy import processes
 from lhs_federated.deploy.app_bundle import write_bundle_dir
-from lhs_federated.deploy.certs import check_certificate
+from lhs_federated.deploy.certs import check_certificate, check_private_mode
 from lhs_federated.deploy.server_config import ServerConfig
 from lhs_federated.errors import ConfigError, LhsError, StudyRunError
+from lhs_federated.governance.run_files import GOVERNANCE_DIR, ledger_closed
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, load_study
 
@@ -62,6 +65,11 @@ class ServerPaths:
     @property
     def log(self) -> Path:  # noqa: D102
         return self.state / "logs" / "superlink.log"
+
+    @property
+    def sites(self) -> Path:
+        """Site name -> registered node id, the binding the ServerApp enforces."""
+        return self.state / "sites.json"
 
     @property
     def runs(self) -> Path:  # noqa: D102
@@ -108,6 +116,10 @@ def check_server(config: ServerConfig) -> None:
         host sites connect to, or a port already in use.
     """
     if not config.tls.insecure:
+        check_private_mode(
+            config.resolve(config.tls.private_key),  # type: ignore[arg-type]
+            what="TLS private key",
+        )
         host = config.server.host if config.server.host not in ("0.0.0.0", "::") else None
         check_certificate(
             config.resolve(config.tls.certificate),  # type: ignore[arg-type]
@@ -160,19 +172,73 @@ def flwr(config: ServerConfig, *args: str, timeout: float = 120.0) -> dict[str, 
 def register_site(config: ServerConfig, name: str, public_key: Path) -> str:
     """Register a site's SuperNode public key at the SuperLink; return its node id.
 
-    A key that is already registered is not an error (restarts re-register).
+    A key that is already registered (a restart with a persistent database)
+    keeps the node id the last start recorded for this site; a key registered
+    for anything else is an error. On a loaded machine Flower's CLI sometimes
+    gives up connecting to a SuperLink that is up ("Connection to the
+    SuperLink is unavailable"): that is tried again twice, since otherwise
+    the whole start fails.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not a plain site name, or the key is already registered
+        but not as this site's.
     """
+    if not is_plain_name(name):
+        raise ConfigError(
+            f"site name {name!r} must be 1-64 letters, digits, '-', '_' or '.' (as in [sites])."
+        )
     try:
-        payload = flwr(config, "supernode", "register", str(public_key), CONNECTION, "--name", name)
+        payload = _register(config, name, public_key)
     except LhsError as error:
-        if "already in use" in error.message:
-            return "already registered"
-        raise
-    return str(payload["node-id"])
+        if "already in use" not in error.message:
+            raise
+        known = registered_nodes(config).get(name)
+        if known is None:
+            raise ConfigError(
+                f"the public key {str(public_key)!r} for site {name!r} is already registered at "
+                "the SuperLink, but not as this site's: a key belongs to one site. Give the "
+                "site its own key, or unregister the old node (server/README.md, key rotation)."
+            ) from error
+        return known
+    node = str(payload["node-id"])
+    write_registered_nodes(config, {**registered_nodes(config), name: node})
+    return node
+
+
+def _register(config: ServerConfig, name: str, public_key: Path) -> dict[str, Any]:
+    """``flwr supernode register``, tried up to three times while the SuperLink is unreachable."""
+    args = ("supernode", "register", str(public_key), CONNECTION, "--name", name)
+    for _ in range(2):
+        try:
+            return flwr(config, *args)
+        except LhsError as error:
+            if "SuperLink is unavailable" not in error.message:
+                raise
+        time.sleep(2.0)
+    return flwr(config, *args)
+
+
+def registered_nodes(config: ServerConfig) -> dict[str, str]:
+    """Site name -> node id, as the last start registered them (``state/sites.json``)."""
+    path = ServerPaths(config.state_dir).sites
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_registered_nodes(config: ServerConfig, nodes: dict[str, str]) -> None:
+    """Record which node id each site's key was registered as (the ServerApp binds by it)."""
+    path = ServerPaths(config.state_dir).sites
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(nodes, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def start_server(config: ServerConfig) -> None:
     """Check, start, register sites and supervise the SuperLink (foreground).
+
+    What it waits for is reported as progress events: the SuperLink coming
+    up, the sites registered, then the sites online (counts) until all are.
 
     Raises
     ------
@@ -185,8 +251,15 @@ def start_server(config: ServerConfig) -> None:
         raise ConfigError(f"the coordinator is already running (pid {running}).")
     check_server(config)
     env = processes.flower_environment(paths.flwr_home)
+    # Run folders (checkpoints, ledgers), Flower's database and logs: the operator's, 0600.
+    umask = os.umask(0o077)
     superlink = processes.start_process(superlink_args(config, paths), log=paths.log, env=env)
     host = "127.0.0.1" if config.server.host in ("0.0.0.0", "::") else config.server.host
+    report_progress(
+        ProgressEvent(
+            "waiting", f"waiting for the SuperLink on {config.address}", {"step": "superlink"}
+        )
+    )
     try:
         processes.wait_until(
             lambda: processes.port_open(host, config.server.port),
@@ -196,21 +269,86 @@ def start_server(config: ServerConfig) -> None:
             log=paths.log,
         )
         write_connection(config, paths)
+        report_progress(
+            ProgressEvent(
+                "waiting",
+                f"SuperLink up (pid {superlink.pid}); registering {len(config.sites)} sites",
+                {"step": "register", "sites_total": len(config.sites)},
+            )
+        )
         nodes = {
             name: register_site(config, name, config.resolve(key))
             for name, key in config.sites.items()
         }  # type: ignore[arg-type]
-        (paths.state / "sites.json").write_text(json.dumps(nodes, indent=2) + "\n")
+        write_registered_nodes(config, nodes)
         processes.write_pid_file(paths.pid, os.getpid())
         paths.ready.write_text(f"{time.time()}\n")
-        _wait_for_stop(superlink)
+        report_progress(
+            ProgressEvent(
+                "waiting",
+                f"coordinator ready on {config.address}: {len(nodes)}/{len(config.sites)} "
+                "sites registered; waiting for them to come online",
+                {"step": "sites", "sites_registered": len(nodes)},
+            )
+        )
+        _wait_for_stop(superlink, while_waiting=OnlineWatch(config, nodes))
     finally:
+        os.umask(umask)
         processes.stop_process(superlink)
         for marker in (paths.ready, paths.pid):
             marker.unlink(missing_ok=True)
 
 
-def _wait_for_stop(process: subprocess.Popen) -> None:
+class OnlineWatch:
+    """Reports the sites coming online, until all are.
+
+    Asks the SuperLink (``flwr supernode ls``, a process each time) every few
+    seconds, then less often while nothing changes (up to once a minute), and
+    stops asking once every site is online: a coordinator that serves for
+    weeks does not keep starting processes to tell nobody.
+    """
+
+    FIRST, LONGEST = 5.0, 60.0
+
+    def __init__(self, config: ServerConfig, nodes: dict[str, str]) -> None:
+        self.config = config
+        self.names = {node: name for name, node in nodes.items()}
+        self.every = self.FIRST
+        self.next_ask = time.monotonic()
+        self.online: list[str] | None = None
+        self.done = False
+
+    def __call__(self) -> None:
+        """Ask the SuperLink if it is time to; report a changed count."""
+        if self.done or time.monotonic() < self.next_ask:
+            return
+        try:
+            listed = flwr(self.config, "supernode", "ls", CONNECTION, timeout=30.0)["nodes"]
+        except (LhsError, subprocess.TimeoutExpired):
+            listed = []
+        online = sorted(
+            self.names.get(str(n.get("node-id")), str(n.get("node-id")))
+            for n in listed
+            if n.get("status") == "online"
+        )
+        total = len(self.config.sites)
+        if online != self.online:
+            self.online, self.every = online, self.FIRST
+            report_progress(
+                ProgressEvent(
+                    "sites-online",
+                    f"{len(online)}/{total} sites online"
+                    + (f": {', '.join(online)}" if online else ""),
+                    {"sites_online": len(online), "sites_total": total, "online": online},
+                )
+            )
+        else:
+            self.every = min(self.every * 2, self.LONGEST)
+        self.done = len(online) >= total
+        self.next_ask = time.monotonic() + self.every
+
+
+def _wait_for_stop(process: subprocess.Popen, *, while_waiting: Callable[[], None]) -> None:
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -220,6 +358,7 @@ def _wait_for_stop(process: subprocess.Popen) -> None:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not stopping and process.poll() is None:
+            while_waiting()
             time.sleep(0.2)
     finally:
         for sig, handler in previous.items():
@@ -327,7 +466,8 @@ def wait_for_run(
     summary_path, failure = run.out_dir / "summary.json", run.out_dir / "failure.json"
     # The ServerApp writes summary.json or failure.json when the run ends; asking the
     # SuperLink (a `flwr` process each time) is only for runs that end without either.
-    while time.monotonic() < deadline and not summary_path.exists() and not failure.exists():
+    # summary.json comes before the ledger's seal: wait for the seal (or a failure).
+    while time.monotonic() < deadline and not _run_over(run.out_dir):
         if time.monotonic() >= next_check:
             runs = flwr(config, "ls", CONNECTION, "--run-id", run.run_id)["runs"]
             status = str(runs[0]["status"]) if runs else "unknown"
@@ -350,11 +490,18 @@ def wait_for_run(
     raise StudyRunError(f"run {run.run_id} ended ({status}) without results in {run.out_dir}.")
 
 
+def _run_over(run_dir: Path) -> bool:
+    """The run's ledger is closed, or it failed before opening one."""
+    if ledger_closed(run_dir):
+        return True
+    return (run_dir / "failure.json").exists() and not (run_dir / GOVERNANCE_DIR).exists()
+
+
 def server_status(config: ServerConfig) -> dict[str, Any]:
     """Runs and sites known to the running SuperLink."""
     runs = flwr(config, "ls", CONNECTION)["runs"]
     nodes = flwr(config, "supernode", "ls", CONNECTION)["nodes"]
-    names = json.loads((ServerPaths(config.state_dir).state / "sites.json").read_text())
+    names = registered_nodes(config)
     by_node = {node: name for name, node in names.items()}
     for node in nodes:
         node["site"] = by_node.get(str(node["node-id"]), "")

@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MessageType
 from flwr.common.config import get_fused_config_from_fab
 from flwr.supercore.fab import Fab
 from flwr.supercore.run import Run
 
 from lhs_federated.apps import records
+from lhs_federated.apps.site_governance import check_private_round
 from lhs_federated.errors import SiteRefusal
 from lhs_federated.governance.approval import Approval
 from lhs_federated.governance.site_folder import SiteFolder
+from lhs_federated.study import Study
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,19 @@ class SiteGate:
 
     Every refusal is recorded in the site's ledger: approval refusals by the
     folder's own check, the others (an altered bundle, a run config or study
-    that does not match) here.
+    that does not match, a privacy ledger that does not match the site
+    ledger before a private round) here.
+
+    Attributes
+    ----------
+    folder : SiteFolder
+        The site's governance folder.
+    privacy_ledger : Path or None
+        The site's privacy ledger (``<state_dir>/privacy-ledger.json``).
     """
 
     folder: SiteFolder
+    privacy_ledger: Path | None = None
 
     def decide(self, message: Message, context: Context, run: Run, fab: Fab) -> GateDecision:
         """Check one task; never raises for a refusal, returns it instead."""
@@ -69,7 +81,8 @@ class SiteGate:
         }
         study_hash = ""
         try:
-            study_hash = self._check_integrity(message, context, run, fab, bundle_hash)
+            study = self._check_integrity(message, context, run, fab, bundle_hash)
+            study_hash = study.hash
         except SiteRefusal as refusal:
             self.folder.record_refusal(study_hash, bundle_hash, refusal.reason, context=where)
             return GateDecision(study_hash, bundle_hash, refusal=refusal.message)
@@ -77,12 +90,18 @@ class SiteGate:
             approval = self.folder.check(study_hash, bundle_hash, context=where)
         except SiteRefusal as refusal:  # the folder recorded it
             return GateDecision(study_hash, bundle_hash, refusal=refusal.message)
+        if message.metadata.message_type == MessageType.TRAIN:
+            try:
+                check_private_round(self.folder, study, self.privacy_ledger)
+            except SiteRefusal as refusal:
+                self.folder.record_refusal(study_hash, bundle_hash, refusal.reason, context=where)
+                return GateDecision(study_hash, bundle_hash, refusal=refusal.message)
         return GateDecision(study_hash, bundle_hash, approval=approval)
 
     def _check_integrity(
         self, message: Message, context: Context, run: Run, fab: Fab, bundle_hash: str
-    ) -> str:
-        """Checks 1-3 of the module docstring; return the study hash."""
+    ) -> Study:
+        """Checks 1-3 of the module docstring; return the study."""
         site = self.folder.site
         if bundle_hash != fab.hash_str or bundle_hash != run.fab_hash:
             raise SiteRefusal(
@@ -111,4 +130,4 @@ class SiteGate:
             raise SiteRefusal(
                 site, "the study in the message is not the study the run was started with"
             )
-        return study.hash
+        return study

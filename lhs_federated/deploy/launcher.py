@@ -37,7 +37,7 @@ from flwr.supernode.runtime import run_clientapp
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from lhs_federated.apps import records
-from lhs_federated.apps.site_governance import record_task
+from lhs_federated.apps.site_governance import record_or_withhold, record_task
 from lhs_federated.deploy.gate import SiteGate
 
 LOGGER = logging.getLogger("lhs_federated.launcher")
@@ -60,7 +60,8 @@ def run_task(address: str, token: str, gate: SiteGate) -> int:
 
     A refused task gets an error reply with code ``SITE_REFUSED`` and the
     reason; the bundle is then never installed and nothing of it imported.
-    Every reply that leaves, and every crash, is recorded in the site ledger.
+    Every reply that leaves, and every crash, is recorded in the site ledger
+    first; a reply that cannot be recorded is withheld (an error reply says why).
     """
     client = _runtime_client(
         address, RuntimeVersionHttpInterceptor("flwr-clientapp"), RuntimeTokenHttpInterceptor(token)
@@ -87,16 +88,20 @@ def run_task(address: str, token: str, gate: SiteGate) -> int:
                 Error(code=records.SITE_REFUSED, reason=decision.refusal), reply_to=message
             )
             details, exit_code = str(decision.refusal), 0
+        # Fail closed: the reply leaves only once the site ledger holds it.
+        reply = record_or_withhold(gate.folder, message, reply, approval=decision.approval)
         push_message(client, reply, context)
         replied = True
-        record_task(gate.folder, message, reply, approval=decision.approval)
     except Exception as exc:
         LOGGER.exception("task failed")
         details = f"{type(exc).__name__}: {exc}"
         if message is not None and context is not None and not replied:
+            try:
+                record_task(gate.folder, message, None, crash=details)
+            except Exception:  # the error reply carries no data: it goes either way
+                LOGGER.exception("the crash could not be recorded in the site ledger")
             error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details)
             push_message(client, Message(error, reply_to=message), context)
-            record_task(gate.folder, message, None, crash=details)
     finally:
         push_task_output(client, context, status, details)
         heartbeat.stop()

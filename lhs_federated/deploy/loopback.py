@@ -1,10 +1,10 @@
 """A whole consortium on one machine: a coordinator and sites on 127.0.0.1.
 
-For trying a deployment before a real one, for the end-to-end tests and for
-the round-latency benchmark. Everything is real: a development CA and TLS
-certificate, one SuperNode key per site registered at the SuperLink, each site
-with its own config, governance folder, data file and gated launcher, all as
-separate processes. Only the network is loopback.
+For trying a deployment before a real one (``lhs-fed demo consortium``), for
+the end-to-end tests and for the round-latency benchmark. Everything is real:
+a development CA and TLS certificate, one SuperNode key per site registered at
+the SuperLink, each site with its own config, governance folder, data file and
+gated launcher, all as separate processes. Only the network is loopback.
 """
 
 from __future__ import annotations
@@ -17,13 +17,24 @@ from typing import Any
 
 import tomli_w
 
-from lhs_federated.deploy import coordinator, site_node
+from lhs_federated.data.contract import builtin_contract_text
+from lhs_federated.data.io import write_table
+from lhs_federated.data.synthetic import SyntheticCohort, generate_cohort
+from lhs_federated.deploy import coordinator, processes, site_node
 from lhs_federated.deploy.app_bundle import bundle_hash
 from lhs_federated.deploy.certs import init_certificates
 from lhs_federated.deploy.server_config import ServerConfig, load_server_config
+from lhs_federated.errors import ConfigError
 from lhs_federated.governance.site_folder import SiteFolder
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.site_config import SiteConfig, load_site_config
-from lhs_federated.study import Study
+from lhs_federated.study import Study, load_study
+
+SERVER_FILE = Path("server") / "server.toml"
+SITES_DIR = "sites"
+DATA_DIR = "data"
+#: The study ``lhs-fed demo consortium`` writes for its sites' tables.
+DEMO_STUDY = "study.toml"
 
 
 def free_port() -> int:
@@ -53,17 +64,56 @@ class LoopbackConsortium:
     running: list[str] = field(default_factory=list)
 
     def start(self) -> None:
-        """Start the coordinator, then every site at once (each checks itself first)."""
-        coordinator.start_detached(self.server)
+        """Start the coordinator, then every site at once (each checks itself first).
+
+        Each step is reported as a progress event (``waiting``, then ``started``
+        with the count of sites up), so a command can show what it waits for.
+        """
+        report_progress(
+            ProgressEvent(
+                "waiting",
+                f"starting the coordinator on {self.server.address}",
+                {"step": "coordinator"},
+            )
+        )
+        pid = coordinator.start_detached(self.server)
         self.running.append("server")
+        report_progress(
+            ProgressEvent(
+                "started",
+                f"coordinator up on {self.server.address} (pid {pid}), "
+                f"{len(self.server.sites)} sites registered",
+                {"process": "coordinator", "pid": pid, "address": self.server.address},
+            )
+        )
+        report_progress(
+            ProgressEvent(
+                "waiting",
+                f"starting {len(self.sites)} sites (each checks its data, certificate and key)",
+                {"step": "sites", "sites_total": len(self.sites)},
+            )
+        )
         with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
             for started in [pool.submit(self.start_site, name) for name in self.sites]:
                 started.result()
 
     def start_site(self, name: str) -> None:
         """Start (or restart) one site."""
-        site_node.start_detached(self.sites[name])
+        pid = site_node.start_detached(self.sites[name])
         self.running.append(name)
+        up = sum(1 for s in self.running if s in self.sites)
+        report_progress(
+            ProgressEvent(
+                "started",
+                f"site {name} online ({up}/{len(self.sites)}, pid {pid})",
+                {"process": name, "pid": pid, "sites_up": up, "sites_total": len(self.sites)},
+            )
+        )
+
+    def is_running(self) -> bool:
+        """Whether this consortium's coordinator runs (its pid file names a live process)."""
+        pid_file = coordinator.ServerPaths(self.server.state_dir).pid
+        return processes.read_pid_file(pid_file) is not None
 
     def stop_site(self, name: str) -> None:
         """Stop one site."""
@@ -88,12 +138,16 @@ class LoopbackConsortium:
         submitted = coordinator.submit_study(self.server, study, **kwargs)
         return coordinator.wait_for_run(self.server, submitted, timeout=timeout)
 
-    def stop(self) -> None:
-        """Stop every site (at once), then the coordinator."""
+    def stop(self) -> list[str]:
+        """Stop every site (at once), then the coordinator; return what was running."""
         with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
-            list(pool.map(site_node.stop_site, self.sites.values()))
-        coordinator.stop_server(self.server)
+            was_running = pool.map(site_node.stop_site, self.sites.values())
+            stopped = dict(zip(self.sites, was_running, strict=True))
+        ended = [name for name, was in stopped.items() if was]
+        if coordinator.stop_server(self.server):
+            ended.append("coordinator")
         self.running.clear()
+        return ended
 
 
 def build_loopback(root: Path, data: dict[str, Path]) -> LoopbackConsortium:
@@ -107,7 +161,7 @@ def build_loopback(root: Path, data: dict[str, Path]) -> LoopbackConsortium:
         Site name to the site's table.
     """
     certs = init_certificates(root / "certs", hosts=["127.0.0.1", "localhost"], sites=list(data))
-    server_file = root / "server" / "server.toml"
+    server_file = root / SERVER_FILE
     server_file.parent.mkdir(parents=True, exist_ok=True)
     server_file.write_text(
         tomli_w.dumps(
@@ -125,7 +179,7 @@ def build_loopback(root: Path, data: dict[str, Path]) -> LoopbackConsortium:
     server = load_server_config(server_file)
     sites = {}
     for name, table in data.items():
-        folder = root / "sites" / name
+        folder = root / SITES_DIR / name
         folder.mkdir(parents=True)
         SiteFolder.init(folder / "governance", name)
         (folder / "site.toml").write_text(
@@ -144,3 +198,79 @@ def build_loopback(root: Path, data: dict[str, Path]) -> LoopbackConsortium:
         )
         sites[name] = load_site_config(folder / "site.toml")
     return LoopbackConsortium(root, server, sites)
+
+
+def open_loopback(root: Path) -> LoopbackConsortium:
+    """The consortium :func:`build_loopback` wrote into ``root``, read back from its files.
+
+    Raises
+    ------
+    ConfigError
+        If ``root`` holds no such consortium.
+    """
+    server_file = root / SERVER_FILE
+    if not server_file.is_file():
+        raise ConfigError(
+            f"{root} holds no consortium on this machine (no {SERVER_FILE}); "
+            "make one with `lhs-fed demo consortium`."
+        )
+    server = load_server_config(server_file)
+    sites = {name: load_site_config(root / SITES_DIR / name / "site.toml") for name in server.sites}
+    return LoopbackConsortium(root, server, sites)
+
+
+def build_demo(
+    root: Path, *, sites: int, rows_per_site: int = 200, seed: int = 42
+) -> LoopbackConsortium:
+    """A loopback consortium with a synthetic table per site and a study for them.
+
+    Writes ``data/`` (one table per site and the contract they meet), the
+    consortium (:func:`build_loopback`) and ``study.toml``: the default study
+    reading the same tables as a folder, so that ``lhs-fed simulate study.toml``
+    runs the deployed study's simulated twin.
+
+    Raises
+    ------
+    ConfigError
+        If ``root`` exists and is not empty (nothing is overwritten).
+    """
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(
+            f"{root} already exists and is not empty; give another --dir, or start the "
+            f"consortium it holds with `lhs-fed demo consortium --dir {root}`."
+        )
+    data = root / DATA_DIR
+    data.mkdir(parents=True)
+    report_progress(
+        ProgressEvent(
+            "step",
+            f"writing {sites} site tables of about {rows_per_site} synthetic patients to {data}",
+            {"step": "data"},
+        )
+    )
+    tables = {}
+    cohort = SyntheticCohort(sites=sites, rows_per_site=rows_per_site)
+    for name, table in generate_cohort(cohort, seed=seed).items():
+        write_table(table, data / f"{name}.csv")
+        tables[name] = data / f"{name}.csv"
+    (data / "contract.toml").write_text(builtin_contract_text("cardio-risk"), encoding="utf-8")
+    report_progress(
+        ProgressEvent(
+            "step",
+            "writing a development CA, TLS certificate, SuperNode keys and site folders",
+            {"step": "certificates"},
+        )
+    )
+    consortium = build_loopback(root, tables)
+    study = load_study(None).with_overrides(
+        {
+            "name": "demo",
+            "description": f"Ten-year cardiovascular risk, logistic regression, FedAvg over "
+            f"{sites} sites on this machine (lhs-fed demo consortium)",
+            "rounds": 2,
+            "data.source": "folder",
+            "data.path": str(data.resolve()),
+        }
+    )
+    (root / DEMO_STUDY).write_text(study.to_toml(), encoding="utf-8")
+    return consortium

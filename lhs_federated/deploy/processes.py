@@ -173,18 +173,38 @@ def terminate_pid(pid: int, *, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def _started_at(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, from procfs); None without procfs."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def write_pid_file(path: Path, pid: int) -> None:
-    """Record a detached process's pid (atomically)."""
+    """Record a detached process's pid and start time (atomically).
+
+    The start time tells that process from a later one given the same pid:
+    a supervisor killed without removing its file leaves a stale pid, and
+    pids are reused within minutes on a busy machine (at most 32768 of them
+    by default), so ``stop`` would otherwise signal a stranger.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"{pid}\n")
+    tmp.write_text(f"{pid} {_started_at(pid) or ''}".rstrip() + "\n")
     tmp.replace(path)
 
 
 def read_pid_file(path: Path) -> int | None:
-    """The pid recorded in ``path`` if that process is still alive."""
+    """The pid recorded in ``path`` if that very process is still alive.
+
+    A live process with the pid but another start time is not it (the pid was reused).
+    """
     try:
-        pid = int(path.read_text().strip())
+        pid_text, _, started = path.read_text().strip().partition(" ")
+        pid = int(pid_text)
         os.kill(pid, 0)
     except (OSError, ValueError):
+        return None
+    if started and _started_at(pid) not in (None, started):
         return None
     return pid

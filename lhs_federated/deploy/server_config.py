@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from lhs_federated.config import build, read_toml, setting
+from lhs_federated.config import build, is_host, is_plain_name, read_toml, setting
 from lhs_federated.errors import ConfigError
 
 
@@ -77,6 +77,17 @@ class ServerConfig:
     )
     path: str = setting("", doc="(set when loaded) the config file")
 
+    def __post_init__(self) -> None:
+        if not is_host(self.server.host):
+            raise ValueError(
+                f"server.host must be an IP address or a DNS name; got {self.server.host!r}"
+            )
+        bad = [name for name in self.sites if not is_plain_name(name)]
+        if bad:
+            raise ValueError(
+                f"site name {bad[0]!r} in [sites] must be 1-64 letters, digits, '-', '_' or '.'"
+            )
+
     def resolve(self, value: str | None) -> Path | None:
         """A path from the config, taken from the config file's folder if relative."""
         if value is None:
@@ -119,4 +130,20 @@ def load_server_config(path: str | Path) -> ServerConfig:
         resolved = config.resolve(value)
         if resolved is not None and not resolved.is_file():
             raise ConfigError(f"{path}: {key} names {str(resolved)!r}, which does not exist.")
+    _check_distinct_keys(config)
     return config
+
+
+def _check_distinct_keys(config: ServerConfig) -> None:
+    """Each site key once: a key shared by two sites would let one answer for both."""
+    owners: dict[str, str] = {}
+    for name, key in config.sites.items():
+        fields = config.resolve(key).read_text(encoding="utf-8", errors="replace").split()  # type: ignore[union-attr]
+        public_key = " ".join(fields[:2])
+        if public_key in owners:
+            raise ConfigError(
+                f"{config.path}: sites.{name} and sites.{owners[public_key]} name the same "
+                "public key; each site has its own key pair (`lhs-fed certs init --site NAME` "
+                "or `ssh-keygen -t ecdsa -b 384`)."
+            )
+        owners[public_key] = name

@@ -14,6 +14,7 @@ import logging
 
 from flwr.supercore.app_utils import start_parent_process_monitor
 
+from lhs_federated.apps.client_site import LEDGER_FILE as PRIVACY_LEDGER
 from lhs_federated.deploy.gate import SiteGate
 from lhs_federated.deploy.launcher import run_launcher
 from lhs_federated.deploy.site_node import SitePaths, open_site_folder
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     run_launcher(
         f"127.0.0.1:{config.runtime.runtime_port}",
         paths.secret.read_bytes(),
-        SiteGate(open_site_folder(config)),
+        SiteGate(open_site_folder(config), privacy_ledger=config.state_dir / PRIVACY_LEDGER),
         workers=config.runtime.workers,
     )
 

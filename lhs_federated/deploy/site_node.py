@@ -11,6 +11,7 @@ failed start.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from lhs_federated.deploy import processes
 from lhs_federated.deploy.certs import check_certificate, check_site_key
 from lhs_federated.errors import ConfigError, LhsError
 from lhs_federated.governance.site_folder import SiteFolder
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.site_config import SiteConfig
 
 LOGGER = logging.getLogger("lhs_federated.site")
@@ -222,9 +225,8 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
     """Check, start and supervise the site's SuperNode and launcher (foreground).
 
     The first start fails fast with the reason (nothing is left running). Once
-    the site has joined, it stays joined: if its SuperNode stops (the
-    coordinator restarted, the network dropped), both processes are started
-    again, after a pause that grows from 5 s to 60 s, until SIGTERM or SIGINT.
+    the site has joined, it stays joined (:func:`supervise`) until SIGTERM or
+    SIGINT, however long the coordinator or its own SuperNode is away.
 
     Raises
     ------
@@ -241,36 +243,75 @@ def start_site(config: SiteConfig, *, timeout: float = 90.0) -> None:
     )
     stop = _StopFlag()
     children: list[subprocess.Popen] = []
+    # Ledgers, the privacy ledger, logs and Flower's state: the site's own, 0600.
+    umask = os.umask(0o077)
     try:
         children = _first_launch(config, paths, stop, timeout=timeout)
         processes.write_pid_file(paths.pid, os.getpid())
         paths.ready.write_text(f"{time.time()}\n")
-        pause = 5.0
-        while True:
-            while not stop.requested and all(child.poll() is None for child in children):
-                _mark_alive(paths)
-                time.sleep(0.2)
-            if stop.requested:
-                return
-            code = next(c.returncode for c in children if c.poll() is not None)
-            LOGGER.warning(
-                "a site process stopped (exit code %s); restarting in %.0f s", code, pause
+        report_progress(
+            ProgressEvent(
+                "started",
+                f"site {config.site.name} joined the coordinator at "
+                f"{config.coordinator.address}; serving until stopped",
+                {"site": config.site.name, "address": config.coordinator.address},
             )
-            _stop_all(children)
-            children = []
-            if stop.wait(pause):
-                return
-            pause = min(2 * pause, 60.0)
-            try:
-                children = _launch(config, paths, timeout=timeout)
-                pause = 5.0
-            except LhsError as error:
-                LOGGER.warning("site %s could not rejoin: %s", config.site.name, error.message)
+        )
+        relaunch = functools.partial(_launch, config, paths, timeout=timeout)
+        supervise(children, relaunch, stop, paths, config.site.name)
     finally:
+        os.umask(umask)
         stop.restore()
         _stop_all(children)
         for marker in (paths.ready, paths.pid, paths.alive):
             marker.unlink(missing_ok=True)
+
+
+def supervise(
+    children: list[subprocess.Popen],
+    launch: Callable[[], list[subprocess.Popen]],
+    stop: _StopFlag,
+    paths: SitePaths,
+    site: str,
+    *,
+    first_pause: float = 5.0,
+) -> None:
+    """Keep the site's processes running until a stop is requested, then stop them.
+
+    Whenever one stops (the coordinator restarted, the network dropped, the
+    SuperNode gave up reconnecting and exited), both are stopped and started
+    again after a pause that grows from ``first_pause`` (5 s) to 60 s. A failed start (the
+    coordinator still down, or still counting the old node online) is retried
+    the same way, for as long as it takes: a site never stays offline for want
+    of a retry.
+    """
+    pause = first_pause
+    try:
+        while True:
+            while not stop.requested and children and all(c.poll() is None for c in children):
+                _mark_alive(paths)
+                time.sleep(0.2)
+            if stop.requested:
+                return
+            if children:
+                code = next(c.returncode for c in children if c.poll() is not None)
+                LOGGER.warning(
+                    "a site process stopped (exit code %s); restarting in %.0f s", code, pause
+                )
+                _stop_all(children)
+                children = []
+            if stop.wait(pause):
+                return
+            try:
+                children = launch()
+                pause = first_pause
+            except LhsError as error:
+                pause = min(2 * pause, 60.0)
+                LOGGER.warning(
+                    "site %s could not rejoin: %s; retrying in %.0f s", site, error.message, pause
+                )
+    finally:
+        _stop_all(children)
 
 
 _ALIVE_EVERY = 5.0

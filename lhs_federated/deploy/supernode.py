@@ -14,8 +14,11 @@ capped at ``--poll-interval`` seconds (Flower's flwr version is pinned).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from types import SimpleNamespace
 
 from flwr.supernode import start_client_internal
@@ -41,7 +44,32 @@ def main() -> None:
         parser.error("--poll-interval must be positive")
     cap_message_loop_waits(known.poll_interval)
     sys.argv = ["flower-supernode", *flower_args]
-    sys.exit(flower_supernode())
+    os._exit(run_to_exit(flower_supernode))
+
+
+def run_to_exit(supernode: Callable[[], object]) -> int:
+    """Run Flower's SuperNode; return the exit code its end calls for (never 0).
+
+    When Flower's SuperNode gives up reconnecting ("Giving up reconnection
+    after 60.00 seconds") its main thread ends with the error, but its Runtime
+    API server thread is not a daemon, so the process would stay alive and
+    serve nothing, and the site's supervisor would never restart it. The
+    caller therefore ends the process with :func:`os._exit` once this returns:
+    however Flower's main thread ends, the process ends with it.
+    """
+    try:
+        supernode()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) and exit_.code else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    else:
+        code = 1  # Flower's message loop never returns while the node is healthy
+    print(f"the SuperNode stopped (exit code {code}); its supervisor restarts it", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
 
 
 if __name__ == "__main__":

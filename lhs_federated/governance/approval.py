@@ -36,7 +36,7 @@ REVOCATION = "revocation"
 ROLE = "approvals"
 
 # Registries verified by this process: path -> (file identity, state); see _replay.
-_VERIFIED: dict[str, tuple[tuple, dict]] = {}
+_VERIFIED: dict[str, tuple[tuple, dict, frozenset[str]]] = {}
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,7 @@ class ApprovalRegistry:
         self.site = site
         self.public_key = public_key
         self._key = key
+        self._hashes: frozenset[str] = frozenset()
 
     def approve(
         self,
@@ -200,20 +201,42 @@ class ApprovalRegistry:
         """The approvals in force, oldest first."""
         return [value for value in self._replay().values() if isinstance(value, Approval)]
 
-    def check(self, study_hash: str, code_hash: str) -> Approval:
+    def check(
+        self, study_hash: str, code_hash: str, *, anchor: tuple[str, str] | None = None
+    ) -> Approval:
         """The approval of ``study_hash`` run by ``code_hash`` in force at this site.
+
+        Parameters
+        ----------
+        study_hash, code_hash : str
+            The study and the code that would run it.
+        anchor : (str, str), optional
+            The registry record the site's signed ledger names as its latest
+            approval or revocation, and that ledger's path: the registry must
+            hold it, or it is an older copy (a restored file that would undo a
+            revocation).
 
         Raises
         ------
         SiteRefusal
-            If the registry is missing or not intact, or the study is not
-            approved, was approved for other code, or was revoked. The reason
-            says which, and what the site's data steward can do.
+            If the registry is missing or not intact, older than the site
+            ledger, or the study is not approved, was approved for other code,
+            or was revoked. The reason says which, and what the site's data
+            steward can do.
         """
         try:
             state = self._replay()
         except ConfigError as error:
             raise SiteRefusal(self.site, error.message) from error
+        if anchor is not None and anchor[0] not in self._hashes:
+            raise SiteRefusal(
+                self.site,
+                f"the approvals registry {str(self.path)!r} lacks record {anchor[0][:16]}…, "
+                f"which the site's signed ledger {anchor[1]!r} names as its latest approval or "
+                "revocation: the registry is an older copy (restored from a backup?), and "
+                "obeying it could undo a revocation; the site refuses every study until its "
+                "data steward restores the current registry",
+            )
         found = state.get((study_hash, code_hash))
         if isinstance(found, Approval):
             return found
@@ -268,9 +291,10 @@ class ApprovalRegistry:
         )
         cached = _VERIFIED.get(str(self.path.resolve()))
         if cached is not None and cached[0] == identity:
+            self._hashes = cached[2]
             return dict(cached[1])
         state = self._verified_state()
-        _VERIFIED[str(self.path.resolve())] = (identity, dict(state))
+        _VERIFIED[str(self.path.resolve())] = (identity, dict(state), self._hashes)
         return state
 
     def _verified_state(self) -> dict[tuple[str, str], Approval | Revocation]:
@@ -288,6 +312,7 @@ class ApprovalRegistry:
                 f"{header.get('owner')!r}, not the approvals registry of site {self.site!r}"
             )
         state: dict[tuple[str, str], Approval | Revocation] = {}
+        self._hashes = frozenset(entry.hash for entry in verification.entries)
         for entry in verification.entries[1:]:
             data = entry.data
             if entry.kind == APPROVAL:

@@ -44,6 +44,15 @@ class CrossCheck:
         Disagreements; the ledgers are consistent when it is empty.
     notes : list of str
         Facts worth knowing that are not disagreements (refusals, late replies).
+    keys_seen : set of str
+        Fingerprints of the coordinator key the site's records of this run name.
+    end_problems : list of str
+        The problems (also in ``problems``) about where the coordinator's
+        ledger ends, from the final hash the site holds.
+    key_mismatch : bool
+        The coordinator ledger is signed by another key than the one the site
+        saw (nothing else is compared then: it is not the ledger the site
+        dealt with).
     """
 
     site: str
@@ -51,6 +60,9 @@ class CrossCheck:
     matched: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    keys_seen: set[str] = field(default_factory=set)
+    key_mismatch: bool = False
+    end_problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,7 +82,15 @@ class CrossCheck:
         return "\n".join(lines)
 
 
-def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
+def crosscheck(
+    coordinator: list[Entry],
+    site: list[Entry],
+    *,
+    unverified: list[Entry] | None = None,
+    site_unverified: list[Entry] | None = None,
+    coordinator_lost: bool = False,
+    site_lost: bool = False,
+) -> CrossCheck:
     """Match a site's ``message-sent`` records with the coordinator's ``site-reply`` records.
 
     Parameters
@@ -79,6 +99,13 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
         The coordinator ledger's records (verified beforehand, ideally).
     site : list of Entry
         The site ledger's records.
+    unverified, site_unverified : list of Entry, optional
+        Records of either ledger that did not verify (already reported): a
+        reply only such a record holds is noted as not compared, not reported
+        as missing.
+    coordinator_lost, site_lost : bool
+        Either ledger is known to have lost records (deleted, unreadable:
+        already reported): a reply missing from it is noted, not reported again.
 
     Raises
     ------
@@ -112,10 +139,51 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
             "these ledgers belong to different studies or sites"
         )
         return result
+    closes = [e for e in site if e.kind == STUDY_CLOSED and int(e.data.get("run_id", -1)) == run_id]
+    result.keys_seen = {
+        str(e.data["coordinator_key"]) for e in sent.values() if e.data.get("coordinator_key")
+    }
+    result.keys_seen |= {
+        str(e.data["coordinator_ledger"]["key_fingerprint"])
+        for e in closes
+        if e.data["coordinator_ledger"].get("key_fingerprint")
+    }
+    signer = str(coordinator[0].data.get("key_fingerprint"))
+    if result.keys_seen and signer not in result.keys_seen:
+        result.key_mismatch = True
+        result.problems.append(
+            f"site {name!r} was sent messages of run {run_id} naming coordinator key "
+            f"{', '.join(sorted(result.keys_seen))}; this coordinator ledger is signed by "
+            f"{signer}: it is not the ledger the site dealt with (replaced and re-signed)"
+        )
+        return result
     late = _late_sites(coordinator, name)
+    unsure_received = {
+        str(e.data.get("message_id")): e for e in unverified or [] if e.kind == "site-reply"
+    }
+    unsure_sent = {
+        str(e.data.get("reply_to")): e for e in site_unverified or [] if e.kind == MESSAGE_SENT
+    }
+    sent_up_to = max((_stage_key(e.data) for e in sent.values()), default=(-1, -1))
+    rolled_back = []
     for message_id, reply in received.items():
         mine = sent.get(message_id)
         where = _where(reply.data.get("stage"), reply.data.get("round"), message_id)
+        if mine is None and message_id in unsure_sent:
+            result.notes.append(
+                f"the reply to {where} is not compared: the site's record of it (record "
+                f"{unsure_sent[message_id].seq}) does not verify"
+            )
+            continue
+        if mine is None and site_lost:
+            result.notes.append(
+                f"the reply to {where} is not in the site's ledger, which lost records "
+                "(reported as such)"
+            )
+            continue
+        if mine is None and _stage_key(reply.data) > sent_up_to:
+            rolled_back.append(where)
+            continue
         if mine is None:
             result.problems.append(
                 f"the coordinator records a reply to {where} that the site's ledger does not "
@@ -132,6 +200,13 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
             )
             continue
         differing = [key for key in _COMPARED if reply.data.get(key) != mine.data.get(key)]
+        model = mine.data.get("received_arrays_hash")
+        if model and reply.data.get("sent_arrays_hash") not in (None, model):
+            result.problems.append(
+                f"the site received another model for {where} than the coordinator's ledger "
+                f"says it sent: {_short(model)} at the site, "
+                f"{_short(reply.data.get('sent_arrays_hash'))} recorded as sent"
+            )
         if differing:
             result.problems.append(
                 f"reply to {where}: "
@@ -143,11 +218,37 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
             )
         else:
             result.matched += 1
+    if rolled_back:
+        result.problems.append(
+            f"site {name}'s ledger ends at record {site[-1].seq}, before its replies to "
+            f"{len(rolled_back)} later message(s) the coordinator recorded ({rolled_back[0]}"
+            + (f" to {rolled_back[-1]}" if len(rolled_back) > 1 else "")
+            + "): the site's ledger was rolled back to an older copy, or cut short"
+        )
+    cut_after = _cut_after(coordinator, site, run_id)
+    last_recorded = max(
+        (_stage_key(e.data) for e in coordinator if e.kind == "site-reply"), default=(0, 0)
+    )
     for message_id, mine in sent.items():
         if message_id in received:
             continue
         where = _where(mine.data.get("message_type"), mine.data.get("server_round"), message_id)
-        if int(mine.data.get("server_round", 0)) in late:
+        if message_id in unsure_received:
+            result.notes.append(
+                f"the reply to {where} is not compared: the coordinator's record of it (record "
+                f"{unsure_received[message_id].seq}) does not verify"
+            )
+        elif coordinator_lost:
+            result.notes.append(
+                f"the site's reply to {where} is not in the coordinator's ledger, which lost "
+                "records (reported as such)"
+            )
+        elif cut_after is not None and _stage_key(mine.data) > last_recorded:
+            result.notes.append(
+                f"the site's reply to {where} is not in the coordinator's ledger, which was "
+                f"cut short after record {cut_after} (reported as such)"
+            )
+        elif int(mine.data.get("server_round", 0)) in late:
             result.notes.append(
                 f"the site replied to {where}, but the coordinator had stopped waiting "
                 "(it records the site as not replying in that round)"
@@ -163,12 +264,16 @@ def crosscheck(coordinator: list[Entry], site: list[Entry]) -> CrossCheck:
             f"the site refused {len(refusals)} message(s) of this run: "
             f"{refusals[0].data.get('reason')}"
         )
-    _check_close(coordinator, site, run_id, result)
+    _check_close(coordinator, site, run_id, result, {e.seq for e in unverified or []})
     return result
 
 
 def _check_close(
-    coordinator: list[Entry], site: list[Entry], run_id: int, result: CrossCheck
+    coordinator: list[Entry],
+    site: list[Entry],
+    run_id: int,
+    result: CrossCheck,
+    unverified: set[int],
 ) -> None:
     closed = [e for e in site if e.kind == STUDY_CLOSED and int(e.data.get("run_id", -1)) == run_id]
     if not closed:
@@ -181,23 +286,56 @@ def _check_close(
     final = closed[-1].data["coordinator_ledger"]
     seq, digest = int(final["final_seq"]), str(final["final_hash"])
     last = coordinator[-1]
-    if seq < len(coordinator) and coordinator[seq].hash == digest:
+    by_seq = {entry.seq: entry for entry in coordinator}
+    if seq in unverified:
+        result.notes.append(
+            f"the coordinator's final record {seq}, which the site holds the hash of, does "
+            "not verify: not compared"
+        )
+        return
+    if seq in by_seq and by_seq[seq].hash == digest:
         if last.seq != seq:
-            result.problems.append(
+            _end_problem(
+                result,
                 f"the coordinator's ledger goes on after record {seq}, which the site was "
-                "told is its final record: records were appended after the study closed"
+                "told is its final record: records were appended after the study closed",
             )
         return
-    if last.seq < seq:
-        result.problems.append(
+    if seq not in by_seq:
+        _end_problem(
+            result,
             f"the coordinator's ledger ends at record {last.seq}, but the site was told the "
-            f"final record is {seq} (hash {digest[:16]}…): the ledger was cut short"
+            f"final record is {seq} (hash {digest[:16]}…): the ledger was cut short",
         )
     else:
-        result.problems.append(
+        _end_problem(
+            result,
             f"the site was told record {seq} has hash {digest[:16]}…, the coordinator's "
-            f"ledger has {coordinator[seq].hash[:16]}…: the ledger was rewritten"
+            f"ledger has {by_seq[seq].hash[:16]}…: the ledger was rewritten",
         )
+
+
+def _end_problem(result: CrossCheck, problem: str) -> None:
+    result.problems.append(problem)
+    result.end_problems.append(problem)
+
+
+def _cut_after(coordinator: list[Entry], site: list[Entry], run_id: int) -> int | None:
+    """The coordinator ledger's last record, if the site knows the ledger went on past it."""
+    closed = [e for e in site if e.kind == STUDY_CLOSED and int(e.data.get("run_id", -1)) == run_id]
+    if not closed:
+        return None
+    final_seq = int(closed[-1].data["coordinator_ledger"]["final_seq"])
+    last = coordinator[-1].seq
+    return last if last < final_seq else None
+
+
+def _stage_key(data: dict) -> tuple[int, int]:
+    """(round, stage) of a reply as either ledger records it, to order replies in time."""
+    stage = str(data.get("stage") or data.get("message_type") or "")
+    number = data.get("round", data.get("server_round", 0))
+    order = {"discovery": 0, "query": 0, "train": 1, "evaluate": 2}
+    return int(number or 0), order.get(stage, 3)
 
 
 def _late_sites(coordinator: list[Entry], site: str) -> set[int]:
@@ -209,6 +347,10 @@ def _late_sites(coordinator: list[Entry], site: str) -> set[int]:
             if "no reply" in reason:
                 rounds.add(int(entry.data["round"]))
     return rounds
+
+
+def _short(value: object) -> str:
+    return "—" if not value else f"{str(value)[:16]}…"
 
 
 def _where(stage: object, server_round: object, message_id: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.ledger import Entry
+from lhs_federated.governance.run_files import SEAL
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,11 @@ class RoundView:
 
 @dataclass
 class StudyView:
-    """A coordinator ledger as a study (see the module docstring)."""
+    """A coordinator ledger as a study (see the module docstring).
+
+    ``sealed_files`` and ``sealed_logs`` are what the closing record
+    (``results-sealed``, or ``study-failed``) hashes: every reader's file.
+    """
 
     study_name: str
     study_hash: str
@@ -99,6 +104,9 @@ class StudyView:
     error: str | None = None
     final_model_hash: str | None = None
     result_files: dict[str, str] = field(default_factory=dict)
+    sealed: bool = False
+    sealed_files: dict[str, str] | None = None
+    sealed_logs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_entries(cls, entries: list[Entry]) -> StudyView:
@@ -168,8 +176,12 @@ class StudyView:
             self.status = str(data.get("status", entry.kind))
             self.finished_at = entry.time
             self.error = data.get("error")
-            self.final_model_hash = data.get("final_model_hash")
-            self.result_files = dict(data.get("result_files", {}))
+            self.final_model_hash = data.get("final_model_hash", self.final_model_hash)
+            self.result_files = dict(data.get("result_files", self.result_files))
+        if entry.kind in (SEAL, "study-failed") and "files" in data:
+            self.sealed = entry.kind == SEAL
+            self.sealed_files = {str(k): str(v) for k, v in dict(data["files"]).items()}
+            self.sealed_logs = dict(data.get("logs", {}))
 
     def epsilon(self) -> dict[str, dict[int, float]]:
         """Privacy budget spent so far, by site and round, as the sites reported it."""

@@ -17,6 +17,7 @@ from typing import Any
 from lhs_federated.governance.ledger import Entry, now
 from lhs_federated.governance.ledger_view import RoundView, StudyView
 from lhs_federated.governance.run_audit import LedgerCheck, RunAudit
+from lhs_federated.governance.run_files import SEAL
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -26,7 +27,7 @@ text-align:left;vertical-align:top}th{background:#f4f4f4}code{font-size:12px}
 .verdict{padding:1em;border-radius:6px;font-size:18px;font-weight:600}
 .ok{background:#e3f6e3;color:#145214}.bad{background:#fde2e2;color:#7a1010}
 .trained{background:#e3f6e3}.refused{background:#fde2e2}.failed,.error,.no-reply{background:#fff0d6}
-.not-sampled{color:#999}.muted{color:#666}
+.not-sampled{color:#999}.muted{color:#666}td.time{white-space:nowrap}
 """
 
 
@@ -44,7 +45,7 @@ def render_report(audit: RunAudit) -> str:
     ]
     if view is not None:
         parts += [
-            _study(view),
+            _study(view, audit),
             _participation(view),
             _privacy(view),
             _lineage(view),
@@ -65,11 +66,15 @@ def write_report(audit: RunAudit, path: str | Path) -> Path:
     return path
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    """An HTML table; cells are already escaped HTML."""
-    head = "".join(f"<th>{h}</th>" for h in header)
+def _table(header: list[str] | None, rows: list[list[str]]) -> str:
+    """An HTML table; cells are already escaped HTML. No header row when ``header`` is None."""
+    head = "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(cells) + "</tr>" for cells in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
+
+
+def _th(value: Any) -> str:
+    return f"<th scope='row'>{escape(str(value))}</th>"
 
 
 def _td(value: Any, css: str = "") -> str:
@@ -134,7 +139,7 @@ def _ledger_row(check: LedgerCheck) -> list[str]:
     ]
 
 
-def _study(view: StudyView) -> str:
+def _study(view: StudyView, audit: RunAudit) -> str:
     rows = [
         ["study", view.study_name],
         ["study hash", view.study_hash],
@@ -142,6 +147,7 @@ def _study(view: StudyView) -> str:
         ["versions", ", ".join(f"{k} {v}" for k, v in view.versions.items())],
         ["engine / Flower run id", f"{view.engine} / {view.run_id}"],
         ["coordinator key", view.key_fingerprint],
+        ["key the audit trusted", audit.key_trust or "—"],
         ["participants", ", ".join(view.participants)],
         ["started", view.started_at],
         ["ended", f"{view.finished_at or '—'} ({view.status})"],
@@ -149,7 +155,7 @@ def _study(view: StudyView) -> str:
     if view.error:
         rows.append(["error", view.error])
     return "<h2>Study</h2>" + _table(
-        ["", ""], [[_td(k), _code(v) if "hash" in k or k == "code" else _td(v)] for k, v in rows]
+        None, [[_th(k), _code(v) if "hash" in k or k == "code" else _td(v)] for k, v in rows]
     )
 
 
@@ -239,24 +245,38 @@ def _lineage_row(current: RoundView) -> list[str]:
 
 def _files(audit: RunAudit) -> str:
     view = audit.view
-    rows = [
-        [_td(name), _code(digest), _td(audit.files.get(name), _file_css(audit.files.get(name)))]
-        for name, digest in (view.result_files.items() if view else [])
-    ]
-    if not rows:
+    listed = dict(view.result_files) if view else {}
+    if view is not None and view.sealed_files is not None:
+        listed = {
+            **view.sealed_files,
+            **{k: str(v.get("sha256")) for k, v in view.sealed_logs.items()},
+        }
+    names = sorted(set(listed) | set(audit.files))
+    if not names:
         return (
             "<h2>Result files</h2><p>The ledger lists no result files (the study did not "
             "finish).</p>"
         )
+    rows = [
+        [
+            _td(name),
+            _code(listed.get(name)),
+            _td(audit.files.get(name), _file_css(audit.files.get(name))),
+        ]
+        for name in names
+    ]
     return "<h2>Result files</h2>" + _table(["file", "SHA-256 in the ledger", "on disk"], rows)
 
 
 def _file_css(state: str | None) -> str:
-    return "trained" if state == "unchanged" else "refused"
+    return "trained" if state in ("unchanged", "appended") else "refused"
 
 
 def _timeline(entries: list[Entry]) -> str:
-    rows = [[_td(e.seq), _td(e.time), _td(e.kind), _td(describe_record(e))] for e in entries]
+    rows = [
+        [_td(e.seq), _td(e.time, "time"), _td(e.kind, "time"), _td(describe_record(e))]
+        for e in entries
+    ]
     return "<h2>Timeline (coordinator ledger)</h2>" + _table(
         ["seq", "time (UTC)", "event", "details"], rows
     )
@@ -308,6 +328,13 @@ def describe_record(entry: Entry) -> str:
         return f"final model {_short(data.get('final_model_hash'))}; {files} result files"
     if kind == "study-failed":
         return f"failed: {data.get('error')}"
+    if kind == SEAL:
+        logs = ", ".join(
+            f"{name} ({info.get('bytes')} bytes)" for name, info in data.get("logs", {}).items()
+        )
+        return f"sealed {len(data.get('files', {}))} files" + (
+            f" and the log {logs}" if logs else ""
+        )
     return ", ".join(f"{k}={v}" for k, v in data.items())
 
 

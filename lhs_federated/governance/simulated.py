@@ -60,12 +60,10 @@ def simulated_site_folder(run_sites: Path, site: str, study: Study, code_hash: s
                 "(governance.site_folders); create it with "
                 f"`lhs-fed site init {folder} --name {site}` and approve the study there."
             )
-        return SiteFolder.open(folder, site=site)
+        return _opened(folder, site)
     folder = run_sites / site
     opened = (
-        SiteFolder.open(folder, site=site)
-        if (folder / LEDGER_FILE).is_file()
-        else SiteFolder.init(folder, site)
+        _opened(folder, site) if (folder / LEDGER_FILE).is_file() else SiteFolder.init(folder, site)
     )
     if study.governance.preapproved and not opened.is_approved(study.hash, code_hash):
         opened.approve(
@@ -77,3 +75,25 @@ def simulated_site_folder(run_sites: Path, site: str, study: Study, code_hash: s
             preapproved=True,
         )
     return opened
+
+
+def _opened(folder: Path, site: str) -> SiteFolder:
+    """The site folder, opened once per process while its ledger file stays the same.
+
+    A simulation asks for every site's folder with every message; opening one
+    loads its keys and reads its headers. Approval checks and appends read the
+    files each time anyway, so reusing the object grants nothing the files
+    do not.
+    """
+    info = (folder / LEDGER_FILE).stat()
+    key = (str(folder.resolve()), site, info.st_dev, info.st_ino)
+    cached = _OPENED.get(key)
+    if cached is None:
+        if len(_OPENED) >= _OPENED_MAX:
+            _OPENED.clear()
+        cached = _OPENED[key] = SiteFolder.open(folder, site=site)
+    return cached
+
+
+_OPENED_MAX = 10_000
+_OPENED: dict[tuple[str, str, int, int], SiteFolder] = {}

@@ -45,7 +45,13 @@ from lhs_federated.governance.keys import (
     load_public_key,
     write_key_pair,
 )
-from lhs_federated.governance.ledger import Entry, Ledger, canonical_json, read_header
+from lhs_federated.governance.ledger import (
+    Entry,
+    Ledger,
+    canonical_json,
+    parse_line,
+    read_header,
+)
 
 KEY_FILE = "site.key"
 PUBLIC_FILE = "site.pub"
@@ -95,6 +101,12 @@ class SentMessage:
         Hash of the approval record that allowed the site to answer.
     detail : str or None
         The error reason (refusals, errors, crashes).
+    coordinator_key : str or None
+        Fingerprint of the key the coordinator says signs its ledger: pins the
+        key an auditor must verify the coordinator's ledger with.
+    received_arrays_hash : str or None
+        Hash of the model arrays the message brought (the global model the
+        coordinator sent this site), to show a site sent another model.
     """
 
     run_id: int
@@ -110,6 +122,8 @@ class SentMessage:
     epsilon: float | None = None
     approval: str | None = None
     detail: str | None = None
+    coordinator_key: str | None = None
+    received_arrays_hash: str | None = None
 
 
 def error_digest(code: int, reason: str) -> tuple[str, int]:
@@ -139,6 +153,7 @@ class SiteFolder:
         self.registry = ApprovalRegistry(
             folder / APPROVALS_FILE, site=site, public_key=self.public_key, key=key
         )
+        self._ledger: Ledger | None = None
 
     @classmethod
     def init(cls, folder: str | Path, site: str) -> SiteFolder:
@@ -217,7 +232,11 @@ class SiteFolder:
         """The site ledger, open for appending."""
         if self._key is None:
             raise ConfigError(f"recording in site {self.site!r}'s ledger needs its private key.")
-        return Ledger.open(self.folder / LEDGER_FILE, self._key, role=ROLE, owner=self.site)
+        if self._ledger is None:  # opened once: every append locks and checks the file anyway
+            self._ledger = Ledger.open(
+                self.folder / LEDGER_FILE, self._key, role=ROLE, owner=self.site
+            )
+        return self._ledger
 
     def approve(
         self,
@@ -275,10 +294,31 @@ class SiteFolder:
             If the study and code are not approved here (the reason says why).
         """
         try:
-            return self.registry.check(study_hash, code_hash)
+            return self.registry.check(study_hash, code_hash, anchor=self._registry_anchor())
         except SiteRefusal as refusal:
             self.record_refusal(study_hash, code_hash, refusal.reason, context=context)
             raise
+
+    def _registry_anchor(self) -> tuple[str, str] | None:
+        """The registry record the site ledger last names (approval or revocation), if any.
+
+        The site ledger is the signed record of what the site decided; the
+        registry it names must be at least that recent. Only lines of those
+        two kinds are parsed, and the one used must carry the site's signature.
+        """
+        path = self.folder / LEDGER_FILE
+        marks = (f'"kind":"{APPROVAL}"'.encode(), f'"kind":"{REVOCATION}"'.encode())
+        for raw in reversed(path.read_bytes().splitlines()):
+            if not any(mark in raw for mark in marks):
+                continue
+            try:
+                entry = parse_line(raw, 0)
+            except ValueError:
+                continue
+            if entry.content_matches_hash() and entry.signed_by(self.public_key):
+                record = entry.data.get("registry_record")
+                return (str(record), str(path)) if record else None
+        return None
 
     def record_refusal(
         self,
@@ -324,6 +364,7 @@ class SiteFolder:
         final_seq: int,
         final_hash: str,
         status: str,
+        coordinator_key: str | None = None,
     ) -> Entry:
         """Record the coordinator's final ledger hash of a study the site took part in.
 
@@ -341,6 +382,7 @@ class SiteFolder:
                     "final_seq": final_seq,
                     "final_hash": final_hash,
                     "status": status,
+                    "key_fingerprint": coordinator_key,
                 },
             },
         )

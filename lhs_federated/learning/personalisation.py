@@ -27,6 +27,8 @@ from lhs_federated.study import Study
 # Strategy names whose sites fine-tune before scoring (see apps/fine_tuning.py).
 FINE_TUNING_STRATEGIES = frozenset({"fedavg-ft"})
 DEFAULT_FINE_TUNE_STEPS = 10
+#: The most local steps a site takes before scoring (a worker is never held for weeks).
+MAX_FINE_TUNE_STEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,20 @@ class FineTuning:
     learning_rate: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"fine_tune_steps must be an integer >= 1; got {self.steps!r}")
+        steps = self.steps
+        if (
+            isinstance(steps, bool)
+            or not isinstance(steps, int)
+            or not 1 <= steps <= MAX_FINE_TUNE_STEPS
+        ):
+            raise ValueError(
+                f"fine_tune_steps must be an integer from 1 to {MAX_FINE_TUNE_STEPS}; got {steps!r}"
+            )
         lr = self.learning_rate
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-            raise ValueError(f"fine_tune_learning_rate must be a number > 0; got {lr!r}")
+        if lr is not None and (
+            isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 10
+        ):
+            raise ValueError(f"fine_tune_learning_rate must be a number > 0 and <= 10; got {lr!r}")
 
 
 def fine_tuning_of(study: Study) -> FineTuning | None:

@@ -75,6 +75,11 @@ def summarise_site(site: SiteData, study: Study, *, min_cell_size: int) -> SiteS
     )
 
 
+def min_test_cases(study: Study) -> int:
+    """Test rows, and cases of each class, a site needs to count in the federation's means."""
+    return study.evaluation.min_test_cases or study.sites.min_cell_size
+
+
 def variance_ddof(study: Study) -> int:
     """Delta degrees of freedom of the study's scales (0: divide by n, 1: by n - 1)."""
     return 1 if study.preprocessing.std_divisor == "n-1" else 0

@@ -12,14 +12,22 @@ or process runs it.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from lhs_federated.errors import TrainingDivergedError, TrainingWarning
 from lhs_federated.learning.parameters import get_arrays
 from lhs_federated.study import TrainingSpec
+
+# The mean binary cross-entropy of predicting 1/2 for everyone is ln 2 (0.69); a
+# loss ten times that is far worse than no model: the optimiser is diverging
+# (too high a learning rate, unscaled inputs) rather than learning.
+DIVERGED_LOSS = 10 * math.log(2)
+GROWTH = 10.0  # a round whose loss ends this many times above its start diverges
 
 
 @dataclass(frozen=True)
@@ -130,12 +138,58 @@ def train_local(
                     total = loss + 0.5 * proximal_mu * drift
                 if linear:
                     total = total + sum((p * c).sum() for p, c in linear)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(
+                        f"training diverged: the loss became {value} at step {len(losses) + 1} "
+                        f"of {total_steps} ({_remedy(spec)}); the update is not sent"
+                    )
                 total.backward()
                 optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(value)
                 if len(losses) == total_steps:
                     break
+    check_losses(losses, spec)
     return LocalUpdate(get_arrays(model), n, float(np.mean(losses)), total_steps)
+
+
+def check_losses(losses: list[float], spec: TrainingSpec) -> None:
+    """Stop an update whose training diverged; warn about one that recovered.
+
+    Diverged: the loss at the end of the round (mean of its last tenth of
+    steps) is above :data:`DIVERGED_LOSS`, or above ln 2 after growing
+    :data:`GROWTH`-fold from the start of the round. Recovered: a step's loss
+    passed :data:`DIVERGED_LOSS` but the round ended below it.
+
+    Raises
+    ------
+    TrainingDivergedError
+        With the losses and what to change, as the site's reply to the round.
+    """
+    window = max(1, len(losses) // 10)
+    start, end = float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
+    growing = end > GROWTH * start and end > math.log(2)
+    if end > DIVERGED_LOSS or growing:
+        raise TrainingDivergedError(
+            f"training diverged: the loss ended the round at {end:.3g} after starting at "
+            f"{start:.3g} ({len(losses)} steps; a constant prediction scores 0.693; "
+            f"{_remedy(spec)}); the update is not sent"
+        )
+    peak = max(losses)
+    if peak > DIVERGED_LOSS:
+        warnings.warn(
+            f"local training was unstable: the loss reached {peak:.3g} before ending at "
+            f"{end:.3g} ({_remedy(spec)})",
+            TrainingWarning,
+            stacklevel=3,
+        )
+
+
+def _remedy(spec: TrainingSpec) -> str:
+    return (
+        f"lower training.learning_rate, now {spec.learning_rate:g}, or standardise the inputs "
+        "(preprocessing.scaling = 'federated')"
+    )
 
 
 def predict_proba(model: nn.Module, features: np.ndarray) -> np.ndarray:

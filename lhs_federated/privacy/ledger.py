@@ -203,7 +203,8 @@ class PrivacyLedger:
         """Write the ledger atomically and durably."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never world-readable
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(self.state_dict(), handle, indent=2)
             handle.write("\n")
             handle.flush()

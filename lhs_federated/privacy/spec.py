@@ -29,6 +29,10 @@ from lhs_federated.errors import ConfigError
 CLIENT_DP_STRATEGIES = ("fedavg", "fedprox")
 
 
+#: The largest study epsilon accepted (accepted: > 0 and <= 100).
+MAX_STUDY_EPSILON = 100.0
+
+
 @dataclass(frozen=True)
 class ClientDPSpec:
     """Client-level DP with Flower's strategy wrappers (``[privacy.client]``)."""
@@ -89,10 +93,13 @@ class PrivacySpec:
     )
 
     def __post_init__(self) -> None:
-        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+        if self.epsilon is not None and not (
+            math.isfinite(self.epsilon) and 0 < self.epsilon <= MAX_STUDY_EPSILON
+        ):
             raise ValueError(
-                f"privacy.epsilon must be a positive number (the privacy loss a site "
-                f"accepts for the study, e.g. 1.0); got {self.epsilon!r}."
+                f"privacy.epsilon must be a positive number of at most {MAX_STUDY_EPSILON:g} "
+                f"(the privacy loss a site accepts for the study, e.g. 1.0; beyond "
+                f"{MAX_STUDY_EPSILON:g} DP promises nothing); got {self.epsilon!r}."
             )
         if not (math.isfinite(self.delta) and 0 < self.delta < 1):
             raise ValueError(

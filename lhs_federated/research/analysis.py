@@ -5,19 +5,24 @@ federated model be set beside the pooled and local-only models
 (:mod:`lhs_federated.research.baselines`) and scored on all sites' test rows together.
 :func:`analyse_run` does that for a finished run folder and adds to it:
 
-- ``comparison.csv``: every model (``federated``, ``pooled``, ``local:<site>``)
-  scored at every site's test split and on all test rows together
-  (``all-sites``), one row per model, place and metric;
+- ``comparison.csv``: the ``federated`` and ``pooled`` models scored at every
+  site's test split and on all test rows together (``all-sites``), and each
+  ``local:<site>`` model at its own site (and its AUROC and accuracy on all
+  test rows), one row per model, place and metric;
+- ``cross_site.csv``: each local model's AUROC and accuracy at every site and
+  on all test rows (:mod:`lhs_federated.research.cross_site`);
 - ``calibration.csv``: the final federated model's calibration curve at each
-  site (equal-width bins; bins with fewer people than the minimum cell size
-  are left out);
+  site (equal-width bins; bins with fewer people, or fewer cases of a class,
+  than the minimum cell size are left out);
 - ``summary.json``: a ``comparison`` table (federated, pooled and local per
   site and on average, and the gain from federation, federated minus local)
   and the ``baselines`` budget, rewritten atomically.
 
 The federated model is scored exactly as the sites scored it (same
 preprocessing, same fine-tuning for personalised strategies), so the
-comparison's federated column equals the last round of ``metrics.csv``.
+comparison's federated column equals the last round of ``metrics.csv``; and
+under the same disclosure control as a site's replies (a site's metrics on
+fewer test rows than the minimum cell size are withheld, whatever the model).
 """
 
 from __future__ import annotations
@@ -31,7 +36,12 @@ from typing import Any
 import numpy as np
 
 from lhs_federated.data.sources import SiteData, load_sites
-from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, nan_weighted_mean
+from lhs_federated.learning.metrics import (
+    MEAN_METRICS,
+    METRIC_NAMES,
+    MetricReport,
+    nan_weighted_mean,
+)
 from lhs_federated.learning.personalisation import fine_tuning_of, personalise
 from lhs_federated.learning.site import (
     federated_standardizer,
@@ -40,13 +50,21 @@ from lhs_federated.learning.site import (
     site_standardizer,
     summarise_site,
 )
+from lhs_federated.privacy.egress import suppress_evaluation
 from lhs_federated.research.baselines import POOLED, local_name, train_baselines
+from lhs_federated.research.cross_site import SUMMARY_MAX_SITES, CrossSiteMatrix, score_cross_site
+from lhs_federated.research.cross_site_file import (
+    CROSS_SITE_FILE,
+    CROSS_SITE_METRICS,
+    write_cross_site,
+)
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.results.writer import write_json
 from lhs_federated.study import Study
 
 FEDERATED = "federated"
 ALL_SITES = "all-sites"
-COMPARED_METRICS = tuple(m for m in METRIC_NAMES if m not in ("n", "prevalence"))
+COMPARED_METRICS = tuple(m for m in MEAN_METRICS if m != "prevalence")
 COMPARISON_COLUMNS = ("model", "evaluated_at", "metric", "value", "reason")
 CALIBRATION_COLUMNS = ("model", "site", "bin", "lower", "upper", "n", "mean_predicted", "observed")
 
@@ -101,25 +119,69 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             for s in sites
         }
     }
-    baselines = train_baselines(study, sites, standardizers) if study.baselines.enabled else {}
-    for name, model in baselines.items():
-        predictions[name] = {
-            s.name: predict_at_site(study, model.arrays, s.test.features, standardizers[s.name])
+    progress = _StepProgress(out_dir)
+    baselines = (
+        train_baselines(
+            study,
+            sites,
+            standardizers,
+            on_trained=lambda done, total: progress(
+                f"baselines: {done} of {total} models trained", done, total
+            ),
+        )
+        if study.baselines.enabled
+        else {}
+    )
+    if POOLED in baselines:
+        predictions[POOLED] = {
+            s.name: predict_at_site(
+                study, baselines[POOLED].arrays, s.test.features, standardizers[s.name]
+            )
             for s in sites
         }
-    scores = {name: _score(study, sites, by_site) for name, by_site in predictions.items()}
+    cell = study.sites.min_cell_size
+    rows = {FEDERATED: cell}  # sites below the cell size never train
+    rows.update({name: model.n_rows for name, model in baselines.items()})
+    scores = {
+        name: _score(study, sites, by_site, trained_on=rows[name])
+        for name, by_site in predictions.items()
+    }
+    cross = None
+    if baselines:  # local models: full metrics at home, the matrix's metrics everywhere
+        progress(f"cross-site matrix: {len(sites)} local models at {len(sites)} sites", 0, 1)
+        cross = score_cross_site(
+            study,
+            sites,
+            [baselines[local_name(s.name)].arrays for s in sites],
+            standardizers,
+            min_cell_size=cell,
+        )
+        progress("cross-site matrix scored", 1, 1)
+        for i, site in enumerate(sites):
+            name = local_name(site.name)
+            home = predict_at_site(
+                study, baselines[name].arrays, site.test.features, standardizers[site.name]
+            )
+            report = _guarded(score_predictions(study, site.test.outcome, home), cell, rows[name])
+            everywhere = _guarded(_matrix_report(cross, i, sites), cell, rows[name])
+            scores[name] = ModelScores({site.name: report}, everywhere)
+            for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
+                cross.values[metric][i, i] = report.values[metric]
+        write_cross_site(out_dir / CROSS_SITE_FILE, cross.sites, cross.values, cross.all_sites)
 
     _write_comparison(out_dir / "comparison.csv", scores)
     _write_calibration(out_dir / "calibration.csv", study, sites, predictions[FEDERATED])
     summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-    summary["comparison"] = comparison_table(scores, [s.name for s in sites])
+    counted = summary["final"].get("counted_sites", [s.name for s in sites])
+    summary["comparison"] = comparison_table(scores, [s.name for s in sites], counted, cross)
     if baselines:
+        cell = study.sites.min_cell_size
         summary["baselines"] = {
             "budget": "fixed epochs" if study.baselines.epochs else "the federation's steps",
             "pooled_scaling": study.baselines.pooled_scaling,
             "models": {
                 name: {
-                    "rows": model.n_rows,
+                    "rows": model.n_rows if model.n_rows >= cell else f"<{cell}",
                     "steps": model.training.steps,
                     "optimizer": model.training.optimizer,
                     "learning_rate": model.training.learning_rate,
@@ -132,21 +194,88 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-def _score(study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray]) -> ModelScores:
-    per_site = {s.name: score_predictions(study, s.test.outcome, by_site[s.name]) for s in sites}
+def _score(
+    study: Study, sites: list[SiteData], by_site: dict[str, np.ndarray], *, trained_on: int
+) -> ModelScores:
+    """A model's scores at every site and on all test rows, guarded (see :func:`_guarded`)."""
+    cell = study.sites.min_cell_size
     outcome = np.concatenate([s.test.outcome for s in sites])
     everything = np.concatenate([by_site[s.name] for s in sites])
-    return ModelScores(per_site, score_predictions(study, outcome, everything))
+    per_site = {
+        s.name: _guarded(
+            score_predictions(study, s.test.outcome, by_site[s.name]), cell, trained_on
+        )
+        for s in sites
+    }
+    all_sites = _guarded(score_predictions(study, outcome, everything), cell, trained_on)
+    return ModelScores(per_site, all_sites)
 
 
-def comparison_table(scores: dict[str, ModelScores], sites: list[str]) -> dict[str, Any]:
+def _guarded(report: MetricReport, cell: int, trained_on: int) -> MetricReport:
+    """A report under the disclosure control a site's egress guard applies.
+
+    Metrics on fewer test rows than the minimum cell size are withheld, and so
+    is the prevalence when it gives a small count of cases away
+    (:func:`~lhs_federated.privacy.egress.suppress_evaluation`); every score of
+    a model trained on fewer rows than the cell size (the local-only model of a
+    tiny site) is withheld too.
+    """
+    if trained_on < cell:
+        reason = f"withheld: model trained on fewer rows than the minimum cell size ({cell})"
+        return MetricReport(
+            {m: float("nan") for m in report.values}, dict.fromkeys(report.values, reason)
+        )
+    return MetricReport(
+        *suppress_evaluation(
+            report.values, report.undefined, n_key="n", weight_keys=(), min_cell_size=cell
+        )
+    )
+
+
+class _StepProgress:
+    """Progress events of the analysis step: about ten per stage, however many sites."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._run_dir = run_dir
+        self._shown = -1.0
+
+    def __call__(self, message: str, done: int, total: int) -> None:
+        share = done / max(total, 1)
+        if done in (0, total) or share - self._shown >= 0.1:
+            self._shown = -1.0 if done == total else share
+            data = {"step": "analysis", "done": done, "total": total}
+            report_progress(ProgressEvent("step", message, data), run_dir=self._run_dir)
+
+
+def _matrix_report(cross: CrossSiteMatrix, i: int, sites: list[SiteData]) -> MetricReport:
+    """A local model on all sites' test rows: the matrix's metrics, the rest undefined."""
+    outcome = np.concatenate([s.test.outcome for s in sites])
+    values = {m: float("nan") for m in METRIC_NAMES}
+    values["n"], values["prevalence"] = float(len(outcome)), float(outcome.mean())
+    for metric in CROSS_SITE_METRICS:
+        values[metric] = float(cross.all_sites[metric][i])
+    reason = "local-only models are scored away from home on AUROC and accuracy only"
+    undefined = {m: reason for m in COMPARED_METRICS if m not in CROSS_SITE_METRICS}
+    return MetricReport(values, undefined)
+
+
+def comparison_table(
+    scores: dict[str, ModelScores],
+    sites: list[str],
+    counted: list[str],
+    cross: CrossSiteMatrix | None = None,
+) -> dict[str, Any]:
     """Federated, pooled and local per site and on average, and the gain from federation.
 
     ``local`` at a site is that site's own local-only model; ``gain`` is
     federated minus local (for Brier score and ECE, lower is better, so a
-    negative gain is an improvement). Means are unweighted over the sites
+    negative gain is an improvement). Means follow the run's one definition
+    (``summary.json`` ``final.mean_definition``): unweighted over the
+    ``counted`` sites (those with enough test rows and cases of each class)
     where a metric is defined. ``cross_site`` holds each local model's AUROC
-    and accuracy at every site.
+    and accuracy at every site (``cross``), when there are at most
+    :data:`~lhs_federated.research.cross_site.SUMMARY_MAX_SITES` sites
+    (``cross_site.csv`` always holds it).
     """
 
     def clean(value: float) -> float | None:
@@ -169,7 +298,9 @@ def comparison_table(scores: dict[str, ModelScores], sites: list[str]) -> dict[s
         columns.append("gain")
     mean = {
         column: {
-            m: clean(nan_weighted_mean([per_site[s][column][m] for s in sites], [1.0] * len(sites)))
+            m: clean(
+                nan_weighted_mean([per_site[s][column][m] for s in counted], [1.0] * len(counted))
+            )
             for m in COMPARED_METRICS
         }
         for column in columns
@@ -181,21 +312,14 @@ def comparison_table(scores: dict[str, ModelScores], sites: list[str]) -> dict[s
             for site, row in per_site.items()
         },
         "mean": mean,
+        "counted_sites": list(counted),
         ALL_SITES: {
             name: {m: clean(s.all_sites.values[m]) for m in COMPARED_METRICS}
             for name, s in scores.items()
         },
     }
-    if POOLED in scores:
-        table["cross_site"] = {
-            metric: {
-                site: {
-                    at: clean(scores[local_name(site)].per_site[at].values[metric]) for at in sites
-                }
-                for site in sites
-            }
-            for metric in ("auroc", "accuracy")
-        }
+    if cross is not None and len(sites) <= SUMMARY_MAX_SITES:
+        table["cross_site"] = {metric: cross.as_dict(metric) for metric in CROSS_SITE_METRICS}
     return table
 
 
@@ -221,7 +345,7 @@ def _write_comparison(path: Path, scores: dict[str, ModelScores]) -> None:
 def _write_calibration(
     path: Path, study: Study, sites: list[SiteData], predictions: dict[str, np.ndarray]
 ) -> None:
-    bins = study.evaluation.calibration_bins
+    bins, cell = study.evaluation.calibration_bins, study.sites.min_cell_size
     edges = np.linspace(0.0, 1.0, bins + 1)
     rows = []
     for site in sites:
@@ -230,8 +354,9 @@ def _write_calibration(
         for b in range(bins):
             members = which == b
             n = int(members.sum())
-            if n < study.sites.min_cell_size:
-                continue
+            positives = int(site.test.outcome[members].sum())
+            if n < cell or any(0 < count < cell for count in (positives, n - positives)):
+                continue  # a bin of few people, or one giving a small count of cases away
             rows.append(
                 (
                     FEDERATED,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,11 @@ def baseline_training(study: Study, n_rows: int, federation_steps: int) -> Train
 
 
 def train_baselines(
-    study: Study, sites: list[SiteData], standardizers: dict[str, Standardizer]
+    study: Study,
+    sites: list[SiteData],
+    standardizers: dict[str, Standardizer],
+    *,
+    on_trained: Callable[[int, int], None] | None = None,
 ) -> dict[str, BaselineModel]:
     """Train the pooled model and every site's local-only model.
 
@@ -113,6 +118,9 @@ def train_baselines(
         Every simulated site's split rows.
     standardizers : dict of str to Standardizer
         Each site's preprocessing, as the federation applies it.
+    on_trained : callable, optional
+        Called with (models trained, models to train) after each model, so a
+        long analysis can show its progress.
 
     Returns
     -------
@@ -126,7 +134,9 @@ def train_baselines(
             study, POOLED, pooled_x, pooled_y, study.rounds * sum(per_round.values())
         )
     }
-    for site in sites:
+    if on_trained is not None:
+        on_trained(1, len(sites) + 1)
+    for done, site in enumerate(sites, start=2):
         name = local_name(site.name)
         models[name] = train_baseline(
             study,
@@ -135,6 +145,8 @@ def train_baselines(
             site.train.outcome,
             study.rounds * per_round[site.name],
         )
+        if on_trained is not None:
+            on_trained(done, len(sites) + 1)
     return models
 
 

@@ -24,6 +24,10 @@ from matplotlib.ticker import MaxNLocator
 DPI = 100
 MODEL_COLOURS = {"federated": "#1f77b4", "pooled": "#7f7f7f", "local": "#ff7f0e"}
 LABELS = {"auroc": "AUROC", "accuracy": "accuracy", "brier": "Brier score", "ece": "ECE"}
+#: Above this many sites a figure draws no per-site labels, lines or legend entries.
+LABELLED_SITES_MAX = 20
+#: Above this many sites per-site bars become distributions.
+BARS_SITES_MAX = 50
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -55,9 +59,17 @@ def convergence(per_round: pd.DataFrame, metrics: Sequence[str] = ("auroc", "acc
     figure = _figure(5.2 * len(metrics), 3.6)
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     table = per_round.reset_index()
+    many = table["site"].nunique() > LABELLED_SITES_MAX
     for ax, metric in zip(axes, metrics, strict=True):
-        for site, rows in table.groupby("site", sort=True):
-            ax.plot(rows["round"], rows[metric], marker=".", linewidth=1, label=str(site))
+        if many:  # the spread of sites, not one line each
+            by_round = table.groupby("round")[metric]
+            low, high = by_round.quantile(0.1), by_round.quantile(0.9)
+            ax.fill_between(low.index, low, high, alpha=0.25, label="10th-90th percentile")
+            median = by_round.median()
+            ax.plot(median.index, median.to_numpy(), linewidth=1.5, label="median site")
+        else:
+            for site, rows in table.groupby("site", sort=True):
+                ax.plot(rows["round"], rows[metric], marker=".", linewidth=1, label=str(site))
         mean = table.groupby("round")[metric].mean()
         ax.plot(mean.index, mean.to_numpy(), color="black", linewidth=2.5, label="mean of sites")
         ax.set_xlabel("round")
@@ -84,6 +96,8 @@ def model_comparison(
     sites = list(comparison["per_site"])
     groups = [*sites, "mean"]
     columns = [c for c in ("federated", "pooled", "local") if c in comparison["mean"]]
+    if len(sites) > BARS_SITES_MAX:
+        return _model_distributions(comparison, sites, columns, metrics)
     figure = _figure(max(5.0, 1.1 * len(groups) + 2) * len(metrics) / 1.4, 3.8)
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     width = 0.8 / len(columns)
@@ -110,6 +124,27 @@ def model_comparison(
     return _png(figure)
 
 
+def _model_distributions(
+    comparison: dict[str, Any], sites: list[str], columns: list[str], metrics: Sequence[str]
+) -> bytes:
+    """Box plots over sites of each model's metric: many sites' bars, summarised."""
+    figure = _figure(4.6 * len(metrics), 3.8)
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        data = []
+        for column in columns:
+            values = [comparison["per_site"][s][column].get(metric) for s in sites]
+            data.append([v for v in values if v is not None])
+        parts = ax.boxplot(data, tick_labels=columns, patch_artist=True, showfliers=False)
+        for patch, column in zip(parts["boxes"], columns, strict=True):
+            patch.set_facecolor(MODEL_COLOURS[column])
+            patch.set_alpha(0.6)
+        ax.set_ylabel(_label(metric))
+        ax.set_title(f"{_label(metric)} over {len(sites)} sites")
+        ax.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
 def calibration_curves(calibration: pd.DataFrame) -> bytes:
     """Observed event rate against mean predicted risk, per site.
 
@@ -122,8 +157,12 @@ def calibration_curves(calibration: pd.DataFrame) -> bytes:
     figure = _figure(5.0, 4.6)
     ax = figure.subplots()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    many = calibration["site"].nunique() > LABELLED_SITES_MAX
     for site, rows in calibration.groupby("site", sort=True):
-        ax.plot(rows["mean_predicted"], rows["observed"], marker="o", label=str(site))
+        if many:  # one thin line per site, no legend entry
+            ax.plot(rows["mean_predicted"], rows["observed"], color="#1f77b4", alpha=0.15, lw=0.8)
+        else:
+            ax.plot(rows["mean_predicted"], rows["observed"], marker="o", label=str(site))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("mean predicted risk (bin)")
@@ -140,6 +179,8 @@ def site_data(sites: pd.DataFrame) -> bytes:
     Counts a site withheld (below its minimum cell size) are left out.
     """
     table = sites.set_index("site").apply(pd.to_numeric, errors="coerce")
+    if len(table) > BARS_SITES_MAX:
+        return _site_distributions(table)
     figure = _figure(10.0, 3.8)
     size_ax, prevalence_ax = figure.subplots(1, 2)
     x = np.arange(len(table))
@@ -178,22 +219,59 @@ def site_data(sites: pd.DataFrame) -> bytes:
     return _png(figure)
 
 
-def cross_site_matrix(matrix: dict[str, dict[str, float | None]], metric: str) -> bytes:
-    """Heat map: each site's local-only model (rows) scored at every site (columns)."""
-    sites = list(matrix)
-    values = np.array(
-        [[np.nan if matrix[a][b] is None else matrix[a][b] for b in sites] for a in sites]
-    )
-    figure = _figure(0.8 * len(sites) + 3.0, 0.6 * len(sites) + 2.0)
+def _site_distributions(table: pd.DataFrame) -> bytes:
+    """Histograms of site sizes and prevalences: many sites' bars, summarised.
+
+    Sites that withheld a count (below their minimum cell size) are left out.
+    """
+    figure = _figure(10.0, 3.6)
+    size_ax, prevalence_ax = figure.subplots(1, 2)
+    rows = (table["n_train"] + table["n_test"]).dropna().to_numpy(float)
+    size_ax.hist(rows, bins=30, color="#9ecae1")
+    size_ax.set_xlabel("patients per site (train + test)")
+    size_ax.set_ylabel("sites")
+    size_ax.set_title(f"Rows per site ({len(rows)} of {len(table)} sites)")
+    prevalence = (
+        (table["positives_train"] + table["positives_test"]) / (table["n_train"] + table["n_test"])
+    ).dropna()
+    prevalence_ax.hist(prevalence.to_numpy(float), bins=30, range=(0, 1), color="#756bb1")
+    prevalence_ax.set_xlabel("share with the outcome")
+    prevalence_ax.set_ylabel("sites")
+    prevalence_ax.set_title(f"Outcome prevalence ({len(prevalence)} of {len(table)} sites)")
+    for ax in (size_ax, prevalence_ax):
+        ax.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
+def cross_site_matrix(sites: Sequence[str], values: np.ndarray, metric: str) -> bytes:
+    """Heat map: each site's local-only model (rows) scored at every site (columns).
+
+    Up to :data:`LABELLED_SITES_MAX` sites every cell carries its value and every
+    site its name; above, the picture alone (a report lists the best and worst
+    sites beside it). The figure's size is capped, so drawing is linear in cells.
+    """
+    k = len(sites)
+    labelled = k <= LABELLED_SITES_MAX
+    side = min(0.8 * k + 3.0, 9.0)
+    figure = _figure(side, min(0.6 * k + 2.0, 8.0))
     ax = figure.subplots()
+    finite = np.isfinite(values)
     image = ax.imshow(
-        values, cmap="viridis", vmin=np.nanmin(values) if np.isfinite(values).any() else 0, vmax=1
+        values,
+        cmap="viridis",
+        vmin=np.nanmin(values) if finite.any() else 0,
+        vmax=1,
+        interpolation="nearest",
     )
-    for (i, j), value in np.ndenumerate(values):
-        if not math.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white", fontsize=9)
-    ax.set_xticks(range(len(sites)), sites, rotation=30, ha="right")
-    ax.set_yticks(range(len(sites)), sites)
+    if labelled:
+        for (i, j), value in np.ndenumerate(values):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white", fontsize=9)
+        ax.set_xticks(range(k), list(sites), rotation=30, ha="right")
+        ax.set_yticks(range(k), list(sites))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("scored at (test split)")
     ax.set_ylabel("local model trained at")
     ax.set_title(f"Local-only models across sites: {_label(metric)}")

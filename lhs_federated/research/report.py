@@ -24,10 +24,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lhs_federated.errors import ConfigError
+from lhs_federated.research import report_sites
+from lhs_federated.research.cross_site_file import CROSS_SITE_FILE, read_cross_site
 from lhs_federated.results.notes import run_notes
+from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.results.reader import read_results
 from lhs_federated.results.writer import utc_now
 
@@ -83,18 +87,24 @@ def write_run_report(run_dir: str | Path) -> Path:
     rounds = pd.read_csv(run_dir / "rounds.csv", dtype=str, keep_default_na=False)
     comparison = summary.get("comparison")
 
+    def step(what: str, done: int) -> None:
+        data = {"step": "report", "done": done, "total": 3}
+        report_progress(ProgressEvent("step", f"report: {what}", data), run_dir=run_dir)
+
+    step(f"study and data of {len(sites)} sites", 0)
     parts = [
         f"<h1>{_e(summary['study'])}: federated study report</h1>",
         f"<p>{_e(study.get('description', ''))}</p>",
+        f"<p><strong>As run:</strong> {_e(_as_run(summary, versions, sites))}</p>",
         f"<p class='muted'>study hash <code>{_e(summary['study_hash'])}</code> · "
         f"{_e(summary['status'])} {_e(summary['finished_at'])} · {summary['seconds']:.1f} s · "
         f"engine {_e(versions.get('engine', '?'))}</p>",
         "<h2>Study</h2>",
-        _key_values(_study_facts(study)),
+        _key_values(_study_facts(study, versions.get("engine", ""))),
         f"<details><summary>Resolved study (TOML)</summary><pre>"
         f"{_e((run_dir / 'study.resolved.toml').read_text(encoding='utf-8'))}</pre></details>",
         "<h2>Data per site</h2>",
-        _frame_table(sites, text_columns=("site",)),
+        _sites_table(sites),
         "<p class='muted'>Counts below a site's minimum cell size are withheld "
         "(shown as &lt;N).</p>",
         _figure(plots.site_data(sites), "Rows and outcome prevalence per site"),
@@ -103,10 +113,14 @@ def write_run_report(run_dir: str | Path) -> Path:
         _notes(run_notes(summary)),
     ]
     if comparison is not None:
-        parts.append(_comparison_section(comparison, summary, plots))
+        step("federated vs pooled vs local, cross-site matrix", 1)
+        parts.append(_comparison_section(comparison, summary, plots, run_dir))
+    step("final metrics, convergence, calibration", 2)
     parts += [
         "<h3>Final round, federated model, every metric</h3>",
         _final_table(summary["final"]),
+        "<p class='muted'>* shown but left out of the means (too few test rows or cases of a "
+        "class; see the notes above). AUROC 95% CI: DeLong, at each site.</p>",
         _undefined(summary["final"].get("undefined", {})),
         _figure(plots.convergence(results.per_round), "Convergence per site and on average"),
     ]
@@ -123,7 +137,7 @@ def write_run_report(run_dir: str | Path) -> Path:
             )
     parts += [
         "<h2>Rounds</h2>",
-        _frame_table(rounds, text_columns=("trained", "failed")),
+        _frame_table(_rounds_shown(rounds, len(sites)), text_columns=("trained", "failed")),
         "<h2>Reproducibility</h2>",
         _key_values(
             {
@@ -138,44 +152,32 @@ def write_run_report(run_dir: str | Path) -> Path:
     return _write(run_dir, f"{summary['study']} report", parts)
 
 
-def _comparison_section(comparison: dict[str, Any], summary: dict[str, Any], plots: Any) -> str:
+def _comparison_section(
+    comparison: dict[str, Any], summary: dict[str, Any], plots: Any, run_dir: Path
+) -> str:
     columns = [c for c in ("federated", "pooled", "local", "gain") if c in comparison["mean"]]
     metrics = ("auroc", "accuracy", "brier")
     headers = ["site"] + [f"{_short(m)} {c}" for m in metrics for c in columns]
-    rows = []
-    for site, row in comparison["per_site"].items():
-        rows.append(
-            [site]
-            + [
-                _number(row[c].get(m), gain=c == "gain", lower_is_better=m in LOWER_IS_BETTER)
-                for m in metrics
-                for c in columns
-            ]
-        )
-    mean = comparison["mean"]
-    rows.append(
-        ["mean"]
-        + [
-            _number(mean[c].get(m), gain=c == "gain", lower_is_better=m in LOWER_IS_BETTER)
-            for m in metrics
-            for c in columns
-        ]
-    )
+    keys = [(m, c) for m in metrics for c in columns]
+
+    def cell(value: Any, column: int) -> Markup:
+        metric, model = keys[column - 1]
+        return _number(value, gain=model == "gain", lower_is_better=metric in LOWER_IS_BETTER)
+
+    left_out = summary["final"].get("left_out", {})
+    rows = [
+        [_marked(site, left_out), *(row[c].get(m) for m, c in keys)]
+        for site, row in comparison["per_site"].items()
+    ]
+    mean = ["mean", *(comparison["mean"][c].get(m) for m, c in keys)]
     parts = [
         "<h3>Federated vs pooled vs local-only (test splits)</h3>",
         "<p class='muted'>pooled: one model trained on all sites' rows (possible only in "
         "simulation); local: each site's own model; gain: federated minus local (for the Brier "
         "score lower is better).</p>",
-        _table(headers, rows, text_columns={0}, mean_rows={len(rows) - 1}),
+        _per_site_table(headers, rows, [mean], cell, sort_column=1, what="federated AUROC"),
         "<h3>All sites' test rows together</h3>",
-        _table(
-            ["model", *(_short(m) for m in SHOWN_METRICS)],
-            [
-                [name, *(_number(v.get(m)) for m in SHOWN_METRICS)]
-                for name, v in comparison["all-sites"].items()
-            ],
-            text_columns={0},
-        ),
+        _all_sites_table(comparison["all-sites"]),
     ]
     if "pooled" in comparison["mean"]:
         parts.append(
@@ -184,27 +186,145 @@ def _comparison_section(comparison: dict[str, Any], summary: dict[str, Any], plo
                 "Federated, pooled and local-only models per site",
             )
         )
-    if "cross_site" in comparison:
-        parts.append(
-            _figure(
-                plots.cross_site_matrix(comparison["cross_site"]["accuracy"], "accuracy"),
-                "Each site's local-only model scored at every site",
-            )
-        )
+    parts.append(_cross_site_figure(comparison, plots, run_dir))
     baselines = summary.get("baselines")
     if baselines:
         parts.append(f"<p class='muted'>Baseline budget: {_e(baselines['budget'])}.</p>")
-        parts.append(
-            _table(
-                ["model", "rows", "steps", "optimizer", "learning rate", "batch"],
-                [
-                    [n, m["rows"], m["steps"], m["optimizer"], m["learning_rate"], m["batch_size"]]
-                    for n, m in baselines["models"].items()
-                ],
-                text_columns={0, 3},
-            )
-        )
+        parts.append(_baselines_table(baselines["models"]))
     return "\n".join(parts)
+
+
+def _per_site_table(
+    headers: Sequence[str],
+    rows: list[list[Any]],
+    means: list[list[Any]],
+    cell: Any,
+    *,
+    sort_column: int,
+    what: str,
+    lower_is_worse: bool = True,
+) -> str:
+    """One row per site and the means; above ~50 sites, quantiles and the worst sites.
+
+    ``cell(value, column)`` formats a value; text (a confidence interval) is
+    shown as is, and has no quantiles.
+    """
+    bold = set(range(-len(means), 0))
+    if not report_sites.many_sites(len(rows)):
+        shown = report_sites.format_rows([*rows, *means], cell)
+        return _table(headers, shown, text_columns={0}, mean_rows={len(shown) + i for i in bold})
+    quantiles, worst = report_sites.summarised_rows(
+        rows, sort_column=sort_column, lower_is_worse=lower_is_worse
+    )
+    summary = report_sites.format_rows([*quantiles, *means], cell)
+    return (
+        f"<p class='muted'>{len(rows)} sites: quantiles over sites where a value is defined, "
+        f"then the {len(worst)} sites with the {'lowest' if lower_is_worse else 'highest'} "
+        f"{_e(what)} (every site is in the results folder's CSV files).</p>"
+        + _table(
+            ["over sites", *headers[1:]],
+            summary,
+            text_columns={0},
+            mean_rows={len(summary) + i for i in bold},
+        )
+        + _table(headers, report_sites.format_rows(worst, cell), text_columns={0})
+    )
+
+
+def _all_sites_table(all_sites: dict[str, dict[str, Any]]) -> str:
+    headers = ["model", *(_short(m) for m in SHOWN_METRICS)]
+    rows = [[name, *(v.get(m) for m in SHOWN_METRICS)] for name, v in all_sites.items()]
+    local = [row for row in rows if str(row[0]).startswith("local:")]
+    if report_sites.many_sites(len(local)):  # the local models as a distribution
+        quantiles, _ = report_sites.summarised_rows(local, sort_column=1)
+        rows = [row for row in rows if row not in local]
+        rows += [[f"local ({len(local)} models): {label}", *rest] for label, *rest in quantiles]
+    return _table(
+        headers, report_sites.format_rows(rows, lambda v, _: _number(v)), text_columns={0}
+    )
+
+
+def _baselines_table(models: dict[str, dict[str, Any]]) -> str:
+    headers = ["model", "rows", "steps", "optimizer", "learning rate", "batch"]
+    rows = [
+        [n, m["rows"], m["steps"], m["optimizer"], m["learning_rate"], m["batch_size"]]
+        for n, m in models.items()
+    ]
+    local = [row for row in rows if str(row[0]).startswith("local:")]
+    if report_sites.many_sites(len(local)):
+        quantiles, _ = report_sites.summarised_rows([row[:3] for row in local], sort_column=1)
+        first = local[0]
+        rows = [row for row in rows if row not in local] + [
+            [f"local ({len(local)} models): {label}", *values, *first[3:]]
+            for label, *values in quantiles
+        ]
+    return _table(headers, rows, text_columns={0, 3})
+
+
+def _cross_site_figure(comparison: dict[str, Any], plots: Any, run_dir: Path) -> str:
+    """The cross-site heat map; above ~20 sites unlabelled, with the best and worst listed."""
+    metric = "accuracy"
+    path = run_dir / CROSS_SITE_FILE
+    if path.is_file():
+        sites, values = read_cross_site(path, metric)
+    elif "cross_site" in comparison:  # a folder written before cross_site.csv
+        matrix = comparison["cross_site"][metric]
+        sites = list(matrix)
+        values = np.array(
+            [[np.nan if matrix[a][b] is None else matrix[a][b] for b in sites] for a in sites]
+        )
+    else:
+        return ""
+    figure = _figure(
+        plots.cross_site_matrix(sites, values, metric),
+        "Each site's local-only model scored at every site",
+    )
+    if len(sites) <= plots.LABELLED_SITES_MAX:
+        return figure
+    ends = report_sites.matrix_ends(sites, values)
+    return figure + (
+        f"<p class='muted'>Local models whose {metric} away from home is best and worst "
+        "(mean over the other sites where it is defined):</p>"
+        + _table(
+            ["", "trained at", f"mean {metric} elsewhere", "sites"],
+            [[rank, site, _number(mean), count] for rank, site, mean, count in ends],
+            text_columns={0, 1},
+        )
+    )
+
+
+def _sites_table(sites: pd.DataFrame) -> str:
+    """Counts per site; above ~50 sites their distribution and the smallest sites."""
+    if not report_sites.many_sites(len(sites)):
+        return _frame_table(sites, text_columns=("site",))
+    numeric = sites.set_index("site").apply(pd.to_numeric, errors="coerce")
+    rows = [
+        [site, *(None if pd.isna(v) else float(v) for v in values)]
+        for site, values in zip(numeric.index, numeric.to_numpy(), strict=True)
+    ]
+    quantiles, _ = report_sites.summarised_rows(rows, sort_column=1)
+    smallest = sites.assign(_n=numeric["n_train"].to_numpy()).sort_values("_n", na_position="first")
+    headers = list(map(str, sites.columns))
+    return (
+        f"<p class='muted'>{len(sites)} sites: quantiles of each count over the sites that "
+        "report it, then the smallest sites (every site is in sites.csv).</p>"
+        + _table(
+            ["over sites", *headers[1:]],
+            report_sites.format_rows(quantiles, lambda v, _: _number(v, digits=0)),
+            text_columns={0},
+        )
+        + _frame_table(
+            smallest.drop(columns="_n").head(report_sites.WORST_SHOWN), text_columns=("site",)
+        )
+    )
+
+
+def _rounds_shown(rounds: pd.DataFrame, n_sites: int) -> pd.DataFrame:
+    """The rounds table; with many sites, how many trained rather than every name."""
+    if not report_sites.many_sites(n_sites) or "trained" not in rounds:
+        return rounds
+    counted = rounds["trained"].map(lambda names: f"{len(str(names).split())} sites")
+    return rounds.assign(trained=counted)
 
 
 def write_sweep_report(sweep_dir: str | Path) -> Path:
@@ -262,12 +382,24 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
     return _write(sweep_dir, f"sweep {spec.get('name', '')}", parts)
 
 
-def _study_facts(study: dict[str, Any]) -> dict[str, Any]:
+DEPLOYED_DATA = "each site's own table, named in its own site config (the study's [data] is unused)"
+
+
+def _as_run(summary: dict[str, Any], versions: dict[str, Any], sites: pd.DataFrame) -> str:
+    """What actually ran, whatever the study's description says (it may name other sites)."""
+    names = list(sites["site"]) if "site" in sites else summary.get("sites", [])
+    engine = versions.get("engine", "?")
+    data = DEPLOYED_DATA if engine == "deployment" else "simulated sites"
+    return f"{len(names)} sites ({', '.join(map(str, names))}); {data}; engine {engine}."
+
+
+def _study_facts(study: dict[str, Any], engine: str = "") -> dict[str, Any]:
     data, strategy, training = study["data"], study["strategy"], study["training"]
     params = ", ".join(f"{k}={v}" for k, v in strategy.get("params", {}).items())
+    source = f"{data['source']}" + (f" ({data['path']})" if data.get("path") else "")
     return {
         "outcome": study["data"]["contract"]["outcome"]["column"],
-        "data": f"{data['source']}" + (f" ({data['path']})" if data.get("path") else ""),
+        "data": DEPLOYED_DATA if engine == "deployment" else source,
         "contract": data["contract"]["name"],
         "split": f"test fraction {data['test_fraction']}, seed {data['split_seed']} "
         f"({data['split_seeding']}); scored on {data['evaluate_on']}",
@@ -281,16 +413,32 @@ def _study_facts(study: dict[str, Any]) -> dict[str, Any]:
 
 
 def _final_table(final: dict[str, Any]) -> str:
+    left_out = final.get("left_out", {})
+
+    def interval(v: dict[str, Any]) -> Markup:
+        low, high = v.get("auroc_ci_low"), v.get("auroc_ci_high")
+        return Markup("—" if low is None or high is None else f"{low:.2f}–{high:.2f}")
+
     rows = [
-        [site, *(_number(v.get(m)) for m in SHOWN_METRICS)] for site, v in final["per_site"].items()
+        [_marked(site, left_out), *(v.get(m) for m in SHOWN_METRICS), interval(v)]
+        for site, v in final["per_site"].items()
     ]
-    rows.append(["mean", *(_number(final["mean"].get(m)) for m in SHOWN_METRICS)])
-    return _table(
-        ["site", *(_short(m) for m in SHOWN_METRICS)],
+    means = [
+        [label.replace("_", " "), *(final.get(label, {}).get(m) for m in SHOWN_METRICS), ""]
+        for label in ("mean", "weighted_mean")
+    ]
+    return _per_site_table(
+        ["site", *(_short(m) for m in SHOWN_METRICS), "AUROC 95% CI"],
         rows,
-        text_columns={0},
-        mean_rows={len(rows) - 1},
+        means,
+        lambda v, _: v if isinstance(v, str) else _number(v),
+        sort_column=1,
+        what="AUROC",
     )
+
+
+def _marked(site: str, left_out: dict[str, str]) -> str:
+    return f"{site} *" if site in left_out else site
 
 
 def _notes(notes: list[str]) -> str:
@@ -326,16 +474,27 @@ def _departures(preprocessing: dict[str, Any]) -> str:
 
 
 def _undefined(undefined: dict[str, dict[str, str]]) -> str:
-    items = [
-        f"<li>{_e(site)} {_e(metric)}: {_e(reason)}</li>"
+    found = [
+        (site, metric, reason)
         for site, reasons in undefined.items()
         for metric, reason in reasons.items()
     ]
-    return (
-        f"<p class='muted'>Undefined metrics:</p><ul class='muted'>{''.join(items)}</ul>"
-        if items
-        else ""
-    )
+    if not found:
+        return ""
+    if not report_sites.many_sites(len(undefined)):
+        items = [
+            f"<li>{_e(site)} {_e(metric)}: {_e(reason)}</li>" for site, metric, reason in found
+        ]
+    else:  # grouped: how many sites, and the first few
+        groups: dict[tuple[str, str], list[str]] = {}
+        for site, metric, reason in found:
+            groups.setdefault((metric, reason), []).append(site)
+        items = [
+            f"<li>{_e(metric)}: {_e(reason)}: {len(names)} sites "
+            f"({_e(', '.join(names[:3]))}{', …' if len(names) > 3 else ''})</li>"
+            for (metric, reason), names in groups.items()
+        ]
+    return f"<p class='muted'>Undefined metrics:</p><ul class='muted'>{''.join(items)}</ul>"
 
 
 def _short(metric: str) -> str:

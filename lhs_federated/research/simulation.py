@@ -20,6 +20,7 @@ from pathlib import Path
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps import server_app
 from lhs_federated.apps.engines import run_inprocess, run_ray
+from lhs_federated.apps.flower_logs import flower_lines_once
 from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.run_config import BACKENDS, EXPECTED_SITES_KEY, LEDGER_KEY, Backend
 from lhs_federated.data.sources import load_sites
@@ -45,7 +46,8 @@ def simulate(
 
     After the federation, the run is analysed (:mod:`lhs_federated.research.analysis`:
     pooled and local-only baselines unless ``[baselines] enabled = false``,
-    calibration) and, with ``report``, ``report.html`` is written.
+    calibration) and, with ``report``, ``report.html`` is written; then the
+    coordinator's ledger is sealed over every file of the run folder.
 
     Parameters
     ----------
@@ -100,19 +102,26 @@ def simulate(
     if coordinator_key is not None:
         load_private_key(coordinator_key)  # a bad key fails here, before anything is written
         run_config[LEDGER_KEY] = str(Path(coordinator_key).resolve())
-    if backend == "inprocess":
-        run_inprocess(run_config, n_sites)
-    else:
-        run_ray(run_config, n_sites)
-    baselines = "pooled and local-only baselines, " if study.baselines.enabled else ""
-    report_progress(
-        ProgressEvent("step", f"analysing the run: {baselines}calibration", {"step": "analysis"}),
-        run_dir=out,
-    )
-    analyse_run(study, out)
-    if report:
+
+    def write_results(run_dir: Path) -> None:
+        """The analysis and report, written before the ledger is sealed over them."""
+        baselines = "pooled and local-only baselines, " if study.baselines.enabled else ""
         report_progress(
-            ProgressEvent("step", "writing report.html", {"step": "report"}), run_dir=out
+            ProgressEvent(
+                "step", f"analysing the run: {baselines}calibration", {"step": "analysis"}
+            ),
+            run_dir=run_dir,
         )
-        write_run_report(out)
+        analyse_run(study, run_dir)
+        if report:
+            report_progress(
+                ProgressEvent("step", "writing report.html", {"step": "report"}), run_dir=run_dir
+            )
+            write_run_report(run_dir)
+
+    with flower_lines_once():
+        if backend == "inprocess":
+            run_inprocess(run_config, n_sites, write_results=write_results)
+        else:
+            run_ray(run_config, n_sites, write_results=write_results)
     return read_results(out)

@@ -26,6 +26,7 @@ re-running the same sweep into the same folder skips every finished run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -48,6 +49,7 @@ from lhs_federated.config import build, read_toml, setting, to_plain
 from lhs_federated.errors import ConfigError, LhsError
 from lhs_federated.learning.metrics import METRIC_NAMES
 from lhs_federated.results.progress import LOGGER as PROGRESS_LOGGER
+from lhs_federated.results.progress import ProgressEvent
 from lhs_federated.results.writer import versions, write_json
 from lhs_federated.study import Study, load_study
 
@@ -119,6 +121,10 @@ class SweepProgress:
     def describe(self) -> str:
         """One line for logs."""
         return f"{self.sweep}: {self.done}/{self.total} runs ({self.run_id} {self.status})"
+
+    def as_event(self) -> ProgressEvent:
+        """The finished run as a general progress event (what ``--json`` prints)."""
+        return ProgressEvent("sweep-run", self.describe(), dataclasses.asdict(self))
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -310,7 +316,9 @@ def execute_runs(
         event = SweepProgress(
             name, len(rows), len(runs), row["run"], row["status"], len(done), failures
         )
-        PROGRESS_LOGGER.info("%s", event.describe(), extra={"lhs_progress": event})
+        PROGRESS_LOGGER.info(
+            "%s", event.describe(), extra={"lhs_progress": event, "lhs_event": event.as_event()}
+        )
 
     for run in pending:
         target = folder / "runs" / run.run_id

@@ -1,0 +1,195 @@
+"""Large simulated studies: batched ledger durability changes no record, reports stay small."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lhs_federated import load_study
+from lhs_federated.apps import server_app
+from lhs_federated.apps.engines import run_inprocess
+from lhs_federated.governance.run_files import GOVERNANCE_DIR, SIMULATED_SITES_DIR
+from lhs_federated.governance.site_folder import LEDGER_FILE
+from lhs_federated.governance.verify import load_entries
+
+#: What differs between two runs of one study whatever the engine does: the run's and
+#: messages' random ids, record times (so each record's hash, chain link and signature),
+#: each run's new site and coordinator keys and ledger ids, and the hashes of records a
+#: record cites (the approval, the coordinator ledger's final record): they cover times.
+PER_RUN_FIELDS = frozenset(
+    {"run_id", "reply_to", "ledger_id", "public_key", "key_fingerprint"}
+    | {"approval", "registry_record", "final_hash", "coordinator_key"}
+)
+
+
+def _without_per_run_fields(data):
+    if isinstance(data, dict):
+        return {k: _without_per_run_fields(v) for k, v in data.items() if k not in PER_RUN_FIELDS}
+    return data
+
+
+def _site_records(run_dir, site):
+    entries = load_entries(run_dir / GOVERNANCE_DIR / SIMULATED_SITES_DIR / site / LEDGER_FILE)
+    return [(e.seq, e.kind, _without_per_run_fields(e.data)) for e in entries]
+
+
+def test_batched_durability_writes_the_records_and_results_of_per_record_fsync(
+    tmp_path, small_study
+):
+    study = small_study.with_overrides({"data.synthetic.sites": 4})
+    runs = {}
+    for batched in (True, False):
+        out = tmp_path / f"batched-{batched}"
+        config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(out)}
+        run_inprocess(config, 4, batch_durability=batched)
+        runs[batched] = out
+    fast, slow = runs[True], runs[False]
+    for site in ("site-01", "site-02", "site-03", "site-04"):
+        records = _site_records(fast, site)
+        assert records == _site_records(slow, site)
+        assert [kind for _, kind, _ in records].count("message-sent") == 1 + 2 * study.rounds
+    pd.testing.assert_frame_equal(
+        pd.read_csv(fast / "metrics.csv"), pd.read_csv(slow / "metrics.csv")
+    )
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (fast, slow)]
+    assert summaries[0]["model"]["arrays_sha256"] == summaries[1]["model"]["arrays_sha256"]
+    with np.load(fast / "model" / "model.npz") as a, np.load(slow / "model" / "model.npz") as b:
+        assert all(np.array_equal(a[name], b[name]) for name in a.files)
+    coordinator = [
+        [(e.kind, sorted(e.data)) for e in load_entries(run / GOVERNANCE_DIR / "coordinator.jsonl")]
+        for run in (fast, slow)
+    ]
+    assert coordinator[0] == coordinator[1]
+
+
+def test_batched_appends_are_visible_at_once_and_chain_across_writers(tmp_path):
+    from lhs_federated.governance.keys import load_private_key, write_key_pair
+    from lhs_federated.governance.ledger import Ledger, batched_durability
+    from lhs_federated.governance.verify import verify_ledger
+
+    write_key_pair(tmp_path / "site.key")
+    key = load_private_key(tmp_path / "site.key")
+    path = tmp_path / "ledger.jsonl"
+    with batched_durability():
+        first = Ledger.open(path, key, role="site", owner="a")
+        first.append("message-sent", {"n": 1})
+        assert len(load_entries(path)) == 2  # written at once, durable at the block's end
+        other = Ledger.open(path, key, role="site", owner="a")  # another writer
+        other.append("message-sent", {"n": 2})
+        first.append("message-sent", {"n": 3})  # must chain after the other's record
+    entries = load_entries(path)
+    assert [e.data.get("n") for e in entries] == [None, 1, 2, 3]
+    assert entries[3].prev_hash == entries[2].hash
+    assert verify_ledger(path, key.public_key(), allow_open=True).ok
+
+
+def _same_sites(together, one_by_one):
+    assert [s.name for s in together] == [s.name for s in one_by_one]
+    for a, b in zip(together, one_by_one, strict=True):
+        for part in ("train", "test"):
+            x, y = getattr(a, part), getattr(b, part)
+            np.testing.assert_array_equal(x.features, y.features)
+            np.testing.assert_array_equal(x.outcome, y.outcome)
+            assert (x.site, x.source, x.n_dropped) == (y.site, y.source, y.n_dropped)
+
+
+def test_sites_prepared_together_equal_sites_prepared_one_by_one(uci_folder, small_study):
+    from lhs_federated.data.sources import prepare_site, prepare_sites, raw_sites
+
+    simulations = Path(__file__).resolve().parents[1] / "simulations"
+    uci = load_study(simulations / "heart_disease_lhs.toml").with_overrides(
+        {"data.path": str(uci_folder)}
+    )
+    dropping = load_study(None).with_overrides(
+        {"data.source": "uci-heart", "data.path": str(uci_folder), "data.test_fraction": 0.34}
+    )
+    many = small_study.with_overrides(
+        {
+            "data.synthetic.sites": 30,
+            "data.synthetic.rows_per_site": 40,
+            "data.synthetic.missingness": 0.3,
+        }
+    )
+    for study in (uci, dropping, many):
+        raws = raw_sites(study)
+        _same_sites(prepare_sites(raws, study), [prepare_site(r, study) for r in raws])
+
+
+def test_a_bad_site_among_many_is_named_as_when_prepared_alone(small_study):
+    from lhs_federated.data.sources import RawSite, prepare_sites, raw_sites
+    from lhs_federated.errors import DataError
+
+    study = small_study.with_overrides({"data.synthetic.sites": 6})
+    raws = raw_sites(study)
+    outcome = study.contract.outcome.column
+    one_class = raws[2].table.copy()
+    one_class[outcome] = one_class[outcome].iloc[0]  # a site of a single outcome class
+    raws[2] = RawSite(raws[2].name, one_class, raws[2].source)
+    with pytest.raises(DataError, match=re.escape(raws[2].source) + ".*only one outcome class"):
+        prepare_sites(raws, study)
+
+
+def test_vectorised_cross_site_matrix_equals_full_metrics_per_pair(small_study):
+    from lhs_federated.data.sources import load_sites
+    from lhs_federated.learning.site import predict_at_site, score_predictions, site_standardizer
+    from lhs_federated.research.baselines import local_name, train_baselines
+    from lhs_federated.research.cross_site import score_cross_site
+
+    study = small_study.with_overrides(
+        {
+            "data.synthetic.sites": 7,
+            "data.synthetic.rows_per_site": 60,
+            "preprocessing.scaling": "site",
+        }
+    )
+    sites = load_sites(study)
+    standardizers = {s.name: site_standardizer(study, s, None) for s in sites}
+    models = train_baselines(study, sites, standardizers)
+    arrays = [models[local_name(s.name)].arrays for s in sites]
+    matrix = score_cross_site(study, sites, arrays, standardizers, min_cell_size=1)
+    for i, trained in enumerate(sites):
+        for j, at in enumerate(sites):
+            risk = predict_at_site(study, arrays[i], at.test.features, standardizers[at.name])
+            report = score_predictions(study, at.test.outcome, risk)
+            for metric in ("auroc", "accuracy"):
+                expected = report.values[metric]
+                got = matrix.values[metric][i, j]
+                assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(
+                    expected, abs=1e-12
+                ), (trained.name, at.name, metric)
+    cell = int(np.median([len(s.test.outcome) for s in sites])) + 1
+    guarded = score_cross_site(study, sites, arrays, standardizers, min_cell_size=cell)
+    for j, at in enumerate(sites):
+        if len(at.test.outcome) < cell:  # no figure on fewer rows than the cell size
+            assert np.isnan(guarded.values["accuracy"][:, j]).all()
+    assert any(len(s.test.outcome) < cell for s in sites)
+    for i, trained in enumerate(sites):
+        if len(trained.train.outcome) < cell:
+            assert np.isnan(guarded.values["accuracy"][i]).all()
+
+
+def test_report_of_200_sites_is_written_small_and_summarised(tmp_path, small_study):
+    from lhs_federated import simulate
+
+    study = small_study.with_overrides(
+        {"rounds": 1, "data.synthetic.sites": 200, "data.synthetic.rows_per_site": 40}
+    )
+    results = simulate(study, out_dir=tmp_path / "run")
+    page = (results.out_dir / "report.html").read_text(encoding="utf-8")
+    assert len(page.encode()) < 5_000_000
+    assert "200 sites: quantiles" in page and "smallest sites" in page
+    assert "best" in page and "worst" in page  # the heat map's ends, named
+    assert page.count("<tr>") < 400  # no table with a row per site
+    cross = pd.read_csv(results.out_dir / "cross_site.csv")
+    assert cross.shape == (2 * 200, 2 + 200 + 1)
+    assert "cross_site" not in results.summary["comparison"]  # too big for summary.json
+    events = [json.loads(line) for line in (results.out_dir / "events.jsonl").open()]
+    steps = [e["data"] for e in events if e["kind"] == "step"]
+    analysis = [s for s in steps if s.get("step") == "analysis" and "done" in s]
+    assert analysis[-1]["done"] == analysis[-1]["total"] and 3 <= len(analysis) <= 30
+    assert [s["done"] for s in steps if s.get("step") == "report" and "done" in s] == [0, 1, 2]
