@@ -66,8 +66,10 @@ class TaskOutcome:
     ledger: dict[str, Any] = field(default_factory=dict)
 
 
-def _config(study: Study, standardizer: Standardizer | None) -> ConfigRecord:
+def _config(study: Study, standardizer: Standardizer | None, server_round: int = 1) -> ConfigRecord:
+    """The study, the round (a site answers each round once) and the scaling."""
     config = records.study_config(study)
+    config[records.ROUND] = server_round
     if standardizer is not None:
         config.update(records.standardizer_to_config(standardizer))
     return config
@@ -90,6 +92,13 @@ def _exchange(
     for site in grid.sites.values():
         if site not in replies and site not in failed:
             failed[site] = f"no reply within {timeout:g} s"
+    if not replies:
+        reasons = "; ".join(
+            f"{site}: {why.splitlines()[0]}" for site, why in sorted(failed.items())
+        )
+        raise StudyRunError(
+            f"no site answered the {message_type} message: {reasons or 'no sites'}."
+        )
     return dict(sorted(replies.items())), failed
 
 
@@ -132,6 +141,7 @@ def _run_task(
             encoding="utf-8",
         )
         outcome.ledger = audit.finish(arrays)
+        audit.seal()  # the ledger closes over the result file; the sites get its final hash
     except Exception as error:
         audit.fail(error)
         raise
@@ -269,7 +279,6 @@ def recalibrate_release(
     *,
     per_site: bool = False,
     site_params: dict[str, list[float]] | None = None,
-    max_rounds: int = 8,
     engine: str = "inprocess",
     audit_options: AuditOptions | None = None,
 ) -> TaskOutcome:
@@ -280,7 +289,8 @@ def recalibrate_release(
     site's own terms give its own step (a personalised recalibration, composed
     with the site's recalibration in the release, ``site_params``). Sites
     below their minimum cell size send no terms and are left out (named in
-    ``failed``).
+    ``failed``). Each Newton step is one of the study's rounds (at most
+    ``rounds``; it stops once a step moves no parameter by 1e-9).
     """
 
     def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
@@ -288,12 +298,12 @@ def recalibrate_release(
         current = {name: identity(method) for name in (names if per_site else ["pooled"])}
         failed: dict[str, str] = {}
         rounds = 0
-        while rounds < max_rounds:
+        while rounds < study.rounds:
             rounds += 1
 
-            def content(node: int) -> RecordDict:
+            def content(node: int, step: int = rounds) -> RecordDict:
                 key = site_grid.sites[node] if per_site else "pooled"
-                config = _config(study, model.standardizer)
+                config = _config(study, model.standardizer, step)
                 config[loop_messages.METHOD] = method
                 config[loop_messages.PARAMS] = [
                     float(v) for v in current.get(key, identity(method))

@@ -44,7 +44,12 @@ from lhs_federated.loop.release import release_run
 from lhs_federated.loop.report import write_loop_report
 from lhs_federated.loop.scoring import score_period
 from lhs_federated.loop.tasks import run_task
-from lhs_federated.loop.update import recalibrated_run, refitted_run, update_study
+from lhs_federated.loop.update import (
+    RECALIBRATION_ROUNDS,
+    recalibrated_run,
+    refitted_run,
+    update_study,
+)
 from lhs_federated.registry.store import Registry, ReleaseRef
 from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.study import Study, finalise_study
@@ -219,7 +224,8 @@ def _update_and_gate(
 ) -> tuple[ReleaseRef, dict[str, Any]]:  # fmt: skip
     """Update the champion on ``window``, release the candidate, gate it; the new champion."""
     sites = set().union(*(present[p] for p in window))
-    study = _at(update_study(base, window, name=f"{base.name}-update"), sites)
+    rounds = None if spec.update == "refit" else RECALIBRATION_ROUNDS  # Newton steps
+    study = _at(update_study(base, window, name=f"{base.name}-update", rounds=rounds), sites)
     version = registry.next_version(spec.release)
     run_dir = folder / "runs" / f"{version}-update"
     if spec.update == "refit":

@@ -42,10 +42,13 @@ UpdateMethod = Literal["in-the-large", "logistic", "refit", "per-site"]
 UPDATE_METHODS = ("in-the-large", "logistic", "refit", "per-site")
 
 
-def update_study(base: Study, periods: list[str], *, name: str) -> Study:
+RECALIBRATION_ROUNDS = 8  # Newton steps: the pooled fit converges in 4 to 6
+
+
+def update_study(base: Study, periods: list[str], *, name: str, rounds: int | None = None) -> Study:
     """The study of an update on ``periods``: their rows split into train and test."""
     data = dataclasses.replace(base.data, train_periods=tuple(periods), evaluate_periods=None)
-    return dataclasses.replace(base, name=name, data=data)
+    return dataclasses.replace(base, name=name, data=data, rounds=rounds or base.rounds)
 
 
 def recalibrated_run(
