@@ -77,3 +77,12 @@ def test_python_api_prints_each_flower_line_once(tmp_path, small_study):
     output = done.stdout + done.stderr
     assert output.count("configure_train: Sampled 3 nodes") == small_study.rounds, output
     assert output.count("round 2/2, 3/3 sites trained") == 1  # our own progress line, once
+
+
+def test_demo_consortium_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "consortium", "--dir", str(tmp_path)]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+    assert main(["demo", "consortium", "--dir", str(tmp_path), "--stop"]) == 2
+    assert "holds no consortium" in capsys.readouterr().err

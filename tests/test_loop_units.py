@@ -160,9 +160,20 @@ def test_small_or_one_sided_sites_withhold_every_metric_with_a_reason() -> None:
     ],
 )
 def test_gate_verdict_at_a_site(challenger: dict, passed: bool, why: str) -> None:
-    champion = {"auroc": 0.80, "calibration_intercept": 0.4, "calibration_slope": 0.7}
+    champion = {"auroc": 0.80, "calibration_intercept": 0.05, "calibration_slope": 0.95}
     verdict, reason = GatePolicy().verdict(champion, challenger)
     assert verdict is passed and why in reason
+
+
+def test_gate_calibration_bounds_are_read_with_the_ci_and_the_champion() -> None:
+    policy = GatePolicy()
+    off = {"auroc": 0.80, "calibration_intercept": 0.3, "calibration_slope": 1.0}
+    good = {"auroc": 0.80, "calibration_intercept": 0.0, "calibration_slope": 1.0}
+    assert not policy.verdict(good, off)[0]
+    chance = {**off, "calibration_intercept_low": -0.05, "calibration_intercept_high": 0.65}
+    assert policy.verdict(good, chance)[0]  # its 95% CI holds 0
+    worse_champion = {**good, "calibration_intercept": -0.5}
+    assert policy.verdict(worse_champion, off)[0]  # closer to perfect than the champion
 
 
 def _values(**given: float) -> dict[str, float | None]:

@@ -24,6 +24,7 @@ metric and no gradient.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -56,6 +57,13 @@ POLICY_KEYS = {
     "slope_high": "gate-slope-high",
 }
 METHOD, PARAMS = "recalibration-method", "recalibration-params"
+# Each site's own recalibration in a release (JSON {site: [a, b]}), of the model sent
+# (the gate: of the champion and of the challenger).
+SITE_PARAMS, CHAMPION_SITE_PARAMS, CHALLENGER_SITE_PARAMS = (
+    "site-recalibration",
+    "champion-site-recalibration",
+    "challenger-site-recalibration",
+)
 CHAMPION, CHALLENGER = "champion/", "challenger/"
 GRADIENT, INFORMATION = "gradient", "information"
 VERDICT, VERDICT_REASON = "verdict", "verdict"
@@ -170,6 +178,18 @@ def _standardizer(study: Study, site, config: ConfigRecord, mean: str, scale: st
     return site_standardizer(study, site.data, None)
 
 
+def site_params_to_config(params: dict[str, list[float]]) -> str:
+    """Per-site recalibrations as a config value."""
+    return json.dumps(params, sort_keys=True)
+
+
+def _site_params(config: ConfigRecord, key: str, site: str) -> list[float] | None:
+    if key not in config:
+        return None
+    found = json.loads(str(config[key])).get(site)
+    return None if found is None else [float(found[0]), float(found[1])]
+
+
 def monitor(message: Message, context: Context) -> Message:
     """Score the release on the site's evaluation rows; summarise its columns."""
     config = message.content[records.CONFIG]
@@ -184,6 +204,7 @@ def monitor(message: Message, context: Context) -> Message:
         edges=edges_from_config(config),
         with_reference=bool(config.get(WITH_REFERENCE, False)),
         min_cell_size=site.min_cell_size,
+        site_params=_site_params(config, SITE_PARAMS, site.data.name),
     )
     return Message(monitoring_to_record(monitoring), reply_to=message)
 
@@ -207,6 +228,8 @@ def gate(message: Message, context: Context) -> Message:
         ),
         policy=policy_from_config(config),
         min_cell_size=site.min_cell_size,
+        champion_params=_site_params(config, CHAMPION_SITE_PARAMS, site.data.name),
+        challenger_params=_site_params(config, CHALLENGER_SITE_PARAMS, site.data.name),
     )
     metrics = MetricRecord(
         {
@@ -234,6 +257,7 @@ def recalibrate(message: Message, context: Context) -> Message:
         params,
         str(config[METHOD]),  # type: ignore[arg-type]
         standardizer=_standardizer(study, site, config, records.PREP_MEAN, records.PREP_SCALE),
+        site_params=_site_params(config, SITE_PARAMS, site.data.name),
     )
     if n < site.min_cell_size:  # nothing computed on fewer rows leaves the site
         gradient, information = np.full_like(gradient, np.nan), np.full_like(information, np.nan)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,12 @@ from lhs_federated.learning.drift import reference_edges, summary_to_json
 from lhs_federated.learning.export import ReleasedModel
 from lhs_federated.learning.metrics import MetricReport
 from lhs_federated.learning.monitoring import GatePolicy, SiteMonitoring
-from lhs_federated.learning.recalibration import Recalibration, identity, newton_step
+from lhs_federated.learning.recalibration import (
+    Recalibration,
+    identity,
+    newton_step,
+    read_site_recalibration,
+)
 from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, write_study
 
@@ -61,8 +66,10 @@ class TaskOutcome:
     ledger: dict[str, Any] = field(default_factory=dict)
 
 
-def _config(study: Study, standardizer: Standardizer | None) -> ConfigRecord:
+def _config(study: Study, standardizer: Standardizer | None, server_round: int = 1) -> ConfigRecord:
+    """The study, the round (a site answers each round once) and the scaling."""
     config = records.study_config(study)
+    config[records.ROUND] = server_round
     if standardizer is not None:
         config.update(records.standardizer_to_config(standardizer))
     return config
@@ -85,6 +92,13 @@ def _exchange(
     for site in grid.sites.values():
         if site not in replies and site not in failed:
             failed[site] = f"no reply within {timeout:g} s"
+    if not replies:
+        reasons = "; ".join(
+            f"{site}: {why.splitlines()[0]}" for site, why in sorted(failed.items())
+        )
+        raise StudyRunError(
+            f"no site answered the {message_type} message: {reasons or 'no sites'}."
+        )
     return dict(sorted(replies.items())), failed
 
 
@@ -98,16 +112,23 @@ def _run_task(
     audit_options: AuditOptions | None,
     arrays: dict[str, np.ndarray],
     work: Callable[[SiteGrid, CoordinatorAudit], TaskOutcome],
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
-    """Discovery, ledger, the task's ``work``, its result file and the ledger's close."""
+    """Discovery, ledger, the task's ``work``, its result file and the ledger's close.
+
+    ``site_nodes`` binds a deployment's node ids to its sites, as for a study
+    (:func:`~lhs_federated.apps.federation.discover_sites`).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise StudyRunError(f"results folder {str(out_dir)!r} exists and is not empty.")
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
-    summaries, site_grid = discover_sites(audit.grid, study)
+    summaries, site_grid, refused = discover_sites(audit.grid, study, site_nodes=site_nodes)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_study(study, out_dir / "study.resolved.toml")
-    audit.open({node: s.name for node, s in summaries.items()}, engine=engine)
+    audit.open(
+        {node: s.name for node, s in summaries.items()}, engine=engine, refused_nodes=refused
+    )
     try:
         outcome = work(site_grid, audit)
         audit.record(f"loop-{kind}", {"result": outcome.result, "failed": outcome.failed})
@@ -127,6 +148,7 @@ def _run_task(
             encoding="utf-8",
         )
         outcome.ledger = audit.finish(arrays)
+        audit.seal()  # the closing record hashes result.json; then the sites are told
     except Exception as error:
         audit.fail(error)
         raise
@@ -153,8 +175,10 @@ def monitor_release(
     edges: list[np.ndarray],
     *,
     with_reference: bool = False,
+    site_params: dict[str, list[float]] | None = None,
     engine: str = "inprocess",
     audit_options: AuditOptions | None = None,
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
     """Score a release and summarise the data at every site (``evaluate.monitor``).
 
@@ -169,6 +193,8 @@ def monitor_release(
             config = _config(study, model.standardizer)
             config.update(loop_messages.edges_to_config(edges))
             config[loop_messages.WITH_REFERENCE] = with_reference
+            if site_params:
+                config[loop_messages.SITE_PARAMS] = loop_messages.site_params_to_config(site_params)
             return RecordDict(
                 {records.ARRAYS: records.to_array_record(model.arrays), records.CONFIG: config}
             )
@@ -196,7 +222,7 @@ def monitor_release(
 
     return _run_task(
         grid, study, out_dir, kind="monitor", engine=engine, audit_options=audit_options,
-        arrays=model.arrays, work=work,
+        site_nodes=site_nodes,        arrays=model.arrays, work=work,
     )  # fmt: skip
 
 
@@ -208,8 +234,11 @@ def gate_challenger(
     challenger: ReleasedModel,
     policy: GatePolicy,
     *,
+    champion_params: dict[str, list[float]] | None = None,
+    challenger_params: dict[str, list[float]] | None = None,
     engine: str = "inprocess",
     audit_options: AuditOptions | None = None,
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
     """Champion vs challenger at every site (``evaluate.gate``); each site's verdict."""
     arrays = {
@@ -221,6 +250,12 @@ def gate_challenger(
         def content(node: int) -> RecordDict:
             config = _config(study, champion.standardizer)
             config.update(loop_messages.policy_to_config(policy))
+            for key, params in (
+                (loop_messages.CHAMPION_SITE_PARAMS, champion_params),
+                (loop_messages.CHALLENGER_SITE_PARAMS, challenger_params),
+            ):
+                if params:
+                    config[key] = loop_messages.site_params_to_config(params)
             if challenger.standardizer is not None:
                 config[loop_messages.CHALLENGER_MEAN] = challenger.standardizer.mean.tolist()
                 config[loop_messages.CHALLENGER_SCALE] = challenger.standardizer.scale.tolist()
@@ -240,7 +275,7 @@ def gate_challenger(
 
     return _run_task(
         grid, study, out_dir, kind="gate", engine=engine, audit_options=audit_options,
-        arrays=challenger.arrays, work=work,
+        site_nodes=site_nodes,        arrays=challenger.arrays, work=work,
     )  # fmt: skip
 
 
@@ -251,34 +286,48 @@ def recalibrate_release(
     model: ReleasedModel,
     method: Recalibration,
     *,
-    max_rounds: int = 8,
+    per_site: bool = False,
+    site_params: dict[str, list[float]] | None = None,
     engine: str = "inprocess",
     audit_options: AuditOptions | None = None,
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
-    """The pooled maximum-likelihood recalibration of a release, by federated Newton steps.
+    """The maximum-likelihood recalibration of a release, by federated Newton steps.
 
-    Sites below their minimum cell size send no gradient and are left out of
-    the sums (named in ``failed``).
+    Pooled (the default): every site's score and information are summed into
+    one step, so the fit is the pooled rows' exactly. ``per_site``: each
+    site's own terms give its own step (a personalised recalibration, composed
+    with the site's recalibration in the release, ``site_params``). Sites
+    below their minimum cell size send no terms and are left out (named in
+    ``failed``). Each Newton step is one of the study's rounds (at most
+    ``rounds``; it stops once a step moves no parameter by 1e-9).
     """
 
     def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
-        params = identity(method)
+        names = sorted(site_grid.sites.values())
+        current = {name: identity(method) for name in (names if per_site else ["pooled"])}
         failed: dict[str, str] = {}
         rounds = 0
-        while rounds < max_rounds:
+        while rounds < study.rounds:
             rounds += 1
 
-            def content(node: int, params: np.ndarray = params) -> RecordDict:
-                config = _config(study, model.standardizer)
+            def content(node: int, step: int = rounds) -> RecordDict:
+                key = site_grid.sites[node] if per_site else "pooled"
+                config = _config(study, model.standardizer, step)
                 config[loop_messages.METHOD] = method
-                config[loop_messages.PARAMS] = [float(v) for v in params]
-                return RecordDict(
-                    {records.ARRAYS: records.to_array_record(model.arrays), records.CONFIG: config}
-                )
+                config[loop_messages.PARAMS] = [
+                    float(v) for v in current.get(key, identity(method))
+                ]
+                if site_params:
+                    config[loop_messages.SITE_PARAMS] = loop_messages.site_params_to_config(
+                        site_params
+                    )
+                arrays = records.to_array_record(model.arrays)
+                return RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
 
             replies, failed = _exchange(site_grid, study, records.RECALIBRATE, content)
-            size = len(params)
-            gradient, information = np.zeros(size), np.zeros((size, size))
+            size = len(identity(method))
+            sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for site, reply in replies.items():
                 metrics = reply.content[records.METRICS]
                 g = np.asarray(metrics[loop_messages.GRADIENT], float)
@@ -290,20 +339,25 @@ def recalibrate_release(
                 ):
                     failed[site] = "no usable recalibration terms (withheld or malformed)"
                     continue
-                gradient, information = gradient + g, information + h.reshape(size, size)
-            if not information.any():
+                key = site if per_site else "pooled"
+                g0, h0 = sums.get(key, (np.zeros(size), np.zeros((size, size))))
+                sums[key] = (g0 + g, h0 + h.reshape(size, size))
+            if not sums:
                 raise StudyRunError("no site sent recalibration terms; nothing to fit.")
-            new = newton_step(params, gradient, information)
-            step = float(np.max(np.abs(new - params)))
-            params = new
+            step = 0.0
+            for key, (gradient, information) in sums.items():
+                new = newton_step(current[key], gradient, information)
+                step = max(step, float(np.max(np.abs(new - current[key]))))
+                current[key] = new
             if step < 1e-9:
                 break
-        result = {"method": method, "params": params.tolist(), "newton_rounds": rounds}
+        fitted = {k: v.tolist() for k, v in current.items() if k not in failed}
+        result = {"method": method, "per_site": per_site, "params": fitted, "newton_rounds": rounds}
         return TaskOutcome("recalibrate", {}, failed, result)
 
     return _run_task(
         grid, study, out_dir, kind="recalibrate", engine=engine, audit_options=audit_options,
-        arrays=model.arrays, work=work,
+        site_nodes=site_nodes,        arrays=model.arrays, work=work,
     )  # fmt: skip
 
 
@@ -328,6 +382,7 @@ def run_loop_task(
     *,
     engine: str,
     audit_options: AuditOptions | None = None,
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
     """The loop task a run config names (``LOOP_TASK_KEY``), run on ``grid``.
 
@@ -338,23 +393,30 @@ def run_loop_task(
     (``study.resolved.toml`` and ``model/``).
     """
     kind = task.get("kind")
-    options = {"engine": engine, "audit_options": audit_options}
+    options = {"engine": engine, "audit_options": audit_options, "site_nodes": site_nodes}
+
+    def params(key: str) -> dict[str, list[float]]:
+        return read_site_recalibration(Path(task[key]) / "model")
+
     if kind == "monitor":
         model = ReleasedModel.load(task["model"])
         edges = task.get("edges")
         edges = [np.asarray(e, float) for e in edges] if edges else model_edges(model)
         return monitor_release(
             grid, study, out_dir, model, edges,
-            with_reference=bool(task.get("with_reference", False)), **options,
+            with_reference=bool(task.get("with_reference", False)),
+            site_params=params("model"), **options,
         )  # fmt: skip
     if kind == "gate":
         return gate_challenger(
             grid, study, out_dir,
             ReleasedModel.load(task["champion"]), ReleasedModel.load(task["challenger"]),
-            GatePolicy(**task.get("policy", {})), **options,
+            GatePolicy(**task.get("policy", {})), champion_params=params("champion"),
+            challenger_params=params("challenger"), **options,
         )  # fmt: skip
     if kind == "recalibrate":
         return recalibrate_release(
-            grid, study, out_dir, ReleasedModel.load(task["model"]), task["method"], **options
-        )
+            grid, study, out_dir, ReleasedModel.load(task["model"]), task["method"],
+            per_site=bool(task.get("per_site", False)), site_params=params("model"), **options,
+        )  # fmt: skip
     raise StudyRunError(f"unknown loop task kind {kind!r}; kinds: monitor, gate, recalibrate.")

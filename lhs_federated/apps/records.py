@@ -28,7 +28,6 @@ STUDY = "study"
 STUDY_HASH = "study-hash"
 PREP_MEAN = "preprocessing-mean"
 PREP_SCALE = "preprocessing-scale"
-PROXIMAL_MU = "proximal-mu"
 # Simulation only: where the simulated sites' governance folders are. In the one
 # ConfigRecord, because Flower's DP clipping mods accept no second one.
 SIMULATED_SITE_FOLDERS = "simulated-site-folders"
@@ -48,6 +47,9 @@ UNDEFINED = "undefined"
 SITE = "site"
 COUNTS = "counts"
 SUMS = "sums"
+# The site's runtime adds it to a discovery reply, after the egress guard: the site
+# ledger's last record (seq, hash), which the coordinator records for the run.
+SITE_LEDGER = "site-ledger"
 
 # Keys of the MetricRecords sites send.
 NUM_EXAMPLES = "num-examples"

@@ -22,14 +22,17 @@ With ``periods > 1`` the cohort gains a time axis: every site has
 (:class:`DriftEvent`): a prevalence trend, a lab assay change at one site
 (recorded cholesterol reads high from a period on; the risk does not change),
 a case-mix shift, a site that joins late and a sudden shock. Each site's
-outcome model (its intercept) is fixed from its first period, so a case-mix
-shift changes who the patients are but not what their risk factors mean,
-while a trend or shock changes the risk itself. With one period the cohort is
+outcome model is its baseline risk (``prevalence`` and its
+``prevalence_spread``) in one standard population, so a site's older or
+sicker patients (``covariate_shift``, a case-mix event) have more events
+under the same model, while a trend or shock changes the risk itself; with
+``prevalence_spread = 0`` every site shares one outcome model. With one period the cohort is
 exactly what it was before periods existed.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -236,8 +239,10 @@ def _dated_site_table(
             return float(sum(sizes))
 
         patients = _draw_patients(rng, n, shift + total("case-mix"))
-        if intercept is None:  # the site's outcome model, fixed from its first period
-            intercept = _intercept_for(patients["risk"], site_logit)
+        if (
+            intercept is None
+        ):  # the site's outcome model: its baseline risk in a standard population
+            intercept = _intercept_for(_standard_risk(), site_logit)
         logit_shift = total("prevalence-trend") + total("shock")
         table = _site_table(
             rng,
@@ -255,6 +260,14 @@ def _dated_site_table(
         table.insert(len(table.columns) - 1, SYNTHETIC_INDEX_DATE, (start + days).astype(str))
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
+
+
+@functools.cache
+def _standard_risk() -> np.ndarray:
+    """Linear risk of a fixed standard population (no site shift), seeded once."""
+    risk = _draw_patients(np.random.default_rng(20200101), 20000, 0.0)["risk"]
+    risk.setflags(write=False)
+    return risk
 
 
 def _draw_patients(rng: np.random.Generator, n: int, shift: float) -> dict[str, np.ndarray]:

@@ -13,11 +13,16 @@ current parameters, the coordinator sums them and takes a Newton step
 (:func:`newton_step`); a few rounds reach the pooled fit to machine precision.
 Both updates fold into the model's last linear layer
 (:func:`fold_recalibration`), so a recalibrated release is a model of the same
-shape, usable by every tool that used the old one.
+shape, usable by every tool that used the old one. Per-site recalibration (the
+personalised option) fits each site's own ``(a, b)`` on its rows alone; a
+release keeps them beside its model (:data:`SITE_RECALIBRATION_FILE`) and a
+site applies its own (:func:`personalise_risk`).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -97,3 +102,30 @@ def fold_recalibration(
     folded[weight] = (b * arrays[weight]).astype(arrays[weight].dtype)
     folded[bias] = (b * arrays[bias] + a).astype(arrays[bias].dtype)
     return folded
+
+
+#: A release's per-site recalibrations, beside its model files (the personalised option).
+SITE_RECALIBRATION_FILE = "site-recalibration.json"
+
+
+def read_site_recalibration(model_folder: Path) -> dict[str, list[float]]:
+    """Each site's own ``(a, b)`` of a release (empty if it has none)."""
+    path = Path(model_folder) / SITE_RECALIBRATION_FILE
+    if not path.is_file():
+        return {}
+    return {str(k): [float(a), float(b)] for k, (a, b) in json.loads(path.read_text()).items()}
+
+
+def compose(outer: list[float], inner: list[float] | None) -> list[float]:
+    """``a2 + b2 * (a1 + b1 * lp)`` as one ``(a, b)``."""
+    a1, b1 = inner if inner is not None else (0.0, 1.0)
+    a2, b2 = outer
+    return [a2 + b2 * a1, b2 * b1]
+
+
+def personalise_risk(probability: np.ndarray, params: list[float] | None) -> np.ndarray:
+    """A site's risk under its own recalibration ``(a, b)`` (unchanged without one)."""
+    if params is None:
+        return probability
+    a, b = params
+    return 1 / (1 + np.exp(-(a + b * linear_predictor(probability))))

@@ -7,9 +7,10 @@ moments. Drift is computed here, from those sums, against the release's
 training reference (:mod:`lhs_federated.learning.drift`): per site and
 pooled, the standardised mean difference and the PSI of every input, and the
 prevalence shift. Each site is compared with its own training rows' summaries
-(with the pooled reference where it has none whole). A site's PSI of an input
-is withheld (with its reason) when one of its bins was below the site's
-minimum cell size. Results are appended
+(with the pooled reference where it has none). A bin below the site's
+minimum cell size never leaves the site; it counts as empty in the PSI and
+the timeline says so; a site below its minimum cell size has no PSI (withheld,
+with the reason). Results are appended
 to the release's monitoring timeline (``timeline.csv``), alerts
 (:mod:`lhs_federated.loop.alerts`) to ``alerts.csv``, and both into the
 registry ledger, signed.
@@ -73,13 +74,22 @@ def monitoring_study(release_study: Study, periods: list[str], *, name: str) -> 
 def site_drift(
     current: list[ColumnSummary], reference: list[ColumnSummary], columns: list[str]
 ) -> dict[str, dict[str, float | None]]:
-    """PSI and SMD of every input; None (withheld) where a bin or the column was withheld."""
+    """PSI and SMD of every input, and whether small cells were left out of the PSI.
+
+    A bin a site withheld (1 to k - 1 rows) counts as empty: it holds under k
+    of the site's hundreds of rows, so the PSI moves by little, and ``small``
+    says it happened. A column the site withheld whole (fewer than k rows)
+    has no PSI or SMD (None).
+    """
     out: dict[str, dict[str, float | None]] = {}
     for name, cur, ref in zip(columns, current, reference, strict=True):
-        withheld = bool(np.isnan(cur.counts).any()) or math.isnan(cur.n)
-        psi = None if withheld else population_stability_index(cur.counts, ref.counts)
-        smd = None if math.isnan(cur.n) else standardised_mean_difference(cur, ref)
-        out[name] = {"psi": psi, "smd": None if smd is None or math.isnan(smd) else smd}
+        if math.isnan(cur.n) or math.isnan(ref.n):
+            out[name] = {"psi": None, "smd": None, "small": None}
+            continue
+        small = bool(np.isnan(cur.counts).any() or np.isnan(ref.counts).any())
+        psi = population_stability_index(np.nan_to_num(cur.counts), np.nan_to_num(ref.counts))
+        smd = standardised_mean_difference(cur, ref)
+        out[name] = {"psi": psi, "smd": None if math.isnan(smd) else smd, "small": small}
     return out
 
 
@@ -91,13 +101,14 @@ def _reference_of(
     Sites differ from each other from the start (case mix, devices); drift is a
     change at a site, so each site is compared with its own training rows. A
     site that joined after the release, or withheld a cell of its reference,
-    is compared with the pooled reference.
+    is compared with the pooled reference (a withheld bin of its own
+    reference counts as empty, as in :func:`site_drift`).
     """
     own = reference["per_site"].get(site, {}).get("reference")
     if not own:
         return pooled
     summaries = [summary_from_json(s) for s in own]
-    if any(np.isnan(s.counts).any() or math.isnan(s.n) for s in summaries):
+    if any(math.isnan(s.n) for s in summaries):
         return pooled
     return summaries
 
@@ -168,7 +179,11 @@ def monitor_release(
         psi_max, psi_feature = _largest(drift, "psi")
         smd_max, smd_feature = _largest(drift, "smd")
         withheld = sorted(
-            {*site_result["undefined"], *(k for k, v in drift.items() if v["psi"] is None)}
+            {
+                *site_result["undefined"],
+                *(f"psi:{k}" for k, v in drift.items() if v["psi"] is None),
+                *(f"psi:{k}(small cells as 0)" for k, v in drift.items() if v["small"]),
+            }
         )
         result.rows.append(
             {
