@@ -1,8 +1,9 @@
 """What Flower costs a simulated study: in-process and Ray engines against the plain floor.
 
 For one study, times (median of --repeats runs, imports excluded):
-- the in-process engine (`simulate(..., backend="inprocess")`),
-- the Ray engine (`simulate(..., backend="ray")`, Ray start-up included as a user sees it),
+- the in-process engine (`simulate(..., backend="inprocess")` without baselines and report:
+  the federation, with governance, ledgers and the egress guard on as by default),
+- the Ray engine (the same on `backend="ray"`, Ray start-up included as a user sees it),
 - the floor: the same local training and evaluation calls, in the same order, with the same
   averaging, but no Flower, no messages and no result files.
 Prints the times and the ratios to the floor (target: in-process within 1.5x of the floor), and
@@ -78,9 +79,16 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="lhs-bench-"))
     counter = iter(range(1_000_000))
 
+    # The federation only, as the floor: no baselines, no report (benchmarks/scale.py
+    # times those); governance, ledgers and the egress guard stay on, as by default.
+    federation = study.with_overrides({"baselines.enabled": False})
+
     def run(backend: str):
         return lambda: simulate(
-            study, backend=backend, out_dir=scratch / f"{backend}-{next(counter)}"
+            federation,
+            backend=backend,
+            out_dir=scratch / f"{backend}-{next(counter)}",
+            report=False,
         )
 
     plain_loop(study)  # warm-up (first-call costs of torch)
