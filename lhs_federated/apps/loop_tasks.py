@@ -33,6 +33,8 @@ from flwr.serverapp import Grid
 from lhs_federated.apps import loop_messages, records
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.federation import discover_sites
+from lhs_federated.apps.reply_checks import ReplyRejectedError
+from lhs_federated.apps.run_config import LOOP_RESULT_FILE
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.data.encoding import encoded_columns
 from lhs_federated.data.statistics import Standardizer
@@ -51,8 +53,7 @@ from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, write_study
 
 LOGGER = logging.getLogger("lhs_federated.loop")
-LOOP_TASK_KEY = "loop-task"
-RESULT_FILE = "loop-task.json"
+RESULT_FILE = LOOP_RESULT_FILE
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _run_task(
     engine: str,
     audit_options: AuditOptions | None,
     arrays: dict[str, np.ndarray],
-    work: Callable[[SiteGrid, CoordinatorAudit], TaskOutcome],
+    work: Callable[[SiteGrid, CoordinatorAudit, dict[str, int | None]], TaskOutcome],
 ) -> TaskOutcome:
     """Discovery, ledger, the task's ``work``, its result file and the ledger's close."""
     out_dir = Path(out_dir)
@@ -123,7 +124,8 @@ def _run_task(
     write_study(study, out_dir / "study.resolved.toml")
     audit.open({node: s.name for node, s in summaries.items()}, engine=engine)
     try:
-        outcome = work(site_grid, audit)
+        test_rows = {s.name: s.n_test for s in summaries.values()}  # as reported at discovery
+        outcome = work(site_grid, audit, test_rows)
         audit.record(f"loop-{kind}", {"result": outcome.result, "failed": outcome.failed})
         (out_dir / RESULT_FILE).write_text(
             json.dumps(
@@ -180,7 +182,9 @@ def monitor_release(
     """
     edge_counts = [len(e) for e in edges]
 
-    def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
+    def work(
+        site_grid: SiteGrid, audit: CoordinatorAudit, test_rows: dict[str, int | None]
+    ) -> TaskOutcome:
         def content(node: int) -> RecordDict:
             config = _config(study, model.standardizer)
             config.update(loop_messages.edges_to_config(edges))
@@ -195,9 +199,13 @@ def monitor_release(
         per_site: dict[str, SiteMonitoring] = {}
         for site, reply in replies.items():
             try:
+                loop_messages.check_monitor_reply(reply.content, edge_counts, test_rows[site])
                 per_site[site] = loop_messages.monitoring_from_record(reply.content, edge_counts)
-            except (KeyError, ValueError, TypeError) as error:
-                failed[site] = f"reply rejected: malformed monitoring reply ({error})"
+            except (ReplyRejectedError, KeyError, ValueError, TypeError) as error:
+                LOGGER.warning("%s: monitoring reply rejected: %s", site, error)
+                failed[site] = f"reply rejected: {error}"
+        if not per_site:
+            raise StudyRunError(f"no usable monitoring reply: {failed}")
         audit.evaluated(
             0, {s: MetricReport(m.values, m.undefined) for s, m in per_site.items()}, failed
         )
@@ -237,7 +245,7 @@ def gate_challenger(
         **{loop_messages.CHALLENGER + k: v for k, v in challenger.arrays.items()},
     }
 
-    def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
+    def work(site_grid: SiteGrid, audit: CoordinatorAudit, _rows: dict) -> TaskOutcome:
         def content(node: int) -> RecordDict:
             config = _config(study, champion.standardizer)
             config.update(loop_messages.policy_to_config(policy))
@@ -293,7 +301,7 @@ def recalibrate_release(
     ``rounds``; it stops once a step moves no parameter by 1e-9).
     """
 
-    def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
+    def work(site_grid: SiteGrid, audit: CoordinatorAudit, _rows: dict) -> TaskOutcome:
         names = sorted(site_grid.sites.values())
         current = {name: identity(method) for name in (names if per_site else ["pooled"])}
         failed: dict[str, str] = {}
