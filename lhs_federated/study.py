@@ -123,8 +123,8 @@ class PreprocessingSpec:
     )
     indicators: Literal["centred", "standardised"] = setting(
         "centred",
-        doc="binary and one-hot columns: centred (share of ones subtracted, not divided by "
-        "the SD, which is tiny for rare levels and withheld at small sites) or standardised",
+        doc="binary and one-hot columns: centred (share of ones subtracted) and divided by "
+        "0.5, not by their SD (tiny for rare levels, withheld at small sites); or standardised",
     )
     std_divisor: Literal["n", "n-1"] = setting(
         "n", doc="divisor of the variance behind each scale: n (population) or n-1 (sample; FLamby)"

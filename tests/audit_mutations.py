@@ -162,6 +162,20 @@ def _roll_back(site: str) -> Callable[[Path, dict[str, Path]], None]:
     return apply
 
 
+def _roll_back_before_run(site: str, run_id: int) -> Callable[[Path, dict[str, Path]], None]:
+    """The site ledger as it was before the study: its approval and the run's records cut off."""
+
+    def apply(run: Path, sites: dict[str, Path]) -> None:
+        path = sites[site]
+        lines = _lines(path)
+        first = next(
+            i for i, line in enumerate(lines) if json.loads(line)["data"].get("run_id") == run_id
+        )
+        path.write_bytes(b"".join(lines[: first - 1]))
+
+    return apply
+
+
 def _edit_file(name: str) -> Callable[[Path, dict[str, Path]], None]:
     def apply(run: Path, sites: dict[str, Path]) -> None:
         path = run / name
@@ -256,6 +270,12 @@ def mutations(run: Path, sites: dict[str, Path]) -> list[Mutation]:
             f"roll {site}'s ledger back",
             _roll_back(site),
             lambda p: f"site {site}" in p and "rolled back" in p,
+        ),
+        Mutation(
+            KINDS[7],
+            f"roll {site}'s ledger back to before the study",
+            _roll_back_before_run(site, int(entries[1].data["run_id"])),
+            lambda p: f"site {site}" in p and "rolled back" in p and "at the start of run" in p,
         ),
         Mutation(
             KINDS[10],

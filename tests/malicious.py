@@ -31,7 +31,7 @@ def tampering_client(site: int, tamper: Tamper, *, message_type: str = "train") 
     """The real ClientApp whose ``message_type`` replies at partition ``site`` pass ``tamper``.
 
     ``tamper(reply, server_round)`` returns the reply to send instead, or
-    ``None`` to send the honest one.
+    ``None`` to send the honest one (``server_round`` is 0 for discovery).
     """
 
     def tamper_mod(message: Message, context: Context, call_next) -> Message:
@@ -41,7 +41,7 @@ def tampering_client(site: int, tamper: Tamper, *, message_type: str = "train") 
             and message.metadata.message_type.split(".")[0] == message_type
             and not reply.has_error()
         ):
-            server_round = int(message.content["config"]["server-round"])
+            server_round = int(message.content["config"].get("server-round", 0))
             return tamper(reply, server_round) or reply
         return reply
 
@@ -77,15 +77,21 @@ class TamperingGrid(GridWrapper):
 
 
 def malicious_coordinator(
-    study: Study, tamper: Callable[[Message], None], out_dir: Path, *, n_sites: int = 3
+    study: Study,
+    tamper: Callable[[Message], None],
+    out_dir: Path,
+    *,
+    n_sites: int = 3,
+    **run_options,
 ) -> dict:
     """Run ``study`` with the real coordinator loop whose messages ``tamper`` rewrites.
 
-    The sites are the real ClientApp on the in-process engine.
+    The sites are the real ClientApp on the in-process engine (node ids 1000,
+    1001, ... for partitions 0, 1, ...); ``run_options`` go to :func:`run_study`.
     """
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 77, 0, 1
     grid = TamperingGrid(InProcessGrid(client_app.app, n_sites, run_id=77), tamper)
-    return run_study(grid, study, out_dir, engine="inprocess")
+    return run_study(grid, study, out_dir, engine="inprocess", **run_options)
 
 
 def carry_study(approved: Study) -> Callable[[Message], None]:

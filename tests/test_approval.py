@@ -103,6 +103,22 @@ def test_a_restored_older_registry_is_detected_not_obeyed(site):
     assert site_kinds(site)[-1] == "refusal"
 
 
+def test_a_site_ledger_rolled_back_behind_the_registry_is_detected(site):
+    approve(site)
+    ledger = site.folder / "ledger.jsonl"
+    site.record_refusal(OTHER_STUDY, CODE, "not approved")
+    older = ledger.read_bytes()  # a copy taken before the revocation
+    site.revoke(STUDY, by="site DPO", reason="consent withdrawn")
+    approve(site)  # approved again: the registry now names the ledger's later head
+    ledger.write_bytes(older)
+    with pytest.raises(
+        SiteRefusal,
+        match=r"its signed ledger '.*ledger\.jsonl' does not hold record 3 \(\w{16}…\), which "
+        r"the approvals registry '.*approvals\.jsonl' names .* rolled back to an older copy",
+    ):
+        SiteFolder.open(site.folder).check(STUDY, CODE)
+
+
 def test_registry_state_survives_reopening_and_continues(site):
     approve(site)
     reopened = SiteFolder.open(site.folder, site="site-01")

@@ -13,9 +13,10 @@ from audit_mutations import KINDS, run_mutations, summarise
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from lhs_federated import simulate
+from lhs_federated import StudyRunError, simulate
 from lhs_federated.apps import client_app, records, server_app
 from lhs_federated.apps.engines import run_inprocess
+from lhs_federated.cli import main
 from lhs_federated.governance.keys import load_private_key, write_key_pair
 from lhs_federated.governance.ledger import Entry, record_hash
 from lhs_federated.governance.run_audit import audit_run
@@ -114,3 +115,23 @@ def test_a_coordinator_recording_another_model_for_one_site_is_named(run, tmp_pa
         "round 2 (train): site-02 was sent model ffffffffffffffff…, not the model " in problems[0]
     )
     assert "the coordinator sent sites different models" in problems[0]
+
+
+def test_an_approval_pinning_the_coordinator_key_refuses_another_coordinator(
+    tmp_path, small_study, published
+):
+    folders = tmp_path / "sites"
+    study = small_study.with_overrides(
+        {"rounds": 1, "governance.preapproved": False, "governance.site_folders": str(folders)}
+    )
+    toml = tmp_path / "study.toml"
+    toml.write_text(study.to_toml())
+    for site in SITES:
+        assert main(["site", "init", str(folders / site), "--name", site]) == 0
+        approve = ["site", "approve", str(toml), "--site-folder", str(folders / site)]
+        pin = ["--installed", "--reason", "IRB-3", "--coordinator-key", str(published[0])]
+        assert main([*approve, *pin]) == 0
+    with pytest.raises(StudyRunError, match=r"accepts only coordinator key ed25519:\w+, and "):
+        simulate(study, out_dir=tmp_path / "other", report=False)  # a key made for the run
+    done = simulate(study, out_dir=tmp_path / "pinned", coordinator_key=published[1], report=False)
+    assert audit_run(done.out_dir).ok

@@ -40,7 +40,9 @@ def test_simulate_json_prints_events_one_per_line_and_writes_them(tmp_path, smal
     done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, check=True)
     lines = [json.loads(line) for line in done.stdout.splitlines()]  # every line is JSON
     kinds = [line["kind"] for line in lines]
-    assert kinds == ["round", "round", "step", "step", "result"]
+    # Two rounds, the analysis and report steps, the ledger sealed over the results, the result.
+    assert kinds[:2] == ["round", "round"] and kinds[-2:] == ["ledger-sealed", "result"]
+    assert set(kinds[2:-2]) == {"step"} and len(kinds) > 5
     assert lines[1]["data"]["round"] == 2 and lines[1]["data"]["sites_total"] == 3
     assert all(set(line) == {"at", "kind", "message", "data"} for line in lines)  # one shape
     assert lines[-1]["data"]["out_dir"] == str(out)
@@ -75,3 +77,12 @@ def test_python_api_prints_each_flower_line_once(tmp_path, small_study):
     output = done.stdout + done.stderr
     assert output.count("configure_train: Sampled 3 nodes") == small_study.rounds, output
     assert output.count("round 2/2, 3/3 sites trained") == 1  # our own progress line, once
+
+
+def test_demo_consortium_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "consortium", "--dir", str(tmp_path)]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+    assert main(["demo", "consortium", "--dir", str(tmp_path), "--stop"]) == 2
+    assert "holds no consortium" in capsys.readouterr().err

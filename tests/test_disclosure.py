@@ -260,3 +260,25 @@ def test_a_model_that_calls_everyone_the_same_is_named():
     assert any(
         "constant at a (calls every patient negative)" in n for n in run_notes({"final": final})
     )
+
+
+@pytest.mark.parametrize(
+    ("auroc", "loss", "status", "says"),
+    [
+        ([0.70, 0.74, 0.78, 0.80, 0.82], [0.60, 0.55, 0.52, 0.50, 0.48], "improving", "rounds=10"),
+        ([0.80, 0.81, 0.81, 0.812, 0.812], [0.50, 0.49, 0.49, 0.49, 0.49], "settled", "settled"),
+        ([0.80, 0.82, 0.82, 0.81, 0.79], [0.50, 0.49, 0.49, 0.49, 0.495], "declining", "falling"),
+    ],
+)
+def test_convergence_line_reads_the_last_rounds(tmp_path, auroc, loss, status, says):
+    from lhs_federated.results.notes import convergence
+
+    rounds = ["round,seconds,trained,failed,mean_auroc"]
+    rounds += [f"{r},1.0,a b,,{v}" for r, v in enumerate(auroc, start=1)]
+    metrics = ["round,site,split,metric,value,reason"]
+    metrics += [f"{r},{s},train,loss,{v}," for r, v in enumerate(loss, start=1) for s in "ab"]
+    (tmp_path / "rounds.csv").write_text("\n".join(rounds) + "\n", encoding="utf-8")
+    (tmp_path / "metrics.csv").write_text("\n".join(metrics) + "\n", encoding="utf-8")
+    result = convergence(tmp_path)
+    assert result["status"] == status and says in result["line"], result
+    assert result["line"].startswith("convergence: over the last 1 of 5 rounds")

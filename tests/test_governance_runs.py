@@ -150,6 +150,9 @@ def test_run_audit_and_report_say_intact(run):
     ):
         assert heading in html
     assert "<script" not in html and "http" not in html.replace("http-equiv", "")
+    assert "<tr><th></th><th></th></tr>" not in html  # the Study table has no empty header row
+    assert "<th scope='row'>study hash</th>" in html
+    assert "td.time{white-space:nowrap}" in html and "<td class='time'>20" in html
 
 
 def copy_run(run, tmp_path):

@@ -8,11 +8,13 @@ lives (:mod:`lhs_federated.apps.reply_checks`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +23,25 @@ import pytest
 import tomli_w
 from faulty import run_with
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.superlink.main import create_app as create_superlink_app
 from malicious import carry_study, malicious_coordinator, tampering_client
 
-from lhs_federated.apps import records
-from lhs_federated.apps.reply_checks import MAX_PARAMETER, ReplyChecks, ReplyRejectedError
+from lhs_federated import load_study
+from lhs_federated.apps import records, server_app
+from lhs_federated.apps.engines import run_inprocess
+from lhs_federated.apps.reply_checks import (
+    MAX_PARAMETER,
+    ReplyChecks,
+    ReplyRejectedError,
+    check_summary,
+)
 from lhs_federated.apps.run_limits import check_round, preprocessing_digest
 from lhs_federated.cli import main
 from lhs_federated.deploy import coordinator, processes, site_node
 from lhs_federated.deploy.certs import check_site_key, init_certificates, write_site_key
 from lhs_federated.deploy.loopback import free_port
 from lhs_federated.deploy.server_config import load_server_config
+from lhs_federated.deploy.superlink import LoopbackOnly
 from lhs_federated.errors import ConfigError, LhsError, SiteRefusal, StudyRunError
 from lhs_federated.learning.metrics import clinical_metrics
 from lhs_federated.learning.models import build_model
@@ -201,7 +212,7 @@ def test_robust_strategies_stay_available_against_a_plausible_but_wrong_update(
     """A poisoned update within every bound moves FedAvg's model, not FedMedian's."""
     largest = {}
     for name in ("fedavg", "fedmedian"):
-        study = small_study.with_overrides({"strategy.name": name})
+        study = small_study.with_overrides({"strategy.name": name, "rounds": 1})
         run_with(tampering_client(2, _boosted), study, tmp_path / name)
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["status"] == "completed"
@@ -304,7 +315,7 @@ BAD_STUDY_VALUES = [
     ({"data.test_fraction": 0}, r"test_fraction must be > 0"),
     ({"data.test_fraction": 1}, r"test_fraction must be < 1"),
     ({"data.synthetic.sites": 0}, r"sites must be >= 1"),
-    ({"data.synthetic.sites": 10**6}, r"sites must be <= 200"),
+    ({"data.synthetic.sites": 10**6}, r"sites must be <= 10000"),
     ({"data.synthetic.rows_per_site": 10**9}, r"rows_per_site must be <= 1000000"),
     ({"data.synthetic.rows_per_site": 5}, r"rows_per_site must be >= 20"),
     ({"data.source": "s3"}, r"data\.source must be one of"),
@@ -511,17 +522,39 @@ def test_a_round_is_asked_at_most_twice_and_rounds_only_go_forward():
             check_round([], asked, 2, "site-01")
 
 
-def _inject_fine_tuning(message: Message) -> None:
+def _inject_local_work(message: Message) -> None:
+    """Ask a FedAvg study's sites to fine-tune before scoring and to add a proximal term."""
+    config = message.content[records.CONFIG]
     if message.metadata.message_type == "evaluate":
-        config = message.content[records.CONFIG]
         config["fine-tune-steps"] = 20000
         config["fine-tune-learning-rate"] = 1.0
+    else:
+        config["proximal-mu"] = 10.0
 
 
-def test_evaluate_messages_cannot_make_a_site_fine_tune(small_study, tmp_path):
+def test_messages_cannot_make_a_site_fine_tune_or_add_a_proximal_term(small_study, tmp_path):
     honest = malicious_coordinator(small_study, lambda message: None, tmp_path / "honest")
-    attacked = malicious_coordinator(small_study, _inject_fine_tuning, tmp_path / "attacked")
+    attacked = malicious_coordinator(small_study, _inject_local_work, tmp_path / "attacked")
     assert attacked["final"]["per_site"] == honest["final"]["per_site"]
+    assert attacked["model"]["arrays_sha256"] == honest["model"]["arrays_sha256"]
+
+
+def test_a_deployed_run_is_labelled_deployment_whatever_its_run_config_says(
+    small_study, tmp_path, monkeypatch
+):
+    """Item 9: under `server start` the ServerApp is deployed; its bindings come from state/."""
+    state = tmp_path / "state"
+    (state / "runs").mkdir(parents=True)
+    nodes = {"site-01": "1000", "site-02": "1001", "site-03": "1002"}
+    (state / "sites.json").write_text(json.dumps(nodes))
+    monkeypatch.setenv("LHS_FED_SERVER_STATE", str(state))
+    study = small_study.with_overrides({"rounds": 1})
+    run_config = {"study": study.to_json(), "out-dir": str(tmp_path / "run"), "engine": "inprocess"}
+    run_inprocess(run_config, 3)
+    ledger = (tmp_path / "run" / "governance" / "coordinator.jsonl").read_text().splitlines()
+    started = next(json.loads(line) for line in ledger if '"study-started"' in line)
+    assert started["data"]["engine"] == "deployment"
+    assert [p["node_id"] for p in started["data"]["participants"]] == [1000, 1001, 1002]
 
 
 def _crafted_preprocessing(message: Message) -> None:
@@ -638,3 +671,106 @@ def test_a_supernode_that_gives_up_reconnecting_exits(tmp_path):
     text = log.read_text()
     assert "Giving up reconnection" in text
     assert "the SuperNode stopped (exit code 1); its supervisor restarts it" in text
+
+
+# ------------------------------------------- item 2: only the sites' own nodes take part
+
+
+def test_only_nodes_bound_to_site_keys_take_part_each_as_its_own_site(small_study, tmp_path):
+    """An outsider's node (unbound), and a bound node claiming another site, are refused."""
+    study = small_study.with_overrides({"federation.min_sites": 1, "rounds": 1})
+    bound = {1000: "site-01", 1001: "site-03"}  # node 1001 serves site-02; 1002 is no one's
+    summary = malicious_coordinator(study, lambda message: None, tmp_path / "run", site_nodes=bound)
+    assert summary["sites"] == ["site-01"]
+    ledger = (tmp_path / "run" / "governance" / "coordinator.jsonl").read_text().splitlines()
+    started = next(json.loads(line) for line in ledger if '"study-started"' in line)
+    refused = sorted(started["data"]["refused_nodes"], key=lambda r: r["node_id"])
+    assert refused == [
+        {"node_id": 1001, "reason": "it claims to be site 'site-02', but its key is 'site-03''s"},
+        {"node_id": 1002, "reason": "its node id is not bound to any site key in server.toml"},
+    ]
+    assert [p["site"] for p in started["data"]["participants"]] == ["site-01"]
+    with pytest.raises(StudyRunError, match=r"only 0 sites joined.*node 1000: it claims"):
+        malicious_coordinator(
+            study, lambda message: None, tmp_path / "none", site_nodes={1000: "site-02"}
+        )
+
+
+def test_the_control_and_runtime_apis_answer_only_the_coordinators_host():
+    """Flower's real SuperLink app, wrapped: `flwr supernode register` from elsewhere is 403."""
+    with warnings.catch_warnings():  # Starlette's note about its httpx-based client
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+    app = LoopbackOnly(create_superlink_app(), own_hosts={"10.0.0.5"})
+    outsider = TestClient(app, client=("203.0.113.7", 5000), raise_server_exceptions=False)
+    for path in ("/v1/control/register-node", "/v1/control/start-run", "/v1/runtime/x"):
+        assert outsider.post(path, json={}).status_code == 403, path
+    assert outsider.post("/v1/fleet/register-node", json={}).status_code != 403  # sites' API
+    assert outsider.get("/health").status_code == 200
+    for host in ("127.0.0.1", "::1", "10.0.0.5"):
+        local = TestClient(app, client=(host, 5000), raise_server_exceptions=False)
+        assert local.post("/v1/control/register-node", json={}).status_code != 403, host
+    proxied = TestClient(app, client=("127.0.0.1", 5000), raise_server_exceptions=False)
+    response = proxied.post(
+        "/v1/control/register-node", json={}, headers={"X-Forwarded-For": "203.0.113.7"}
+    )
+    assert response.status_code == 403  # a proxy on this host forwarding an outsider
+
+
+def test_the_ledger_key_path_stays_at_the_coordinator(tmp_path):
+    """The run config every site receives names no coordinator file but the results folder."""
+    key = tmp_path / "keys" / "coordinator.key"
+    assert main(["keys", "init", str(key)]) == 0
+    one = write_site_key(tmp_path / "one")
+    path = _server_toml(tmp_path, {"site-01": f"{one}.pub"})
+    path.write_text(path.read_text() + f'\n[ledger]\nsigning_key = "{key}"\n')
+    config = load_server_config(path)
+    paths = coordinator.ServerPaths(config.state_dir)
+    paths.pid.parent.mkdir(parents=True)
+    processes.write_pid_file(paths.pid, os.getpid())  # "running": submit stops at flwr
+    with pytest.raises(LhsError, match="flwr"):
+        coordinator.submit_study(config, load_study(None), out_dir=tmp_path / "out")
+    (run_config_file,) = paths.runs.glob(".out.run-config.toml")
+    assert str(key) not in run_config_file.read_text()
+    assert server_app.coordinator_settings(paths.state, tmp_path / "out") == {
+        "ledger-key": str(key)
+    }
+
+
+def test_more_absurd_inputs_at_the_command_line(small_study, tmp_path, capsys):
+    """min_sites above the sites, bad site and study names: exit 2 with the reason."""
+    too_many = small_study.with_overrides({"federation.min_sites": 5})
+    (tmp_path / "study.toml").write_text(too_many.to_toml())
+    assert main(["simulate", str(tmp_path / "study.toml"), "--out", str(tmp_path / "r")]) == 2
+    assert main(["site", "init", str(tmp_path / "g"), "--name", "bad name!"]) == 2
+    assert main(["simulate", "--set", "name=a/b"]) == 2
+    assert main(["simulate", "--set", "training.learning_rate=inf"]) == 2
+    err = capsys.readouterr().err
+    assert "federation.min_sites" in err and "3" in err
+    assert "a site name must be letters, digits" in err
+    assert "name must be letters, digits" in err
+    assert "training.learning_rate must be a finite number; got inf" in err
+
+
+def _nan_sums(reply: Message, server_round: int) -> Message | None:
+    if "sums" not in reply.content:
+        return None
+    sums = reply.content["sums"]
+    sums["sum"] = [float("nan")] * len(sums["sum"])
+    return reply
+
+
+def test_a_poisoned_discovery_reply_is_refused_before_it_spoils_the_preprocessing(
+    small_study, tmp_path
+):
+    study = small_study.with_overrides({"rounds": 1})
+    run_with(tampering_client(2, _nan_sums, message_type="query"), study, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["sites"] == ["site-01", "site-02"]
+    assert all(v["auroc"] is not None for v in summary["final"]["per_site"].values())
+    ledger = (tmp_path / "run" / "governance" / "coordinator.jsonl").read_text()
+    assert "discovery reply rejected: column sums hold NaN or infinite values" in ledger
+    summaries = [SiteSummary("s", 100, 30, 10, -1, None), SiteSummary("s", 10, 30, 20, 5, None)]
+    for bad, reason in zip(summaries, ["a negative count", "20 positives in 10 rows"], strict=True):
+        with pytest.raises(ReplyRejectedError, match=reason):
+            check_summary(bad, 12)

@@ -8,7 +8,13 @@ from sklearn.preprocessing import StandardScaler
 
 from lhs_federated.data.encoding import SiteTable
 from lhs_federated.data.split import split_site
-from lhs_federated.data.statistics import ColumnSums, EncodedColumn, Standardizer, federate
+from lhs_federated.data.statistics import (
+    INDICATOR_SCALE,
+    ColumnSums,
+    EncodedColumn,
+    Standardizer,
+    federate,
+)
 
 
 def sites(seed=0):
@@ -123,7 +129,7 @@ def pooled_statistics(tables, columns, ddof, sites_of):
         values = values[~np.isnan(values)]
         mean.append(values.mean() if len(values) else np.nan)
         sd = values.std(ddof=ddof) if len(values) > ddof else 0.0
-        scale.append(1.0 if column.indicator or sd <= 1e-12 else sd)
+        scale.append(INDICATOR_SCALE if column.indicator else 1.0 if sd <= 1e-12 else sd)
     return np.array(mean), np.array(scale)
 
 
@@ -163,7 +169,7 @@ def test_federated_statistics_are_pooled_or_departures_say_exactly_where_not(cas
         np.testing.assert_allclose(federated.scale[kept], scale[kept], rtol=1e-7, atol=1e-9)
     for j, column in enumerate(columns):
         if column.name in everywhere:  # withheld at every site: the stated fallback
-            expected = (0.0, 1.0) if column.indicator else (0.0, 10.0)
+            expected = (0.0, INDICATOR_SCALE) if column.indicator else (0.0, 10.0)
             assert (federated.mean[j], federated.scale[j]) == expected
 
 
@@ -174,7 +180,7 @@ def test_nothing_withheld_gives_the_pooled_statistics_and_no_departures():
     assert statistics.departures == ()
     pooled = np.vstack(list(tables.values()))
     np.testing.assert_allclose(statistics.standardizer.mean, np.nanmean(pooled, axis=0))
-    assert statistics.standardizer.scale[1] == 1.0  # indicators are centred, not scaled
+    assert statistics.standardizer.scale[1] == INDICATOR_SCALE  # not the column's own SD
     scaled = federate(site_sums(tables, 1), columns, scale_indicators=True)
     np.testing.assert_allclose(scaled.standardizer.scale, np.nanstd(pooled, axis=0))
 

@@ -33,6 +33,7 @@ from lhs_federated.learning.personalisation import fine_tuning_of, personalise
 from lhs_federated.learning.site import evaluate_at_site, site_standardizer, summarise_site
 from lhs_federated.privacy.metric_release import release_metrics
 from lhs_federated.privacy.site_round import train_site_round
+from lhs_federated.study import Study
 
 
 def site_errors_mod(message: Message, context: Context, call_next) -> Message:
@@ -94,7 +95,7 @@ def train(message: Message, context: Context) -> Message:
         arrays=arrays,
         server_round=int(config[records.ROUND]),
         standardizer=site_standardizer(study, site.data, records.standardizer_from_config(config)),
-        proximal_mu=float(config.get(records.PROXIMAL_MU, 0.0)),
+        proximal_mu=proximal_mu_of(study),
         correction=None if control is None else control.correction,
     )
     update = result.update
@@ -103,6 +104,18 @@ def train(message: Message, context: Context) -> Message:
         sent = {**sent, **control.finish(arrays, update, study.training.learning_rate, context)}
     content = records.train_reply(study, sent, update.n_examples, update.loss, result.epsilon)
     return Message(content, reply_to=message)
+
+
+def proximal_mu_of(study: Study) -> float:
+    """FedProx's proximal term, from the approved study (0 for any other strategy).
+
+    Flower's FedProx also sends it in every train message; the site takes the
+    study's, so a coordinator cannot add a proximal term to a FedAvg study or
+    change FedProx's. Flower's default is 0.
+    """
+    if study.strategy.name != "fedprox":
+        return 0.0
+    return float(study.strategy.params.get("proximal_mu", 0.0))
 
 
 @app.evaluate()

@@ -153,7 +153,12 @@ class CoordinatorAudit:
         config[COORDINATOR_KEY] = fingerprint(self._key.public_key())
 
     def open(
-        self, sites: Mapping[int, str], *, engine: str, resumed_after: int | None = None
+        self,
+        sites: Mapping[int, str],
+        *,
+        engine: str,
+        resumed_after: int | None = None,
+        refused_nodes: Mapping[int, str] | None = None,
     ) -> None:
         """Create the ledger and record the study's start and the discovery replies.
 
@@ -203,6 +208,16 @@ class CoordinatorAudit:
                     "made_for_this_run": not self._key_given,
                 },
                 **({"resumed_from": resumed_from} if resumed_from else {}),
+                # nodes refused at discovery (not bound to a site key), with the reason
+                **(
+                    {
+                        "refused_nodes": [
+                            {"node_id": n, "reason": r} for n, r in refused_nodes.items()
+                        ]
+                    }
+                    if refused_nodes
+                    else {}
+                ),
             },
         )
         pending, self._pending = self._pending, []
@@ -266,6 +281,9 @@ class CoordinatorAudit:
                 "error_code": digest.error_code,
                 "detail": digest.detail,
             }
+            head = reply.content.get(records.SITE_LEDGER) if digest.status == "ok" else None
+            if isinstance(head, ConfigRecord) and {"seq", "hash"} <= set(head):
+                data["site_ledger_head"] = {"seq": int(head["seq"]), "hash": str(head["hash"])}
             batch.append(("site-reply", data))
         self._append_many(batch)
 

@@ -56,18 +56,33 @@ def run_inprocess(
     server_app.build_server_app(write_results=write_results)(grid, context)
 
 
+#: Ray actors (simulated-site workers) per CPU core: a site's round is milliseconds of
+#: work, so one actor per core leaves cores idle while Ray schedules the next message.
+ACTORS_PER_CORE = 4
+
+
 def run_ray(
     run_config: dict[str, str],
     n_sites: int,
     *,
     write_results: Callable[[Path], None] | None = None,
+    actors_per_core: int = ACTORS_PER_CORE,
 ) -> None:
-    """Run the ServerApp and ``n_sites`` ClientApps on Flower's simulation engine (Ray)."""
+    """Run the ServerApp and ``n_sites`` ClientApps on Flower's simulation engine (Ray).
+
+    Ray starts on this machine with every core, unless it is already running
+    in this process (``ray.init(address=...)`` called first) or ``RAY_ADDRESS``
+    names a cluster: then the simulation runs on that cluster. Each core runs
+    ``actors_per_core`` ClientApp actors.
+    """
     from flwr.simulation import run_simulation
 
+    init_args: dict[str, object] = {"include_dashboard": False}
+    if not os.environ.get("RAY_ADDRESS"):  # a cluster decides its own resources
+        init_args["num_cpus"] = os.cpu_count() or 1
     backend_config = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+        "client_resources": {"num_cpus": 1 / actors_per_core, "num_gpus": 0.0},
+        "init_args": init_args,
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

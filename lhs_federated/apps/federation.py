@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from lhs_federated.apps.checkpoint import Checkpoint, load_checkpoint, save_chec
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.privacy_log import PrivacyLog
-from lhs_federated.apps.reply_checks import ReplyChecks, ReplyRejectedError
+from lhs_federated.apps.reply_checks import ReplyChecks, ReplyRejectedError, check_summary
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import Standardizer
@@ -76,6 +76,7 @@ def run_study(
     audit_options: AuditOptions | None = None,
     expected_sites: int = 0,
     write_results: Callable[[Path], None] | None = None,
+    site_nodes: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``study`` on ``grid`` and write its results folder.
 
@@ -97,6 +98,10 @@ def run_study(
     expected_sites : int
         Sites registered at the coordinator, waited for before discovery
         (0: start with those connected).
+    site_nodes : mapping of int to str, optional
+        A deployment's binding of node ids to the site keys in server.toml:
+        only these nodes take part, each only as its own site (None: every
+        connected node, as in simulation).
     write_results : callable, optional
         Writes the run's further files for readers (a simulation's analysis
         and report) once ``summary.json`` is written and before the ledger is
@@ -119,7 +124,9 @@ def run_study(
         check_out_dir(out_dir)  # before waiting for any site
     warm = load_warm_start(study)  # an update study: a verified release, matching inputs
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
-    summaries, site_grid = discover_sites(audit.grid, study, expected_sites=expected_sites)
+    summaries, site_grid, refused = discover_sites(
+        audit.grid, study, expected_sites=expected_sites, site_nodes=site_nodes
+    )
     statistics = federated_statistics(study, summaries.values())
     departures = [d.to_json() for d in statistics.departures] if statistics else []
     if departures:
@@ -148,6 +155,7 @@ def run_study(
             {node: s.name for node, s in summaries.items()},
             engine=engine,
             resumed_after=done if checkpoint else None,
+            refused_nodes=refused,
         )
         writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
         for server_round in range(done + 1, study.rounds + 1):
@@ -206,14 +214,21 @@ def _report_close(out_dir: Path, notified: list[str], not_notified: dict[str, st
 
 
 def discover_sites(
-    grid: Grid, study: Study, *, expected_sites: int = 0
-) -> tuple[dict[int, SiteSummary], SiteGrid]:
+    grid: Grid,
+    study: Study,
+    *,
+    expected_sites: int = 0,
+    site_nodes: Mapping[int, str] | None = None,
+) -> tuple[dict[int, SiteSummary], SiteGrid, dict[int, str]]:
     """Ask every connected node who it is and for its data summary.
 
     Waits up to ``federation.connect_timeout`` for ``expected_sites`` nodes
     (a coordinator knows how many sites are registered; sites restarting
     after an outage reconnect within seconds), then goes on with those
-    connected if they are at least ``federation.min_sites``.
+    connected if they are at least ``federation.min_sites``. With
+    ``site_nodes`` (a deployment), a node whose id is not bound to a site key
+    in server.toml is never asked, and a bound node that claims another
+    site's name is refused: both are returned with the reason, for the ledger.
 
     Raises
     ------
@@ -224,7 +239,18 @@ def discover_sites(
     federation = study.federation
     deadline = time.monotonic() + federation.connect_timeout
     needed = federation.min_sites or 1
-    while len(node_ids := list(grid.get_node_ids())) < max(needed, expected_sites):
+    refused: dict[int, str] = {}
+
+    def connected() -> list[int]:
+        nodes = list(grid.get_node_ids())
+        if site_nodes is None:
+            return nodes
+        for node in nodes:
+            if node not in site_nodes:
+                refused[node] = "its node id is not bound to any site key in server.toml"
+        return [node for node in nodes if node in site_nodes]
+
+    while len(node_ids := connected()) < max(needed, expected_sites):
         if time.monotonic() >= deadline:
             if len(node_ids) >= needed:
                 LOGGER.warning(
@@ -239,6 +265,8 @@ def discover_sites(
                 f"the study needs {needed} (federation.min_sites)."
             )
         time.sleep(0.5)
+    for node, reason in refused.items():
+        LOGGER.warning("node %s refused: %s", node, reason)
     content = RecordDict({records.CONFIG: records.study_config(study)})
     messages = [Message(content, node_id, MessageType.QUERY) for node_id in sorted(node_ids)]
     probe = SiteGrid(grid, {})
@@ -249,7 +277,20 @@ def discover_sites(
         if reply.has_error():
             errors.append(f"node {node}: {reply.error.reason}")
             continue
-        summaries[node] = records.summary_from_record(reply.content)
+        try:
+            summary = records.summary_from_record(reply.content)
+            check_summary(summary, n_features(study))
+        except (ReplyRejectedError, KeyError, TypeError, ValueError) as rejected:
+            refused[node] = f"discovery reply rejected: {rejected}"
+            LOGGER.warning("node %s refused: %s", node, refused[node])
+            continue
+        if site_nodes is not None and summary.name != site_nodes[node]:
+            refused[node] = (
+                f"it claims to be site {summary.name!r}, but its key is {site_nodes[node]!r}'s"
+            )
+            LOGGER.warning("node %s refused: %s", node, refused[node])
+            continue
+        summaries[node] = summary
     answered = {probe.node_of(r) for r in replies}
     errors += [
         f"node {n}: no reply within {federation.round_timeout:g} s"
@@ -264,8 +305,14 @@ def discover_sites(
         raise StudyRunError(
             f"two nodes claim to be site(s) {', '.join(twice)}; each site runs one node."
         )
+    if len(summaries) < needed:
+        raise StudyRunError(
+            f"only {len(summaries)} sites joined; the study needs {needed} "
+            f"(federation.min_sites). Refused: "
+            + "; ".join(f"node {n}: {why}" for n, why in refused.items())
+        )
     ordered = dict(sorted(summaries.items(), key=lambda item: item[1].name))
-    return ordered, SiteGrid(grid, {node: s.name for node, s in ordered.items()})
+    return ordered, SiteGrid(grid, {node: s.name for node, s in ordered.items()}), refused
 
 
 def _round_config(study: Study, standardizer: Standardizer | None) -> ConfigRecord:

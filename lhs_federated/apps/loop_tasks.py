@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,16 +113,23 @@ def _run_task(
     audit_options: AuditOptions | None,
     arrays: dict[str, np.ndarray],
     work: Callable[[SiteGrid, CoordinatorAudit, dict[str, int | None]], TaskOutcome],
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
-    """Discovery, ledger, the task's ``work``, its result file and the ledger's close."""
+    """Discovery, ledger, the task's ``work``, its result file and the ledger's close.
+
+    ``site_nodes`` binds a deployment's node ids to its sites, as for a study
+    (:func:`~lhs_federated.apps.federation.discover_sites`).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise StudyRunError(f"results folder {str(out_dir)!r} exists and is not empty.")
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
-    summaries, site_grid = discover_sites(audit.grid, study)
+    summaries, site_grid, refused = discover_sites(audit.grid, study, site_nodes=site_nodes)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_study(study, out_dir / "study.resolved.toml")
-    audit.open({node: s.name for node, s in summaries.items()}, engine=engine)
+    audit.open(
+        {node: s.name for node, s in summaries.items()}, engine=engine, refused_nodes=refused
+    )
     try:
         test_rows = {s.name: s.n_test for s in summaries.values()}  # as reported at discovery
         outcome = work(site_grid, audit, test_rows)
@@ -143,7 +150,7 @@ def _run_task(
             encoding="utf-8",
         )
         outcome.ledger = audit.finish(arrays)
-        audit.seal()  # the ledger closes over the result file; the sites get its final hash
+        audit.seal()  # the closing record hashes result.json; then the sites are told
     except Exception as error:
         audit.fail(error)
         raise
@@ -173,6 +180,7 @@ def monitor_release(
     site_params: dict[str, list[float]] | None = None,
     engine: str = "inprocess",
     audit_options: AuditOptions | None = None,
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
     """Score a release and summarise the data at every site (``evaluate.monitor``).
 
@@ -222,7 +230,7 @@ def monitor_release(
 
     return _run_task(
         grid, study, out_dir, kind="monitor", engine=engine, audit_options=audit_options,
-        arrays=model.arrays, work=work,
+        site_nodes=site_nodes,        arrays=model.arrays, work=work,
     )  # fmt: skip
 
 
@@ -238,6 +246,7 @@ def gate_challenger(
     challenger_params: dict[str, list[float]] | None = None,
     engine: str = "inprocess",
     audit_options: AuditOptions | None = None,
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
     """Champion vs challenger at every site (``evaluate.gate``); each site's verdict."""
     arrays = {
@@ -274,7 +283,7 @@ def gate_challenger(
 
     return _run_task(
         grid, study, out_dir, kind="gate", engine=engine, audit_options=audit_options,
-        arrays=challenger.arrays, work=work,
+        site_nodes=site_nodes,        arrays=challenger.arrays, work=work,
     )  # fmt: skip
 
 
@@ -289,6 +298,7 @@ def recalibrate_release(
     site_params: dict[str, list[float]] | None = None,
     engine: str = "inprocess",
     audit_options: AuditOptions | None = None,
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
     """The maximum-likelihood recalibration of a release, by federated Newton steps.
 
@@ -355,7 +365,7 @@ def recalibrate_release(
 
     return _run_task(
         grid, study, out_dir, kind="recalibrate", engine=engine, audit_options=audit_options,
-        arrays=model.arrays, work=work,
+        site_nodes=site_nodes,        arrays=model.arrays, work=work,
     )  # fmt: skip
 
 
@@ -380,6 +390,7 @@ def run_loop_task(
     *,
     engine: str,
     audit_options: AuditOptions | None = None,
+    site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
     """The loop task a run config names (``LOOP_TASK_KEY``), run on ``grid``.
 
@@ -390,7 +401,7 @@ def run_loop_task(
     (``study.resolved.toml`` and ``model/``).
     """
     kind = task.get("kind")
-    options = {"engine": engine, "audit_options": audit_options}
+    options = {"engine": engine, "audit_options": audit_options, "site_nodes": site_nodes}
 
     def params(key: str) -> dict[str, list[float]]:
         return read_site_recalibration(Path(task[key]) / "model")

@@ -14,6 +14,7 @@ import hashlib
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import SType
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from lhs_federated.data.statistics import ColumnSums, Standardizer
@@ -27,7 +28,6 @@ STUDY = "study"
 STUDY_HASH = "study-hash"
 PREP_MEAN = "preprocessing-mean"
 PREP_SCALE = "preprocessing-scale"
-PROXIMAL_MU = "proximal-mu"
 # Simulation only: where the simulated sites' governance folders are. In the one
 # ConfigRecord, because Flower's DP clipping mods accept no second one.
 SIMULATED_SITE_FOLDERS = "simulated-site-folders"
@@ -47,6 +47,9 @@ UNDEFINED = "undefined"
 SITE = "site"
 COUNTS = "counts"
 SUMS = "sums"
+# The site's runtime adds it to a discovery reply, after the egress guard: the site
+# ledger's last record (seq, hash), which the coordinator records for the run.
+SITE_LEDGER = "site-ledger"
 
 # Keys of the MetricRecords sites send.
 NUM_EXAMPLES = "num-examples"
@@ -167,7 +170,37 @@ def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     """An ArrayRecord as named numpy arrays."""
-    return {name: array.numpy() for name, array in record.items()}
+    return {name: array_to_numpy(array) for name, array in record.items()}
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """``array.numpy()``, without parsing the same ``.npy`` header again and again.
+
+    ``np.load`` parses every array's header with ``ast.literal_eval``: for a
+    model's few small arrays that is most of the cost, paid at every site for
+    every message. The first array with a given header is read by ``np.load``;
+    later ones with the identical header are read from their bytes with the
+    dtype and shape it gave (never pickles: an object dtype is not cached).
+    The result is a writable copy, as ``np.load`` returns.
+    """
+    data = array.data
+    if array.stype != SType.NUMPY or not isinstance(data, bytes) or data[:6] != b"\x93NUMPY":
+        return array.numpy()
+    size = 2 if data[6] == 1 else 4
+    header_end = 8 + size + int.from_bytes(data[8 : 8 + size], "little")
+    layout = _NPY_LAYOUTS.get(data[:header_end])
+    if layout is None:
+        loaded = array.numpy()
+        if not loaded.dtype.hasobject and len(_NPY_LAYOUTS) < 4096:
+            order = "F" if loaded.flags.f_contiguous and not loaded.flags.c_contiguous else "C"
+            _NPY_LAYOUTS[data[:header_end]] = (loaded.dtype, loaded.shape, order)
+        return loaded
+    dtype, shape, order = layout
+    flat = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header_end)
+    return flat.reshape(shape, order=order).copy(order="K")
+
+
+_NPY_LAYOUTS: dict[bytes, tuple[np.dtype, tuple[int, ...], str]] = {}
 
 
 def standardizer_to_config(standardizer: Standardizer) -> ConfigRecord:

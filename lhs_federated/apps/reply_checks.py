@@ -39,6 +39,48 @@ class ReplyRejectedError(ValueError):
     """A reply that must not be aggregated; the message says why."""
 
 
+def check_summary(summary: SiteSummary, n_columns: int) -> None:
+    """Check a discovery reply: counts that can be true, column sums that can be summed.
+
+    The column sums of every site become the federation's means and scales;
+    one site's NaN, negative count or wrong width would spoil every site's
+    preprocessing.
+
+    Raises
+    ------
+    ReplyRejectedError
+        If a count is negative, positives exceed rows, or the sums are not
+        finite, of ``n_columns`` columns, with counts from 0 to the training
+        rows and non-negative sums of squares.
+    """
+    for rows, positives in (
+        (summary.n_train, summary.positives_train),
+        (summary.n_test, summary.positives_test),
+    ):
+        for value in (rows, positives):
+            if value is not None and value < 0:
+                raise ReplyRejectedError(f"a negative count ({value})")
+        if rows is not None and positives is not None and positives > rows:
+            raise ReplyRejectedError(f"{positives} positives in {rows} rows")
+    sums = summary.sums
+    if sums is None:
+        return
+    parts = (sums.count, sums.total, sums.total_sq)
+    if any(part.shape != (n_columns,) for part in parts):
+        raise ReplyRejectedError(
+            f"column sums of shapes {[list(p.shape) for p in parts]}; the study's model has "
+            f"{n_columns} columns"
+        )
+    if not all(np.isfinite(part).all() for part in parts):
+        raise ReplyRejectedError("column sums hold NaN or infinite values")
+    most = summary.n_train if summary.n_train is not None else 0
+    if (sums.count < 0).any() or (sums.count > most).any() or (sums.total_sq < 0).any():
+        raise ReplyRejectedError(
+            f"column counts outside 0 to the {most} training rows reported, or a negative "
+            "sum of squares"
+        )
+
+
 @dataclass(frozen=True)
 class ReplyChecks:
     """What each site's replies may hold in one study.

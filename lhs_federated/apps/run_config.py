@@ -19,6 +19,20 @@ SIMULATED_SITES = "simulated-sites"
 #: The engine name the coordinator puts in the run config of a deployed study.
 DEPLOYMENT = "deployment"
 
+#: Set by ``lhs-fed server start`` in the SuperLink's environment (so in the
+#: ServerApp's): the coordinator's state folder. What must not travel in the run
+#: config, which every site receives, is read from there: the node id each
+#: site's key was registered as (``sites.json``, the binding the ServerApp
+#: enforces) and, per run, the ledger key's path (``runs/.<run>.private.json``).
+SERVER_STATE_ENV = "LHS_FED_SERVER_STATE"
+SITE_NODES_FILE = "sites.json"
+
+
+def private_settings_name(out_dir_name: str) -> str:
+    """File name, in the state folder's ``runs/``, of a run's coordinator-only settings."""
+    return f".{out_dir_name}.private.json"
+
+
 #: The simulation engines (``lhs-fed simulate --backend``).
 Backend = Literal["inprocess", "ray"]
 BACKENDS: tuple[Backend, ...] = ("inprocess", "ray")

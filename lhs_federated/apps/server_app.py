@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,8 +40,12 @@ from lhs_federated.apps.run_config import (
     LOOP_TASK_KEY,
     OUT_DIR_KEY,
     RESUME_KEY,
+    SERVER_STATE_ENV,
+    SITE_NODES_FILE,
     STUDY_KEY,
+    private_settings_name,
 )
+from lhs_federated.errors import StudyRunError
 from lhs_federated.results.writer import write_failure
 from lhs_federated.study import Study, check_study, load_study
 
@@ -100,6 +105,30 @@ def run_from_config(config: UserConfig) -> tuple[Study, Path, str]:
     return study, out_dir, engine
 
 
+def coordinator_settings(state: Path, out_dir: Path) -> dict[str, str]:
+    """A deployed run's coordinator-only settings (its ledger key), kept in the state folder."""
+    path = state / "runs" / private_settings_name(out_dir.name)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def bound_site_nodes(state: Path) -> dict[int, str]:
+    """Node id -> site, for the keys in server.toml (``sites.json`` of the last start).
+
+    Raises
+    ------
+    StudyRunError
+        If the file is missing: without it no node can be told from an outsider's.
+    """
+    path = state / SITE_NODES_FILE
+    if not path.is_file():
+        raise StudyRunError(
+            f"{path} is missing: the coordinator records there which node each site's key "
+            "was registered as; start the coordinator with `lhs-fed server start`."
+        )
+    registered = json.loads(path.read_text(encoding="utf-8"))
+    return {int(node): site for site, node in registered.items() if str(node).isdigit()}
+
+
 def build_server_app(
     run_config: UserConfig | None = None,
     *,
@@ -118,7 +147,13 @@ def build_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         config = {**context.run_config, **overrides}
+        state = os.environ.get(SERVER_STATE_ENV)
+        if state:  # under `lhs-fed server start`: deployed, whatever the run config says
+            config[ENGINE_KEY] = DEPLOYMENT
         study, out_dir, engine = run_from_config(config)
+        if state:  # a coordinator's deployment: its own settings (the ledger key)
+            config = {**config, **coordinator_settings(Path(state), out_dir)}
+        site_nodes = bound_site_nodes(Path(state)) if state else None
         if config.get(LOOP_TASK_KEY):  # a learning-loop study: monitor, gate, recalibrate
             run_loop_task(
                 grid,
@@ -127,6 +162,7 @@ def build_server_app(
                 json.loads(str(config[LOOP_TASK_KEY])),
                 engine=engine,
                 audit_options=AuditOptions.from_run_config(config),
+                site_nodes=site_nodes,
             )
             return
         try:
@@ -139,6 +175,7 @@ def build_server_app(
                 audit_options=AuditOptions.from_run_config(config),
                 expected_sites=int(config.get(EXPECTED_SITES_KEY) or 0),
                 write_results=write_results,
+                site_nodes=site_nodes,
             )
         except ResultsFolderExists:
             raise  # the folder is someone else's: write nothing into it

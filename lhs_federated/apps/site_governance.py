@@ -116,13 +116,17 @@ def record_or_withhold(
 ) -> Message:
     """Record ``reply`` in the site ledger, then let it go; if it cannot be recorded, withhold it.
 
-    A site fails closed: nothing leaves that its ledger does not hold. When
+    A discovery reply also carries the site ledger's last record (added here,
+    after the egress guard: it is governance, not data), which the coordinator
+    records. A site fails closed: nothing leaves that its ledger does not hold. When
     the ledger cannot be written (a full disk, a damaged last record, a file
     made immutable), the reply is replaced by an error reply that carries no
     data and says why, so the coordinator records the site as failed at once
     instead of waiting out its timeout.
     """
     try:
+        if message.metadata.message_type == MessageType.QUERY and not reply.has_error():
+            reply.content[records.SITE_LEDGER] = _ledger_head(folder)
         record_task(folder, message, reply, approval=approval)
     except Exception as exc:  # whatever stops the record stops the reply
         reason = (
@@ -154,9 +158,16 @@ def acknowledge_close(message: Message, context: Context) -> Message:
 
 
 def message_context(message: Message) -> dict[str, object]:
-    """Run id, message id and type: what a site's refusal record cites."""
+    """Run id, message id and type, the coordinator key named: what a refusal record cites."""
     meta = message.metadata
-    return {"run_id": meta.run_id, "message_id": meta.message_id, "message_type": meta.message_type}
+    config = message.content.get(records.CONFIG)
+    named = config.get(COORDINATOR_KEY) if isinstance(config, ConfigRecord) else None
+    return {
+        "run_id": meta.run_id,
+        "message_id": meta.message_id,
+        "message_type": meta.message_type,
+        "coordinator_key": None if named is None else str(named),
+    }
 
 
 def record_task(
@@ -270,6 +281,16 @@ def simulated_governance(message: Message, context: Context) -> tuple[SiteFolder
     except LhsError as error:
         raise SiteRefusal(site, error.message) from error
     return folder, code_hash, "" if study.governance.site_folders else SIMULATED_REFUSAL_HINT
+
+
+def _ledger_head(folder: SiteFolder) -> ConfigRecord:
+    """The site ledger's last record, for the coordinator to record at a run's start.
+
+    With it the coordinator's ledger anchors the site's: a site ledger later
+    rolled back to before it is caught by ``lhs-fed audit crosscheck``.
+    """
+    last = folder.ledger.last()
+    return ConfigRecord({"seq": last.seq, "hash": last.hash})
 
 
 def _arrays_hash(message: Message) -> str | None:

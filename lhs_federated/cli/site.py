@@ -18,7 +18,7 @@ from rich.table import Table
 from lhs_federated.cli.study_input import load_with_overrides
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.code import fab_hash, installed_code_hash
-from lhs_federated.governance.keys import fingerprint
+from lhs_federated.governance.keys import fingerprint, load_public_key
 from lhs_federated.governance.site_folder import SiteFolder
 
 app = typer.Typer(help="A site's node, approvals and policy.", no_args_is_help=True)
@@ -82,13 +82,27 @@ def approve_command(
     deployment: DeploymentOption = False,
     by: ByOption = None,
     set_: SetOption = None,
+    coordinator_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--coordinator-key",
+            help="The coordinator's published ledger key (.pub): accept this study only from "
+            "a coordinator whose messages name it.",
+        ),
+    ] = None,
 ) -> None:
     """Approve a study, run by one version of the code, at this site."""
     resolved = load_with_overrides(study, set_ or [])
     code = _code_hash(fab, code_hash, installed, deployment, required=True)
+    pinned = fingerprint(load_public_key(coordinator_key)) if coordinator_key else None
     site = SiteFolder.open(site_folder)
     approval = site.approve(
-        resolved.hash, code, study_name=resolved.name, by=by or getpass.getuser(), reason=reason
+        resolved.hash,
+        code,
+        study_name=resolved.name,
+        by=by or getpass.getuser(),
+        reason=reason,
+        coordinator_key=pinned,
     )
     console.print(
         f"site {site.site!r} approved study {resolved.name!r} {approval.study_hash} "

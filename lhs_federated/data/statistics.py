@@ -12,8 +12,9 @@ from the pooled ones, and :func:`federate` says so, column by column
 rather than averaging silently over whatever is left. Two rules keep the
 departures harmless:
 
-- binary and one-hot columns are centred but not divided by their SD (unless
-  a study asks): a rare level's SD is tiny and would blow its ones up, and its
+- binary and one-hot columns are centred and divided by :data:`INDICATOR_SCALE`
+  (0.5, the largest SD a 0/1 column can have), not by their own SD (unless a
+  study asks): a rare level's SD is tiny and would blow its ones up, and its
   share of ones is the small count sites withhold; so the withheld cells
   touch only the value a missing indicator is imputed with (and centred by,
   which the model's intercept absorbs);
@@ -33,6 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# The largest SD a 0/1 column can have (half ones): indicator columns are divided by it,
+# a fixed scale no site's withheld count can bias.
+INDICATOR_SCALE = 0.5
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,8 @@ class Standardizer:
             0 divides the sum of squared deviations by n (population variance);
             1 by n - 1 (sample variance, torch's and FLamby's convention).
         unscaled : ndarray of bool, optional
-            Columns centred but not divided by their SD (scale 1): binary and
-            one-hot columns by default (see :func:`federate`).
+            Columns centred but divided by :data:`INDICATOR_SCALE` instead of
+            their SD: binary and one-hot columns by default (see :func:`federate`).
         """
         count = np.maximum(sums.count, 1.0)
         mean = np.where(sums.count > 0, sums.total / count, 0.0)
@@ -119,7 +124,7 @@ class Standardizer:
         scale = np.sqrt(variance)
         scale = np.where((sums.count > 0) & (scale > 1e-12), scale, 1.0)
         if unscaled is not None:
-            scale = np.where(unscaled, 1.0, scale)
+            scale = np.where(unscaled, INDICATOR_SCALE, scale)
         return cls(mean, scale)
 
     @classmethod
@@ -236,6 +241,12 @@ def federate(
             used = (
                 f"withheld at every site: centre {mean[j]:g} and scale {scale[j]:g} from the "
                 f"contract's range [{column.low:g}, {column.high:g}]"
+            )
+        elif column.indicator:
+            mean[j], scale[j] = 0.0, INDICATOR_SCALE
+            used = (
+                f"withheld at every site: not centred, divided by {INDICATOR_SCALE:g}, "
+                "missing values imputed with 0"
             )
         else:
             mean[j], scale[j] = 0.0, 1.0

@@ -104,7 +104,7 @@ class DriftEvent:
 class SyntheticCohort:
     """Knobs of the synthetic cohort (the ``[data.synthetic]`` study table)."""
 
-    sites: int = setting(4, doc="number of sites", ge=1, le=200)
+    sites: int = setting(4, doc="number of sites", ge=1, le=10_000)
     rows_per_site: int = setting(
         500, doc="average number of patients per site", ge=20, le=1_000_000
     )

@@ -70,7 +70,7 @@ class ServerPaths:
     @property
     def sites(self) -> Path:
         """Site name -> registered node id, the binding the ServerApp enforces."""
-        return self.state / "sites.json"
+        return self.state / run_config.SITE_NODES_FILE
 
     @property
     def runs(self) -> Path:  # noqa: D102
@@ -84,7 +84,9 @@ class ServerPaths:
 def superlink_args(config: ServerConfig, paths: ServerPaths) -> list[str]:
     """The ``flower-superlink`` command line for a coordinator."""
     args = [
-        processes.flower_command("flower-superlink"),
+        sys.executable,
+        "-m",
+        "lhs_federated.deploy.superlink",  # Flower's, Control API for this host only
         "--host",
         config.server.host,
         "--port",
@@ -252,6 +254,7 @@ def start_server(config: ServerConfig) -> None:
         raise ConfigError(f"the coordinator is already running (pid {running}).")
     check_server(config)
     env = processes.flower_environment(paths.flwr_home)
+    env[run_config.SERVER_STATE_ENV] = str(paths.state)  # bindings and keys stay here
     # Run folders (checkpoints, ledgers), Flower's database and logs: the operator's, 0600.
     umask = os.umask(0o077)
     superlink = processes.start_process(superlink_args(config, paths), log=paths.log, env=env)
@@ -303,19 +306,19 @@ def start_server(config: ServerConfig) -> None:
 class OnlineWatch:
     """Reports the sites coming online, until all are.
 
-    Asks the SuperLink (``flwr supernode ls``, a process each time) every few
-    seconds, then less often while nothing changes (up to once a minute), and
-    stops asking once every site is online: a coordinator that serves for
-    weeks does not keep starting processes to tell nobody.
+    Asks the SuperLink (``flwr supernode ls``, a process each time) every
+    :attr:`EVERY` seconds for the first :attr:`EAGER` seconds (sites start
+    then), once a minute after that, and stops asking once every site is
+    online: a coordinator that serves for weeks does not keep starting
+    processes to tell nobody.
     """
 
-    FIRST, LONGEST = 5.0, 60.0
+    EVERY, EAGER, LATER = 5.0, 180.0, 60.0
 
     def __init__(self, config: ServerConfig, nodes: dict[str, str]) -> None:
         self.config = config
         self.names = {node: name for name, node in nodes.items()}
-        self.every = self.FIRST
-        self.next_ask = time.monotonic()
+        self.started = self.next_ask = time.monotonic()
         self.online: list[str] | None = None
         self.done = False
 
@@ -334,7 +337,7 @@ class OnlineWatch:
         )
         total = len(self.config.sites)
         if online != self.online:
-            self.online, self.every = online, self.FIRST
+            self.online = online
             report_progress(
                 ProgressEvent(
                     "sites-online",
@@ -343,10 +346,9 @@ class OnlineWatch:
                     {"sites_online": len(online), "sites_total": total, "online": online},
                 )
             )
-        else:
-            self.every = min(self.every * 2, self.LONGEST)
         self.done = len(online) >= total
-        self.next_ask = time.monotonic() + self.every
+        eager = time.monotonic() - self.started < self.EAGER
+        self.next_ask = time.monotonic() + (self.EVERY if eager else self.LATER)
 
 
 def _wait_for_stop(process: subprocess.Popen, *, while_waiting: Callable[[], None]) -> None:
@@ -443,11 +445,16 @@ def submit_study(
         run_config.RESUME_KEY: resume,
         run_config.EXPECTED_SITES_KEY: len(config.sites),
     }
-    if config.ledger.signing_key is not None:
-        settings[run_config.LEDGER_KEY] = str(config.resolve(config.ledger.signing_key))
     if loop_task is not None:
         settings[LOOP_TASK_KEY] = json.dumps(loop_task)
     paths.runs.mkdir(parents=True, exist_ok=True)
+    # The ledger key's path is the coordinator's business: not in the run config,
+    # which every site receives, but beside it in the state folder (0600).
+    private = paths.runs / run_config.private_settings_name(out_dir.name)
+    key = config.resolve(config.ledger.signing_key)
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({run_config.LEDGER_KEY: str(key) if key else ""}, handle)
     run_config_file = paths.runs / f".{out_dir.name}.run-config.toml"
     run_config_file.write_text(tomli_w.dumps(settings), encoding="utf-8")
     bundle = write_bundle_dir(paths.bundle)

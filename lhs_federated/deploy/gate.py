@@ -29,7 +29,7 @@ from flwr.supercore.fab import Fab
 from flwr.supercore.run import Run
 
 from lhs_federated.apps import records
-from lhs_federated.apps.site_governance import check_private_round
+from lhs_federated.apps.site_governance import check_private_round, message_context
 from lhs_federated.errors import SiteRefusal
 from lhs_federated.governance.approval import Approval
 from lhs_federated.governance.site_folder import SiteFolder
@@ -74,11 +74,7 @@ class SiteGate:
     def decide(self, message: Message, context: Context, run: Run, fab: Fab) -> GateDecision:
         """Check one task; never raises for a refusal, returns it instead."""
         bundle_hash = hashlib.sha256(fab.content).hexdigest()
-        where: dict[str, Any] = {
-            "run_id": run.run_id,
-            "message_id": message.metadata.message_id,
-            "message_type": message.metadata.message_type,
-        }
+        where: dict[str, Any] = {**message_context(message), "run_id": run.run_id}
         study_hash = ""
         try:
             study = self._check_integrity(message, context, run, fab, bundle_hash)

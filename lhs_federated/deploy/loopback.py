@@ -10,7 +10,7 @@ gated launcher, all as separate processes. Only the network is loopback.
 from __future__ import annotations
 
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,14 +94,19 @@ class LoopbackConsortium:
             )
         )
         with ThreadPoolExecutor(max_workers=len(self.sites)) as pool:
-            for started in [pool.submit(self.start_site, name) for name in self.sites]:
-                started.result()
+            starts = {
+                pool.submit(site_node.start_detached, site): n for n, site in self.sites.items()
+            }
+            for up, started in enumerate(as_completed(starts), start=1):
+                self._started(starts[started], started.result(), up=up)
 
     def start_site(self, name: str) -> None:
         """Start (or restart) one site."""
         pid = site_node.start_detached(self.sites[name])
+        self._started(name, pid, up=sum(1 for s in self.running if s in self.sites) + 1)
+
+    def _started(self, name: str, pid: int, *, up: int) -> None:
         self.running.append(name)
-        up = sum(1 for s in self.running if s in self.sites)
         report_progress(
             ProgressEvent(
                 "started",

@@ -21,8 +21,10 @@ act on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -36,7 +38,7 @@ REVOCATION = "revocation"
 ROLE = "approvals"
 
 # Registries verified by this process: path -> (file identity, state); see _replay.
-_VERIFIED: dict[str, tuple[tuple, dict, frozenset[str]]] = {}
+_VERIFIED: dict[str, tuple[tuple, dict, frozenset[str], dict[str, Any] | None]] = {}
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class Approval:
         simulated sites pre-approved (``[governance] preapproved = true``).
     record_hash : str
         Hash of the approval record in the registry; site ledger records cite it.
+    coordinator_key : str or None
+        Fingerprint of the only coordinator ledger key the site accepts for
+        this study (``lhs-fed site approve --coordinator-key``); None: any,
+        each recorded as it comes.
     """
 
     site: str
@@ -69,6 +75,7 @@ class Approval:
     reason: str
     preapproved: bool
     record_hash: str
+    coordinator_key: str | None = None
 
     @classmethod
     def from_entry(cls, site: str, entry: Entry) -> Approval:
@@ -84,6 +91,7 @@ class Approval:
             reason=str(data["reason"]),
             preapproved=bool(data.get("preapproved", False)),
             record_hash=entry.hash,
+            coordinator_key=data.get("coordinator_key"),
         )
 
 
@@ -127,6 +135,7 @@ class ApprovalRegistry:
         self.public_key = public_key
         self._key = key
         self._hashes: frozenset[str] = frozenset()
+        self._head: dict[str, Any] | None = None
 
     def approve(
         self,
@@ -137,8 +146,14 @@ class ApprovalRegistry:
         by: str,
         reason: str,
         preapproved: bool = False,
+        site_ledger: Mapping[str, Any] | None = None,
+        coordinator_key: str | None = None,
     ) -> Approval:
         """Record that the site approves ``study_hash`` run by ``code_hash``.
+
+        ``site_ledger`` names the site ledger's last record (``seq``, ``hash``)
+        at the time: the registry then anchors the ledger, so a site ledger
+        rolled back to before it is detected.
 
         Raises
         ------
@@ -163,14 +178,24 @@ class ApprovalRegistry:
                 "by": by,
                 "reason": reason,
                 "preapproved": preapproved,
+                **({"site_ledger": dict(site_ledger)} if site_ledger else {}),
+                **({"coordinator_key": coordinator_key} if coordinator_key else {}),
             },
         )
         return Approval.from_entry(self.site, entry)
 
     def revoke(
-        self, study_hash: str, *, code_hash: str | None = None, by: str, reason: str
+        self,
+        study_hash: str,
+        *,
+        code_hash: str | None = None,
+        by: str,
+        reason: str,
+        site_ledger: Mapping[str, Any] | None = None,
     ) -> Revocation:
         """Withdraw the approval of ``study_hash`` (one code version, or all).
+
+        ``site_ledger`` anchors the site ledger as for :meth:`approve`.
 
         Raises
         ------
@@ -193,9 +218,20 @@ class ApprovalRegistry:
             raise ConfigError("a revocation needs a non-empty 'by' and 'reason'.")
         entry = self._ledger().append(
             REVOCATION,
-            {"study_hash": study_hash, "code_hash": code_hash, "by": by, "reason": reason},
+            {
+                "study_hash": study_hash,
+                "code_hash": code_hash,
+                "by": by,
+                "reason": reason,
+                **({"site_ledger": dict(site_ledger)} if site_ledger else {}),
+            },
         )
         return Revocation(study_hash, code_hash, by, entry.time, reason, entry.hash)
+
+    def site_ledger_head(self) -> dict[str, Any] | None:
+        """The site ledger's last record as the registry's latest anchoring record names it."""
+        self._replay()
+        return self._head
 
     def approvals(self) -> list[Approval]:
         """The approvals in force, oldest first."""
@@ -291,10 +327,10 @@ class ApprovalRegistry:
         )
         cached = _VERIFIED.get(str(self.path.resolve()))
         if cached is not None and cached[0] == identity:
-            self._hashes = cached[2]
+            self._hashes, self._head = cached[2], cached[3]
             return dict(cached[1])
         state = self._verified_state()
-        _VERIFIED[str(self.path.resolve())] = (identity, dict(state), self._hashes)
+        _VERIFIED[str(self.path.resolve())] = (identity, dict(state), self._hashes, self._head)
         return state
 
     def _verified_state(self) -> dict[tuple[str, str], Approval | Revocation]:
@@ -313,6 +349,8 @@ class ApprovalRegistry:
             )
         state: dict[tuple[str, str], Approval | Revocation] = {}
         self._hashes = frozenset(entry.hash for entry in verification.entries)
+        heads = [e.data["site_ledger"] for e in verification.entries if "site_ledger" in e.data]
+        self._head = dict(heads[-1]) if heads else None
         for entry in verification.entries[1:]:
             data = entry.data
             if entry.kind == APPROVAL:

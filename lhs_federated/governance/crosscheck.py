@@ -218,7 +218,10 @@ def crosscheck(
             )
         else:
             result.matched += 1
-    if rolled_back:
+    head_problem = _check_head(coordinator, site, name, run_id)
+    if head_problem is not None:
+        result.problems.append(head_problem)
+    elif rolled_back:
         result.problems.append(
             f"site {name}'s ledger ends at record {site[-1].seq}, before its replies to "
             f"{len(rolled_back)} later message(s) the coordinator recorded ({rolled_back[0]}"
@@ -318,6 +321,32 @@ def _check_close(
 def _end_problem(result: CrossCheck, problem: str) -> None:
     result.problems.append(problem)
     result.end_problems.append(problem)
+
+
+def _check_head(coordinator: list[Entry], site: list[Entry], name: str, run_id: int) -> str | None:
+    """The site ledger must still hold the record it named as its last at the run's start."""
+    heads = [
+        e.data["site_ledger_head"]
+        for e in coordinator
+        if e.kind == "site-reply" and e.data.get("site") == name and e.data.get("site_ledger_head")
+    ]
+    if not heads:
+        return None
+    seq, digest = int(heads[0]["seq"]), str(heads[0]["hash"])
+    held = {entry.seq: entry.hash for entry in site}
+    if held.get(seq) == digest:
+        return None
+    if seq not in held:
+        return (
+            f"site {name}'s ledger ends at record {site[-1].seq}, but at the start of run "
+            f"{run_id} it reached record {seq} ({digest[:16]}…), as the coordinator recorded: "
+            "the site's ledger was rolled back to an older copy, or cut short"
+        )
+    return (
+        f"site {name}'s ledger holds another record {seq} than the one ({digest[:16]}…) it "
+        f"named at the start of run {run_id}, as the coordinator recorded: the site's ledger "
+        "was rewritten"
+    )
 
 
 def _cut_after(coordinator: list[Entry], site: list[Entry], run_id: int) -> int | None:

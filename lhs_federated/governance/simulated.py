@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lhs_federated.errors import ConfigError
-from lhs_federated.governance.site_folder import LEDGER_FILE, SiteFolder
+from lhs_federated.governance.site_folder import APPROVALS_FILE, LEDGER_FILE, SiteFolder
 from lhs_federated.study import Study
 
 PREAPPROVED_BY = "the study's declaration"
@@ -62,6 +62,10 @@ def simulated_site_folder(run_sites: Path, site: str, study: Study, code_hash: s
             )
         return _opened(folder, site)
     folder = run_sites / site
+    ready = (str(folder), site, study.hash, code_hash, study.governance.preapproved)
+    known = _READY.get(ready)
+    if known is not None and known[1] == _registry_identity(folder):
+        return known[0]  # as prepared for this study, and no approval changed since
     opened = (
         _opened(folder, site) if (folder / LEDGER_FILE).is_file() else SiteFolder.init(folder, site)
     )
@@ -74,7 +78,20 @@ def simulated_site_folder(run_sites: Path, site: str, study: Study, code_hash: s
             reason=PREAPPROVED_REASON,
             preapproved=True,
         )
+    if len(_READY) >= _OPENED_MAX:
+        _READY.clear()
+    _READY[ready] = (opened, _registry_identity(folder))
     return opened
+
+
+def _registry_identity(folder: Path) -> tuple[int, ...] | None:
+    """The approvals registry's inode, size and mtime, and the ledger's inode."""
+    try:
+        registry = (folder / APPROVALS_FILE).stat()
+        ledger = (folder / LEDGER_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return (registry.st_ino, registry.st_size, registry.st_mtime_ns, ledger.st_ino)
 
 
 def _opened(folder: Path, site: str) -> SiteFolder:
@@ -97,3 +114,4 @@ def _opened(folder: Path, site: str) -> SiteFolder:
 
 _OPENED_MAX = 10_000
 _OPENED: dict[tuple[str, str, int, int], SiteFolder] = {}
+_READY: dict[tuple[str, str, str, str, bool], tuple[SiteFolder, tuple[int, ...] | None]] = {}

@@ -247,8 +247,13 @@ class SiteFolder:
         by: str,
         reason: str,
         preapproved: bool = False,
+        coordinator_key: str | None = None,
     ) -> Approval:
-        """Approve a study run by some code; recorded in the registry and the site ledger."""
+        """Approve a study run by some code; recorded in the registry and the site ledger.
+
+        ``coordinator_key`` (a key fingerprint) pins the coordinator: messages
+        naming another ledger key are refused.
+        """
         approval = self.registry.approve(
             study_hash,
             code_hash,
@@ -256,6 +261,8 @@ class SiteFolder:
             by=by,
             reason=reason,
             preapproved=preapproved,
+            site_ledger=self._head(),
+            coordinator_key=coordinator_key,
         )
         self.ledger.append(
             APPROVAL, {**_approval_data(approval), "registry_record": approval.record_hash}
@@ -266,7 +273,9 @@ class SiteFolder:
         self, study_hash: str, *, code_hash: str | None = None, by: str, reason: str
     ) -> Revocation:
         """Withdraw an approval; recorded in the registry and the site ledger."""
-        revocation = self.registry.revoke(study_hash, code_hash=code_hash, by=by, reason=reason)
+        revocation = self.registry.revoke(
+            study_hash, code_hash=code_hash, by=by, reason=reason, site_ledger=self._head()
+        )
         self.ledger.append(
             REVOCATION,
             {
@@ -294,10 +303,54 @@ class SiteFolder:
             If the study and code are not approved here (the reason says why).
         """
         try:
-            return self.registry.check(study_hash, code_hash, anchor=self._registry_anchor())
+            approval = self.registry.check(study_hash, code_hash, anchor=self._registry_anchor())
+            self._check_ledger_head()
+            _check_coordinator_key(self.site, approval, context)
+            return approval
         except SiteRefusal as refusal:
             self.record_refusal(study_hash, code_hash, refusal.reason, context=context)
             raise
+
+    def _head(self) -> dict[str, Any] | None:
+        """The site ledger's last record, which the next approval or revocation names.
+
+        None without the private key (the registry then refuses the change itself).
+        """
+        if self._key is None:
+            return None
+        last = self.ledger.last()
+        return {"seq": last.seq, "hash": last.hash}
+
+    def _check_ledger_head(self) -> None:
+        """The site ledger must still hold the record the registry's latest change names.
+
+        Raises
+        ------
+        SiteRefusal
+            If the ledger is shorter, or holds another record there: it was
+            rolled back to an older copy.
+        """
+        head = self.registry.site_ledger_head()
+        if head is None:
+            return
+        seq, digest = int(head["seq"]), str(head["hash"])
+        path = self.folder / LEDGER_FILE
+        lines = path.read_bytes().splitlines()
+        found = None
+        if seq < len(lines):
+            try:
+                found = parse_line(lines[seq], seq + 1).hash
+            except ValueError:
+                found = None
+        if found != digest:
+            raise SiteRefusal(
+                self.site,
+                f"its signed ledger {str(path)!r} does not hold record {seq} "
+                f"({digest[:16]}…), which the approvals registry "
+                f"{str(self.folder / APPROVALS_FILE)!r} names as the ledger's last record when "
+                "it last changed: the site ledger was rolled back to an older copy; the site "
+                "refuses every study until its data steward restores it",
+            )
 
     def _registry_anchor(self) -> tuple[str, str] | None:
         """The registry record the site ledger last names (approval or revocation), if any.
@@ -388,6 +441,22 @@ class SiteFolder:
         )
 
 
+def _check_coordinator_key(
+    site: str, approval: Approval, context: Mapping[str, Any] | None
+) -> None:
+    """An approval that pins the coordinator's key refuses messages naming another."""
+    if approval.coordinator_key is None:
+        return
+    named = (context or {}).get("coordinator_key")
+    if named != approval.coordinator_key:
+        raise SiteRefusal(
+            site,
+            f"the approval of study {approval.study_hash[:12]}… accepts only coordinator key "
+            f"{approval.coordinator_key}, and this message names {named or 'none'}: another "
+            "coordinator, or one that changed its key (approve the study again with its new key)",
+        )
+
+
 def _approval_data(approval: Approval) -> dict[str, Any]:
     return {
         "study_hash": approval.study_hash,
@@ -396,4 +465,5 @@ def _approval_data(approval: Approval) -> dict[str, Any]:
         "by": approval.approved_by,
         "reason": approval.reason,
         "preapproved": approval.preapproved,
+        "coordinator_key": approval.coordinator_key,
     }

@@ -110,7 +110,8 @@ def build_card(
         "privacy_spent": privacy.get("per_site") or privacy or "none (no differential privacy)",
         "study_hash": study.hash,
         "code_hash": code_hash,
-        "run_ledger_hash": (run_summary.get("ledger") or {}).get("final_hash"),
+        # summary.json names the study-finished record (the seal after it hashes summary.json)
+        "run_ledger_hash": (run_summary.get("ledger") or {}).get("finished_hash"),
         "reference_ledger_hash": reference.get("ledger_hash"),
         "parent": parent,
         "update": update,
@@ -157,7 +158,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"Privacy spent: {card['privacy_spent']}",
         "",
         f"Study hash `{card['study_hash']}`, code hash `{card['code_hash']}`, "
-        f"run ledger final hash `{card['run_ledger_hash']}`.",
+        f"run ledger study-finished hash `{card['run_ledger_hash']}`.",
         "",
         "## Known limitations",
         "",

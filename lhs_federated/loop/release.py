@@ -146,9 +146,6 @@ def release_run(
         "ledger_hash": _final_hash(out),
     }
     code_hash = installed_code_hash()
-    run_ledger = run_dir / "governance" / "coordinator.jsonl"
-    if run_ledger.is_file():  # the run's sealed ledger: its last record's hash
-        summary = {**summary, "ledger": {"final_hash": _final_hash(run_dir)}}
     card = build_card(
         name=name, version=ref.version, study=model.study, run_summary=summary,
         reference=reference, parent=parent, code_hash=code_hash, update=update,

@@ -134,5 +134,11 @@ def _ledger_close(task_dir: Path) -> dict[str, Any] | None:
     path = task_dir / "governance" / "coordinator.jsonl"
     if not path.is_file():
         return None
-    last = load_entries(path)[-1]
-    return {"file": str(path), "final_seq": last.seq, "final_hash": last.hash}
+    entries = load_entries(path)
+    finished = [e for e in entries if e.kind == "study-finished"]
+    return {
+        "file": str(path),
+        "final_seq": entries[-1].seq,
+        "final_hash": entries[-1].hash,
+        "finished_hash": finished[-1].hash if finished else None,
+    }

@@ -157,13 +157,14 @@ def analyse_run(study: Study, out_dir: str | Path) -> dict[str, Any]:
             min_cell_size=cell,
         )
         progress("cross-site matrix scored", 1, 1)
+        outcome = np.concatenate([s.test.outcome for s in sites])
         for i, site in enumerate(sites):
             name = local_name(site.name)
             home = predict_at_site(
                 study, baselines[name].arrays, site.test.features, standardizers[site.name]
             )
             report = _guarded(score_predictions(study, site.test.outcome, home), cell, rows[name])
-            everywhere = _guarded(_matrix_report(cross, i, sites), cell, rows[name])
+            everywhere = _guarded(_matrix_report(cross, i, outcome), cell, rows[name])
             scores[name] = ModelScores({site.name: report}, everywhere)
             for metric in CROSS_SITE_METRICS:  # the diagonal is the site's own report
                 cross.values[metric][i, i] = report.values[metric]
@@ -247,9 +248,8 @@ class _StepProgress:
             report_progress(ProgressEvent("step", message, data), run_dir=self._run_dir)
 
 
-def _matrix_report(cross: CrossSiteMatrix, i: int, sites: list[SiteData]) -> MetricReport:
-    """A local model on all sites' test rows: the matrix's metrics, the rest undefined."""
-    outcome = np.concatenate([s.test.outcome for s in sites])
+def _matrix_report(cross: CrossSiteMatrix, i: int, outcome: np.ndarray) -> MetricReport:
+    """Local model ``i`` on all test rows: the matrix's metrics, the rest undefined."""
     values = {m: float("nan") for m in METRIC_NAMES}
     values["n"], values["prevalence"] = float(len(outcome)), float(outcome.mean())
     for metric in CROSS_SITE_METRICS:

@@ -132,8 +132,13 @@ def write_run_report(run_dir: str | Path) -> Path:
                 _figure(
                     plots.calibration_curves(calibration),
                     "Calibration of the final federated model at each site (bins with fewer "
-                    "people than the minimum cell size are left out)",
+                    "people, or fewer cases of a class, than the minimum cell size are left out)",
                 )
+            )
+        else:
+            parts.append(
+                "<p class='muted'>No calibration curve: every bin at every site holds fewer "
+                "people, or fewer cases of a class, than the minimum cell size.</p>"
             )
     parts += [
         "<h2>Rounds</h2>",
@@ -467,8 +472,8 @@ def _departures(preprocessing: dict[str, Any]) -> str:
         f"<h3>Federated statistics: {len(departures)} of {preprocessing.get('columns', '?')} "
         "columns depart from the pooled rows'</h3><p class='muted'>A site withholds a "
         "column's sums when fewer than its minimum cell size of its patients have a value, "
-        "a one or a zero in it; binary and one-hot columns are centred, not scaled, so there "
-        "the departure touches only imputation and centring.</p>"
+        "a one or a zero in it; binary and one-hot columns are centred and divided by 0.5, "
+        "not by their SD, so there the departure touches only imputation and centring.</p>"
         f"<details><summary>Columns</summary>{table}</details>"
     )
 

@@ -85,21 +85,25 @@ def convergence(out_dir: Path) -> dict[str, Any]:
     fall = (loss[before] - loss[last]) / loss[before] if before in loss and last in loss else None
     if math.isnan(change) and fall is None:
         return {"status": "unknown", "line": "convergence: no mean AUROC or loss to tell by"}
-    settled = not math.isnan(change) and abs(change) < SETTLED_AUROC
-    if fall is not None:
-        settled = settled and fall < SETTLED_LOSS
+    improving = (not math.isnan(change) and change >= SETTLED_AUROC) or (
+        fall is not None and fall >= SETTLED_LOSS
+    )
+    declining = not improving and not math.isnan(change) and change <= -SETTLED_AUROC
+    status = "improving" if improving else "declining" if declining else "settled"
     loss_text = "" if fall is None else f" and the mean training loss {-fall:+.1%}"
+    verdict = {
+        "improving": "still improving, so under-trained: run more rounds "
+        f"(--set rounds={2 * last})",
+        "declining": "the mean AUROC is falling: more rounds will not help (fewer rounds or a "
+        "lower learning rate may)",
+        "settled": "the model has settled",
+    }[status]
     line = (
         f"convergence: over the last {window} of {len(rounds)} rounds the mean AUROC changed "
-        f"{change:+.3f}{loss_text}; "
-        + (
-            "the model has settled"
-            if settled
-            else f"still improving, so under-trained: run more rounds (--set rounds={2 * last})"
-        )
+        f"{change:+.3f}{loss_text}; {verdict}"
     )
     return {
-        "status": "settled" if settled else "improving",
+        "status": status,
         "auroc_change": None if math.isnan(change) else change,
         "loss_change": None if fall is None else -fall,
         "window": window,
