@@ -230,7 +230,7 @@ def monitor_release(
 
     return _run_task(
         grid, study, out_dir, kind="monitor", engine=engine, audit_options=audit_options,
-        site_nodes=site_nodes,        arrays=model.arrays, work=work,
+        site_nodes=site_nodes, arrays=model.arrays, work=work,
     )  # fmt: skip
 
 
@@ -283,7 +283,7 @@ def gate_challenger(
 
     return _run_task(
         grid, study, out_dir, kind="gate", engine=engine, audit_options=audit_options,
-        site_nodes=site_nodes,        arrays=challenger.arrays, work=work,
+        site_nodes=site_nodes, arrays=challenger.arrays, work=work,
     )  # fmt: skip
 
 
@@ -365,7 +365,7 @@ def recalibrate_release(
 
     return _run_task(
         grid, study, out_dir, kind="recalibrate", engine=engine, audit_options=audit_options,
-        site_nodes=site_nodes,        arrays=model.arrays, work=work,
+        site_nodes=site_nodes, arrays=model.arrays, work=work,
     )  # fmt: skip
 
 
