@@ -269,3 +269,42 @@ def _extra_site(
         )
     )
     return load_site_config(folder / "site.toml")
+
+
+def test_a_deployed_monitoring_study_of_a_release(consortium, tmp_path):
+    """``evaluate.monitor`` through real SuperNodes: metrics with CIs, drift sums, site ledgers."""
+    study = study_for(consortium, "monitored")
+    simulate(study, out_dir=tmp_path / "release-run", report=False)  # the model being monitored
+    monitor = study_for(consortium, "monitor")
+    consortium.approve(monitor)
+    task = {"kind": "monitor", "model": str(tmp_path / "release-run"), "with_reference": True}
+    submitted = coordinator.submit_study(consortium.server, monitor, loop_task=task)
+    found = coordinator.wait_for_run(consortium.server, submitted, timeout=600)
+    deadline = time.monotonic() + 60  # the ServerApp's process ends just after its ledger closes
+    while time.monotonic() < deadline:
+        runs = coordinator.flwr(
+            consortium.server, "ls", coordinator.CONNECTION, "--run-id", submitted.run_id
+        )["runs"]
+        if runs and str(runs[0]["status"]).startswith("finished"):
+            break
+        time.sleep(1)
+    assert found["kind"] == "monitor" and not found["failed"]
+    assert set(found["result"]) == set(consortium.sites)
+    assert sum(r["values"]["auroc"] is not None for r in found["result"].values()) >= 2
+    for site, result in found["result"].items():
+        values = result["values"]
+        if values["auroc"] is None:  # the small site: too few cases, withheld with the reason
+            assert "withheld" in result["undefined"]["auroc"], site
+        else:
+            assert values["auroc_low"] < values["auroc"] < values["auroc_high"], site
+        counts = [c for column in result["current"] for c in column["counts"]]
+        assert all(c is None or c == 0 or c >= 10 for c in counts), site  # egress: small cells
+        assert result["reference"], site
+        kinds = [
+            e.data.get("message_type")
+            for e in load_entries(consortium.sites[site].governance_dir / "ledger.jsonl")
+        ]
+        assert "evaluate.monitor" in kinds, site
+    run_dir = next((consortium.server.state_dir / "runs").glob("monitor-*"))
+    ledger = [e.kind for e in load_entries(run_dir / "governance" / "coordinator.jsonl")]
+    assert "loop-monitor" in ledger and ledger[-1] != "study-failed"

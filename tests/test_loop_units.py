@@ -239,3 +239,49 @@ def test_pooled_estimate_is_an_inverse_variance_mean() -> None:
     assert pooled["estimate"] == pytest.approx((25 * 0.10 + 0.20) / 26)
     assert pooled["sites"] == ["a", "b"] and pooled["low"] < pooled["estimate"] < pooled["high"]
     assert linear_predictor(np.array([0.5]))[0] == 0.0
+
+
+def _monitor_reply(**changes: float) -> tuple:
+    from lhs_federated.apps.loop_messages import monitoring_to_record
+    from lhs_federated.learning.monitoring import SiteMonitoring
+
+    y = np.array([0, 1] * 60)
+    p = np.clip(0.3 + 0.4 * y + np.linspace(-0.2, 0.2, 120), 0.01, 0.99)
+    scored = score_with_intervals(y, p, min_cell_size=10)
+    edges = [bin_edges(0.5, 0.2, indicator=False)]
+    summary = summarise_columns(p[:, None], edges)
+    values = {**scored.values, **changes}
+    return monitoring_to_record(SiteMonitoring(values, {}, summary, None)), [len(edges[0])]
+
+
+@pytest.mark.parametrize(
+    ("changes", "rows", "match"),
+    [
+        ({"auroc": 1.7}, 200, "'auroc' = 1.7 is outside"),
+        ({"brier": float("inf")}, 200, "'brier' is inf"),
+        ({}, 100, "n = 120 exceeds the 100 rows reported"),
+    ],
+)
+def test_the_coordinator_rejects_implausible_monitoring_replies(changes, rows, match) -> None:
+    from lhs_federated.apps.loop_messages import check_monitor_reply
+    from lhs_federated.apps.reply_checks import ReplyRejectedError
+
+    content, edge_counts = _monitor_reply(**changes)
+    with pytest.raises(ReplyRejectedError, match=match):
+        check_monitor_reply(content, edge_counts, rows)
+
+
+def test_a_plain_monitoring_reply_passes_and_a_forged_histogram_does_not() -> None:
+    from flwr.app import MetricRecord
+
+    from lhs_federated.apps import records
+    from lhs_federated.apps.loop_messages import check_monitor_reply
+    from lhs_federated.apps.reply_checks import ReplyRejectedError
+
+    content, edge_counts = _monitor_reply()
+    check_monitor_reply(content, edge_counts, 120)
+    drift = dict(content[records.DRIFT])
+    drift["current-counts"] = [500.0] * (edge_counts[0] + 1)
+    content[records.DRIFT] = MetricRecord(drift)
+    with pytest.raises(ReplyRejectedError, match="holds more than n rows"):
+        check_monitor_reply(content, edge_counts, 120)

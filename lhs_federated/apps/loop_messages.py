@@ -34,6 +34,7 @@ from flwr.clientapp import ClientApp
 
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import resolve_site
+from lhs_federated.apps.reply_checks import ReplyRejectedError
 from lhs_federated.data.statistics import Standardizer
 from lhs_federated.learning.drift import ColumnSummary
 from lhs_federated.learning.monitoring import (
@@ -353,3 +354,52 @@ GUARDS = {
     records.GATE: _guard_gate,
     records.RECALIBRATE: _guard_recalibrate,
 }
+
+
+# --- the coordinator's checks of each loop reply, before it is used -----------------------
+
+
+def _finite_or_nan(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ReplyRejectedError(f"{name} is not a number")
+    if math.isinf(value):
+        raise ReplyRejectedError(f"{name} is {value}")
+    return float(value)
+
+
+def check_monitor_reply(content: RecordDict, edge_counts: list[int], test_rows: int | None) -> None:
+    """A monitoring reply holds the declared records, plausible metrics and true counts.
+
+    Raises
+    ------
+    ReplyRejectedError
+        If a record or key is missing or extra, a metric is infinite or out of
+        its range, the row count exceeds what the site reported at discovery,
+        or a histogram has the wrong shape, a negative count or more rows than
+        the column.
+    """
+    expected = records.reply_records(records.MONITOR)
+    if set(content) - set(expected) or records.METRICS not in content:
+        raise ReplyRejectedError(
+            f"records {sorted(content)}; a monitor reply holds {sorted(expected)}"
+        )
+    metrics = content[records.METRICS]
+    if set(metrics) != set(MONITOR_KEYS):
+        raise ReplyRejectedError(f"metric keys {sorted(metrics)} are not the monitoring metrics")
+    values = {k: _finite_or_nan(f"metric {k!r}", metrics[k]) for k in MONITOR_KEYS}
+    if test_rows is not None and values["n"] > test_rows:
+        raise ReplyRejectedError(f"n = {values['n']:g} exceeds the {test_rows} rows reported")
+    for key in ("auroc", "auroc_low", "auroc_high", "prevalence", "mean_risk", "brier"):
+        if not math.isnan(values[key]) and not 0 <= values[key] <= 1:
+            raise ReplyRejectedError(f"metric {key!r} = {values[key]:g} is outside [0, 1]")
+    drift = content.get(records.DRIFT, MetricRecord())
+    for prefix in ("current", "reference"):
+        summaries = summaries_from_record(drift, prefix, edge_counts)
+        if summaries is None:
+            continue
+        for j, s in enumerate(summaries):
+            counts = s.counts[~np.isnan(s.counts)]
+            if len(s.counts) != edge_counts[j] + 1 or (counts < 0).any():
+                raise ReplyRejectedError(f"{prefix} histogram of column {j} is malformed")
+            if not math.isnan(s.n) and counts.sum() > s.n:
+                raise ReplyRejectedError(f"{prefix} histogram of column {j} holds more than n rows")

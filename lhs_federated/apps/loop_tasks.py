@@ -33,6 +33,8 @@ from flwr.serverapp import Grid
 from lhs_federated.apps import loop_messages, records
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.federation import discover_sites
+from lhs_federated.apps.reply_checks import ReplyRejectedError
+from lhs_federated.apps.run_config import LOOP_RESULT_FILE
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.data.encoding import encoded_columns
 from lhs_federated.data.statistics import Standardizer
@@ -51,8 +53,7 @@ from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, write_study
 
 LOGGER = logging.getLogger("lhs_federated.loop")
-LOOP_TASK_KEY = "loop-task"
-RESULT_FILE = "loop-task.json"
+RESULT_FILE = LOOP_RESULT_FILE
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _run_task(
     engine: str,
     audit_options: AuditOptions | None,
     arrays: dict[str, np.ndarray],
-    work: Callable[[SiteGrid, CoordinatorAudit], TaskOutcome],
+    work: Callable[[SiteGrid, CoordinatorAudit, dict[str, int | None]], TaskOutcome],
     site_nodes: Mapping[int, str] | None = None,
 ) -> TaskOutcome:
     """Discovery, ledger, the task's ``work``, its result file and the ledger's close.
@@ -130,7 +131,8 @@ def _run_task(
         {node: s.name for node, s in summaries.items()}, engine=engine, refused_nodes=refused
     )
     try:
-        outcome = work(site_grid, audit)
+        test_rows = {s.name: s.n_test for s in summaries.values()}  # as reported at discovery
+        outcome = work(site_grid, audit, test_rows)
         audit.record(f"loop-{kind}", {"result": outcome.result, "failed": outcome.failed})
         (out_dir / RESULT_FILE).write_text(
             json.dumps(
@@ -188,7 +190,9 @@ def monitor_release(
     """
     edge_counts = [len(e) for e in edges]
 
-    def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
+    def work(
+        site_grid: SiteGrid, audit: CoordinatorAudit, test_rows: dict[str, int | None]
+    ) -> TaskOutcome:
         def content(node: int) -> RecordDict:
             config = _config(study, model.standardizer)
             config.update(loop_messages.edges_to_config(edges))
@@ -203,9 +207,13 @@ def monitor_release(
         per_site: dict[str, SiteMonitoring] = {}
         for site, reply in replies.items():
             try:
+                loop_messages.check_monitor_reply(reply.content, edge_counts, test_rows[site])
                 per_site[site] = loop_messages.monitoring_from_record(reply.content, edge_counts)
-            except (KeyError, ValueError, TypeError) as error:
-                failed[site] = f"reply rejected: malformed monitoring reply ({error})"
+            except (ReplyRejectedError, KeyError, ValueError, TypeError) as error:
+                LOGGER.warning("%s: monitoring reply rejected: %s", site, error)
+                failed[site] = f"reply rejected: {error}"
+        if not per_site:
+            raise StudyRunError(f"no usable monitoring reply: {failed}")
         audit.evaluated(
             0, {s: MetricReport(m.values, m.undefined) for s, m in per_site.items()}, failed
         )
@@ -222,7 +230,7 @@ def monitor_release(
 
     return _run_task(
         grid, study, out_dir, kind="monitor", engine=engine, audit_options=audit_options,
-        site_nodes=site_nodes,        arrays=model.arrays, work=work,
+        site_nodes=site_nodes, arrays=model.arrays, work=work,
     )  # fmt: skip
 
 
@@ -246,7 +254,7 @@ def gate_challenger(
         **{loop_messages.CHALLENGER + k: v for k, v in challenger.arrays.items()},
     }
 
-    def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
+    def work(site_grid: SiteGrid, audit: CoordinatorAudit, _rows: dict) -> TaskOutcome:
         def content(node: int) -> RecordDict:
             config = _config(study, champion.standardizer)
             config.update(loop_messages.policy_to_config(policy))
@@ -275,7 +283,7 @@ def gate_challenger(
 
     return _run_task(
         grid, study, out_dir, kind="gate", engine=engine, audit_options=audit_options,
-        site_nodes=site_nodes,        arrays=challenger.arrays, work=work,
+        site_nodes=site_nodes, arrays=challenger.arrays, work=work,
     )  # fmt: skip
 
 
@@ -303,7 +311,7 @@ def recalibrate_release(
     ``rounds``; it stops once a step moves no parameter by 1e-9).
     """
 
-    def work(site_grid: SiteGrid, audit: CoordinatorAudit) -> TaskOutcome:
+    def work(site_grid: SiteGrid, audit: CoordinatorAudit, _rows: dict) -> TaskOutcome:
         names = sorted(site_grid.sites.values())
         current = {name: identity(method) for name in (names if per_site else ["pooled"])}
         failed: dict[str, str] = {}
@@ -357,7 +365,7 @@ def recalibrate_release(
 
     return _run_task(
         grid, study, out_dir, kind="recalibrate", engine=engine, audit_options=audit_options,
-        site_nodes=site_nodes,        arrays=model.arrays, work=work,
+        site_nodes=site_nodes, arrays=model.arrays, work=work,
     )  # fmt: skip
 
 

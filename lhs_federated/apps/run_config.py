@@ -36,3 +36,7 @@ def private_settings_name(out_dir_name: str) -> str:
 #: The simulation engines (``lhs-fed simulate --backend``).
 Backend = Literal["inprocess", "ray"]
 BACKENDS: tuple[Backend, ...] = ("inprocess", "ray")
+#: A learning-loop study (monitor, gate, recalibrate): its task as JSON, and the
+#: file its result is written to (see lhs_federated.apps.loop_tasks).
+LOOP_TASK_KEY = "loop-task"
+LOOP_RESULT_FILE = "loop-task.json"

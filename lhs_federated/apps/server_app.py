@@ -31,12 +31,13 @@ from flwr.serverapp import Grid, ServerApp
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps.coordinator_audit import AuditOptions
 from lhs_federated.apps.federation import run_study
-from lhs_federated.apps.loop_tasks import LOOP_TASK_KEY, run_loop_task
+from lhs_federated.apps.loop_tasks import run_loop_task
 from lhs_federated.apps.preflight import ResultsFolderExists
 from lhs_federated.apps.run_config import (
     DEPLOYMENT,
     ENGINE_KEY,
     EXPECTED_SITES_KEY,
+    LOOP_TASK_KEY,
     OUT_DIR_KEY,
     RESUME_KEY,
     SERVER_STATE_ENV,

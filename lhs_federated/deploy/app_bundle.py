@@ -48,6 +48,7 @@ def bundle_pyproject(version: str | None = None) -> dict:
                         run_config.EXPECTED_SITES_KEY: 0,
                         run_config.LEDGER_KEY: "",
                         run_config.SIMULATED_SITES: "",
+                        run_config.LOOP_TASK_KEY: "",
                     },
                 }
             }

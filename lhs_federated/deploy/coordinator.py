@@ -30,6 +30,7 @@ import tomli_w
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps import run_config
 from lhs_federated.apps.preflight import check_out_dir
+from lhs_federated.apps.run_config import LOOP_RESULT_FILE, LOOP_TASK_KEY
 from lhs_federated.config import is_plain_name
 from lhs_federated.deploy import processes
 from lhs_federated.deploy.app_bundle import write_bundle_dir
@@ -407,9 +408,18 @@ class SubmittedRun:
 
 
 def submit_study(
-    config: ServerConfig, study: Study, *, out_dir: Path | None = None, resume: bool = False
+    config: ServerConfig,
+    study: Study,
+    *,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    loop_task: dict[str, Any] | None = None,
 ) -> SubmittedRun:
     """Submit ``study`` to the running SuperLink as the lhs-federated app bundle.
+
+    ``loop_task`` makes it a learning-loop study (monitor, gate, recalibrate;
+    see :func:`lhs_federated.apps.loop_tasks.run_loop_task`), whose release
+    folders the coordinator reads.
 
     Raises
     ------
@@ -435,6 +445,8 @@ def submit_study(
         run_config.RESUME_KEY: resume,
         run_config.EXPECTED_SITES_KEY: len(config.sites),
     }
+    if loop_task is not None:
+        settings[LOOP_TASK_KEY] = json.dumps(loop_task)
     paths.runs.mkdir(parents=True, exist_ok=True)
     # The ledger key's path is the coordinator's business: not in the run config,
     # which every site receives, but beside it in the state folder (0600).
@@ -488,6 +500,8 @@ def wait_for_run(
         on_poll()
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
+    if (run.out_dir / LOOP_RESULT_FILE).is_file():  # a learning-loop study's result
+        return json.loads((run.out_dir / LOOP_RESULT_FILE).read_text())
     if failure.is_file():
         raise StudyRunError(f"run {run.run_id} failed: {json.loads(failure.read_text())['error']}")
     if not status.startswith("finished"):

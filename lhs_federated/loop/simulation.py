@@ -72,6 +72,12 @@ class LoopSpec:
         "alert", doc="update after an alert, or every period (a schedule)"
     )
     update_periods: int = setting(1, doc="most recent periods an update is fitted on", ge=1)
+    per_site_method: Literal["in-the-large", "logistic"] = setting(
+        "in-the-large", doc="per-site updates: each site's intercept, or intercept and slope"
+    )
+    update_sites: Literal["alerting", "all"] = setting(
+        "alerting", doc="per-site updates: recalibrate the sites that alerted, or every site"
+    )
     oracle: bool = setting(True, doc="score an oracle refitted on each period (simulation)")
     alerts: AlertRules = setting(default_factory=AlertRules, doc="alert rules")
     gate: GateSpec = setting(default_factory=GateSpec, doc="the promotion gate")
@@ -203,9 +209,11 @@ def run_loop(loop: LoopFile, folder: Path, *, progress: Progress | None = None) 
         if done < len(todo) and (monitored.alerts or spec.update_on == "every-period"):
             window = periods[max(0, periods.index(period) - spec.update_periods + 1) :]
             window = window[: window.index(period) + 1]
+            alerting = {a.site for a in monitored.alerts}
             champion, decision = _update_and_gate(
                 spec, base, window, present, registry, champion, key_path=key_path,
                 folder=folder, sites_dir=sites_dir,
+                only_sites=alerting if spec.update_sites == "alerting" and alerting else None,
             )  # fmt: skip
             events.append({"period": period, "kind": "release", **decision})
             note += f"; {decision['release']} {decision['status']}: {decision['reason']}"
@@ -221,6 +229,7 @@ def run_loop(loop: LoopFile, folder: Path, *, progress: Progress | None = None) 
 def _update_and_gate(
     spec: LoopSpec, base: Study, window: list[str], present: dict[str, set[str]],
     registry: Registry, champion: ReleaseRef, *, key_path: Path, folder: Path, sites_dir: Path,
+    only_sites: set[str] | None = None,
 ) -> tuple[ReleaseRef, dict[str, Any]]:  # fmt: skip
     """Update the champion on ``window``, release the candidate, gate it; the new champion."""
     sites = set().union(*(present[p] for p in window))
@@ -234,6 +243,7 @@ def _update_and_gate(
         update = recalibrated_run(
             run_dir, study, registry.folder(champion), spec.update,
             key_path=key_path, simulated_sites=sites_dir,
+            per_site_method=spec.per_site_method, only_sites=only_sites,
         )  # fmt: skip
     published = release_run(
         run_dir, spec.release, key_path=key_path, registry_root=registry.root,

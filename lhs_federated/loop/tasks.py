@@ -16,8 +16,12 @@ from typing import Any
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
 from lhs_federated.apps import server_app
 from lhs_federated.apps.engines import run_inprocess
-from lhs_federated.apps.loop_tasks import LOOP_TASK_KEY, RESULT_FILE
-from lhs_federated.apps.run_config import LEDGER_KEY, SIMULATED_SITES
+from lhs_federated.apps.run_config import (
+    LEDGER_KEY,
+    LOOP_RESULT_FILE,
+    LOOP_TASK_KEY,
+    SIMULATED_SITES,
+)
 from lhs_federated.data.sources import raw_sites
 from lhs_federated.errors import StudyRunError
 from lhs_federated.study import Study
@@ -50,7 +54,9 @@ def run_task(
     if simulated_sites is not None:
         config[SIMULATED_SITES] = str(Path(simulated_sites).resolve())
     run_inprocess(config, n_sites)
-    result = Path(out_dir) / RESULT_FILE
+    result = Path(out_dir) / LOOP_RESULT_FILE
     if not result.is_file():
-        raise StudyRunError(f"the {task.get('kind')} study wrote no {RESULT_FILE} in {out_dir}.")
+        raise StudyRunError(
+            f"the {task.get('kind')} study wrote no {LOOP_RESULT_FILE} in {out_dir}."
+        )
     return json.loads(result.read_text(encoding="utf-8"))

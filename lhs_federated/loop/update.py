@@ -59,11 +59,16 @@ def recalibrated_run(
     *,
     key_path: Path,
     simulated_sites: Path | None = None,
+    per_site_method: Literal["in-the-large", "logistic"] = "in-the-large",
+    only_sites: set[str] | None = None,
 ) -> dict[str, Any]:
     """Recalibrate a release on ``study``'s training rows; write the update run.
 
-    ``per-site``: every site's own logistic recalibration, composed with the
-    one the release already held for it; the shared arrays stay the parent's.
+    ``per-site``: each site's own recalibration (``per_site_method``),
+    composed with the one the release already held for it; the shared arrays
+    stay the parent's. ``only_sites`` (the sites that alerted) are the ones
+    whose recalibration changes; the others keep theirs, so the update
+    touches no site that did not need it.
     """
     task_dir = out_dir / "recalibration"
     per_site = method == "per-site"
@@ -71,7 +76,7 @@ def recalibrated_run(
         study,
         task_dir,
         {"kind": "recalibrate", "model": str(parent_folder), "per_site": per_site,
-         "method": "logistic" if per_site else method},
+         "method": per_site_method if per_site else method},
         key_path=key_path,
         simulated_sites=simulated_sites,
     )  # fmt: skip
@@ -79,7 +84,11 @@ def recalibrated_run(
     inherited = read_site_recalibration(parent_folder / "model")
     if per_site:
         arrays = parent.arrays
-        fitted = found["result"]["params"]
+        fitted = {
+            site: params if len(params) == 2 else [params[0], 1.0]
+            for site, params in found["result"]["params"].items()
+            if only_sites is None or site in only_sites
+        }
         site_params = {
             site: compose(fitted[site], inherited.get(site)) if site in fitted else old
             for site, old in {**dict.fromkeys(fitted), **inherited}.items()
