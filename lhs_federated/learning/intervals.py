@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import norm, rankdata
 
 
 def delong_interval(
@@ -43,12 +43,13 @@ def delong_interval(
     m, n = len(positives), len(negatives)
     if m < 2 or n < 2:
         return None
-    # psi(x, z) = 1 if x > z, 1/2 on ties: the kernel of the Mann-Whitney statistic.
-    kernel = (positives[:, None] > negatives[None, :]) + 0.5 * (
-        positives[:, None] == negatives[None, :]
-    )
-    auroc = float(kernel.mean())
-    variance = kernel.mean(axis=1).var(ddof=1) / m + kernel.mean(axis=0).var(ddof=1) / n
+    # The structural components from mid-ranks (ties count one half): O(n log n)
+    # time and O(n) memory, however large a hospital's test split.
+    ranks = rankdata(np.concatenate([positives, negatives]))
+    v10 = (ranks[:m] - rankdata(positives)) / n  # each case's share of controls ranked below
+    v01 = 1 - (ranks[m:] - rankdata(negatives)) / m  # each control's share of cases above
+    auroc = float(v10.mean())
+    variance = float(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
     if not 0.0 < auroc < 1.0 or variance <= 0:
         return None
     z = float(norm.ppf(0.5 + level / 2))

@@ -1,12 +1,10 @@
 """95% confidence intervals of the metrics a monitored site reports.
 
-Kept in one small module so it can give way to :mod:`lhs_federated.learning.intervals`
-(DeLong and Wald intervals of every run's metrics) without touching the
-monitoring code: each function takes outcomes and predicted risks and returns
+Each function takes outcomes and predicted risks and returns
 ``(estimate, low, high)``, NaN where undefined.
 
-- AUROC: DeLong's variance (structural components of the Mann-Whitney
-  statistic), the interval symmetric on the logit scale so it stays in (0, 1);
+- AUROC: DeLong's interval, the one every run reports
+  (:mod:`lhs_federated.learning.intervals`);
 - calibration intercept and slope: Wald intervals from the information matrix
   of the recalibration fit (:mod:`lhs_federated.learning.recalibration`);
 - observed/expected ratio: log-normal, ``SE(log O/E) = 1 / sqrt(O)``;
@@ -18,8 +16,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy.stats import norm
 
+from lhs_federated.learning.binary_scores import roc_auc
+from lhs_federated.learning.intervals import delong_interval
 from lhs_federated.learning.recalibration import fit_recalibration, linear_predictor
 
 Z = float(norm.ppf(0.975))
@@ -27,22 +27,11 @@ NAN3 = (math.nan, math.nan, math.nan)
 
 
 def auroc_interval(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
-    """AUROC with its DeLong 95% interval."""
-    positives, negatives = p[y == 1], p[y == 0]
-    m, n = len(positives), len(negatives)
-    if m < 2 or n < 2:
+    """AUROC with its DeLong 95% interval (see :mod:`lhs_federated.learning.intervals`)."""
+    if min(np.count_nonzero(y == 1), np.count_nonzero(y == 0)) < 2:
         return NAN3
-    ranks_all = rankdata(np.concatenate([positives, negatives]))
-    ranks_pos, ranks_neg = rankdata(positives), rankdata(negatives)
-    auc = (ranks_all[:m].sum() - m * (m + 1) / 2) / (m * n)
-    v10 = (ranks_all[:m] - ranks_pos) / n  # each case's share of controls ranked below
-    v01 = 1 - (ranks_all[m:] - ranks_neg) / m
-    variance = np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n
-    if not 0 < auc < 1 or variance <= 0:
-        return (float(auc), math.nan, math.nan)
-    logit = math.log(auc / (1 - auc))
-    half = Z * math.sqrt(variance) / (auc * (1 - auc))
-    return (float(auc), _expit(logit - half), _expit(logit + half))
+    interval = delong_interval(y, p)
+    return (roc_auc(y, p), *(interval or (math.nan, math.nan)))
 
 
 def calibration_intervals(y: np.ndarray, p: np.ndarray) -> dict[str, tuple[float, float, float]]:
@@ -76,7 +65,3 @@ def brier_interval(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
         return NAN3
     mean, se = float(errors.mean()), float(errors.std(ddof=1) / math.sqrt(len(errors)))
     return (mean, max(0.0, mean - Z * se), mean + Z * se)
-
-
-def _expit(value: float) -> float:
-    return 1 / (1 + math.exp(-value))
