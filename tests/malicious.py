@@ -45,7 +45,12 @@ def tampering_client(site: int, tamper: Tamper, *, message_type: str = "train") 
             return tamper(reply, server_round) or reply
         return reply
 
-    app = ClientApp(mods=[tamper_mod, *client_app.SITE_MODS])
+    return site_app_below(tamper_mod)
+
+
+def site_app_below(outer_mod) -> ClientApp:
+    """The real site handlers and mods, with ``outer_mod`` outside every site mod."""
+    app = ClientApp(mods=[outer_mod, *client_app.SITE_MODS])
     app.query(client_app.CLOSE_ACTION)(client_app.acknowledge_close)
     app.query()(client_app.describe)
     app.train()(client_app.train)

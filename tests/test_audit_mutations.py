@@ -12,9 +12,10 @@ import pytest
 from audit_mutations import KINDS, run_mutations, summarise
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from malicious import site_app_below
 
 from lhs_federated import StudyRunError, simulate
-from lhs_federated.apps import client_app, records, server_app
+from lhs_federated.apps import records, server_app
 from lhs_federated.apps.engines import run_inprocess
 from lhs_federated.cli import main
 from lhs_federated.governance.keys import load_private_key, write_key_pair
@@ -73,12 +74,7 @@ def shifted_model_client(site: int, server_round: int) -> ClientApp:
             )
         return call_next(message, context)
 
-    app = ClientApp(mods=[shift, *client_app.SITE_MODS])
-    app.query(client_app.CLOSE_ACTION)(client_app.acknowledge_close)
-    app.query()(client_app.describe)
-    app.train()(client_app.train)
-    app.evaluate()(client_app.evaluate)
-    return app
+    return site_app_below(shift)
 
 
 def test_a_site_sent_another_model_than_recorded_is_named(tmp_path, small_study):
