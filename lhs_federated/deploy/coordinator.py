@@ -38,7 +38,7 @@ from lhs_federated.deploy.certs import check_certificate, check_private_mode
 from lhs_federated.deploy.server_config import ServerConfig
 from lhs_federated.errors import ConfigError, LhsError, StudyRunError
 from lhs_federated.governance.run_files import GOVERNANCE_DIR, ledger_closed
-from lhs_federated.results.progress import ProgressEvent, report_progress
+from lhs_federated.results.progress import EVENTS_FILE, ProgressEvent, read_events, report_progress
 from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, load_study
 
@@ -485,7 +485,8 @@ def wait_for_run(
     summary_path, failure = run.out_dir / "summary.json", run.out_dir / "failure.json"
     # The ServerApp writes summary.json or failure.json when the run ends; asking the
     # SuperLink (a `flwr` process each time) is only for runs that end without either.
-    # summary.json comes before the ledger's seal: wait for the seal (or a failure).
+    # summary.json comes before the ledger's seal, the seal before the sites are
+    # told: wait for that (or a failure).
     while time.monotonic() < deadline and not _run_over(run.out_dir):
         if time.monotonic() >= next_check:
             runs = flwr(config, "ls", CONNECTION, "--run-id", run.run_id)["runs"]
@@ -512,10 +513,19 @@ def wait_for_run(
 
 
 def _run_over(run_dir: Path) -> bool:
-    """The run's ledger is closed, or it failed before opening one."""
-    if ledger_closed(run_dir):
-        return True
-    return (run_dir / "failure.json").exists() and not (run_dir / GOVERNANCE_DIR).exists()
+    """The run failed (its ledger closed, or never opened), or its sites hold the final hash.
+
+    A study's seal comes before the sites are told its final hash (each records
+    ``study-closed`` then), so a completed study is over at its ``ledger-sealed``
+    event, not at the seal; a learning-loop task, which logs no such event, ends
+    at the SuperLink's ``finished`` status.
+    """
+    if (run_dir / "failure.json").exists():
+        return ledger_closed(run_dir) or not (run_dir / GOVERNANCE_DIR).exists()
+    if not ledger_closed(run_dir):
+        return False
+    events, _ = read_events(run_dir / EVENTS_FILE)
+    return any(event.kind == "ledger-sealed" for event in events)
 
 
 def server_status(config: ServerConfig) -> dict[str, Any]:
