@@ -36,7 +36,7 @@ from omop_support import (
     unzip_synthea,
 )
 
-from lhs_federated import load_study
+from lhs_federated import load_study, simulate
 from lhs_federated.apps.client_site import deployed_site
 from lhs_federated.cli import main
 from lhs_federated.data.omop.connection import Database
@@ -508,3 +508,29 @@ def test_site_config_refuses_a_password_in_the_url(tmp_path, capsys):
     assert main(["site", "extract", str(study_path), "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "data.database holds a password" in err and "hunter2" not in err
+
+
+def test_omop_study_runs_end_to_end_in_simulation(synthea_duckdb, tmp_path):
+    """Two simulated sites, each its own OMOP database, through the whole simulation."""
+    second = tmp_path / "second.duckdb"
+    shutil.copy(synthea_duckdb, second)
+    text = STUDY.replace(
+        'databases = {{ nj = "{url}" }}',
+        'databases = {{ site-a = "{url}", site-b = "duckdb:///second.duckdb" }}',
+    )
+    study = load_study(write_study(tmp_path, f"duckdb:///{synthea_duckdb}", text))
+    study = study.with_overrides(
+        {
+            "rounds": 2,
+            "sites.min_cell_size": 3,
+            "privacy.min_train_rows": 5,
+            "governance.preapproved": True,
+            "baselines.enabled": False,
+        }
+    )
+    results = simulate(study, out_dir=tmp_path / "run", report=False)
+    assert list(results.final.index) == ["site-a", "site-b"]
+    sites = pd.read_csv(tmp_path / "run" / "sites.csv")
+    assert sites["n_train"].tolist() == [12, 12] and sites["n_test"].tolist() == [6, 6]
+    resolved = (tmp_path / "run" / "study.resolved.toml").read_text()
+    assert 'source = "omop"' in resolved and "entry_concepts" in resolved
