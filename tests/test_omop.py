@@ -239,6 +239,13 @@ def test_censoring_negative_keeps_the_persons_exclude_leaves_out(synthea_duckdb,
     assert kept["sinusitis"].sum() == excluded["sinusitis"].sum()
 
 
+def test_resolved_omop_study_round_trips_with_its_hash(tmp_path):
+    study = nj_study(tmp_path, "duckdb:///site.duckdb")
+    assert study.data.omop.databases == {"nj": f"duckdb:///{(tmp_path / 'site.duckdb').resolve()}"}
+    (tmp_path / "resolved.toml").write_text(study.to_toml())
+    assert load_study(tmp_path / "resolved.toml").hash == study.hash
+
+
 # Bad input: each a clear error naming the site and the setting.
 
 
@@ -386,8 +393,11 @@ def test_snapshot_is_recorded_bound_into_approval_and_refused_once_changed(
     folder = tmp_path / "state" / "omop" / study.hash
     manifest = json.loads((folder / "snapshot.json").read_text())
     assert manifest["rows"] == 18 and manifest["snapshot_hash"] in out
-    record = json.loads((tmp_path / "governance" / "ledger.jsonl").read_text().splitlines()[-1])
+    ledger = tmp_path / "governance" / "ledger.jsonl"
+    record = json.loads(ledger.read_text().splitlines()[-1])
     assert record["kind"] == "snapshot" and record["data"] == manifest
+    public_key = str(tmp_path / "governance" / "site.pub")
+    assert main(["audit", "verify", str(ledger), "--public-key", public_key]) == 0
 
     # Approval binds the snapshot; the deployed site then reads it through the common path.
     approve = [
