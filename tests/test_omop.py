@@ -201,12 +201,73 @@ def test_extraction_gives_the_values_read_off_the_csv_files(synthea_duckdb, tmp_
 
 
 @pytest.mark.postgres
-def test_duckdb_and_postgresql_give_identical_tables(synthea_duckdb, postgres, tmp_path):
+@pytest.mark.parametrize("events", [False, True], ids=["measurements", "events-and-death"])
+def test_duckdb_and_postgresql_give_identical_tables(synthea_duckdb, postgres, tmp_path, events):
     study = nj_study(tmp_path, f"duckdb:///{synthea_duckdb}")
+    study = events_study(study) if events else study
     from_duckdb = extract(study.data.omop, duck(synthea_duckdb))
     from_postgres = extract(study.data.omop, pg(postgres))
     pd.testing.assert_frame_equal(from_duckdb.table, from_postgres.table, check_exact=True)
-    assert "cdm.measurement" in from_postgres.sql and "vocab.concept_ancestor" in from_postgres.sql
+    assert "cdm.person" in from_postgres.sql and "vocab.concept_ancestor" in from_postgres.sql
+
+
+#: Presence of a drug, a procedure, an observation and an emergency visit in five years
+#: before the index date; the outcome death within 5000 days (person 7 died 2019-05-28).
+EVENT_FEATURES = {
+    "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date", 1127433),
+    "procedure": ("procedure_occurrence", "procedure_concept_id", "procedure_date", 762506),
+    "observation": ("observation", "observation_concept_id", "observation_date", 40759918),
+    "visit": ("visit_occurrence", "visit_concept_id", "visit_start_date", 9203),
+}
+
+
+def events_study(study):
+    features = [{"name": "age", "kind": "age"}] + [
+        {"name": f"any_{kind}", "kind": kind, "concepts": [concept], "start_day": -1825}
+        for kind, (*_, concept) in EVENT_FEATURES.items()
+    ]
+    outcome = {"name": "death", "domain": "death", "end_day": 5000, "censoring": "negative"}
+    return study.with_overrides({"data.omop.features": features, "data.omop.outcome": outcome})
+
+
+def test_event_features_and_death_match_a_pandas_reading_of_the_csv_files(
+    synthea_duckdb, synthea_csvs, tmp_path
+):
+    study = events_study(nj_study(tmp_path, "duckdb:///x"))
+    table = extract(study.data.omop, duck(synthea_duckdb)).table
+
+    def csv(name, dates):
+        return pd.read_csv(synthea_csvs / f"{name.upper()}.csv", parse_dates=dates)
+
+    # The cohort, independently: first outpatient visit from 2015 on, 365 days observed, 18+.
+    visits = csv("visit_occurrence", ["visit_start_date"])
+    periods = csv(
+        "observation_period", ["observation_period_start_date", "observation_period_end_date"]
+    )
+    entry = visits[visits.visit_concept_id == 9202].merge(periods, on="person_id")
+    entry = entry[
+        (entry.visit_start_date >= "2015-01-01")
+        & (entry.visit_start_date >= entry.observation_period_start_date + pd.Timedelta(days=365))
+        & (entry.visit_start_date <= entry.observation_period_end_date)
+    ]
+    cohort = entry.groupby("person_id").visit_start_date.min().rename("index").reset_index()
+    cohort = cohort.merge(csv("person", []), on="person_id")
+    cohort["age"] = cohort["index"].dt.year - cohort.year_of_birth
+    cohort = cohort[cohort.age >= 18].sort_values("person_id").reset_index(drop=True)
+    expected = pd.DataFrame({"age": cohort.age})
+    for kind, (name, concept_column, date, concept) in EVENT_FEATURES.items():
+        events = csv(name, [date])
+        events = events[events[concept_column] == concept].merge(cohort, on="person_id")
+        days = (events[date] - events["index"]).dt.days
+        present = set(events.person_id[(days >= -1825) & (days <= 0)])
+        expected[f"any_{kind}"] = cohort.person_id.isin(present).astype("int64")
+    deaths = csv("death", ["death_date"]).merge(cohort, on="person_id")
+    days = (deaths.death_date - deaths["index"]).dt.days
+    died = set(deaths.person_id[(days >= 1) & (days <= 5000)])
+    expected["index_date"] = cohort["index"].dt.strftime("%Y-%m-%d")
+    expected["death"] = cohort.person_id.isin(died).astype("int64")
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert expected["death"].sum() == 1 and all(expected[f"any_{k}"].sum() for k in EVENT_FEATURES)
 
 
 def test_concept_sets_include_descendants_through_concept_ancestor(duckdb_copy, tmp_path):
