@@ -50,7 +50,8 @@ database, and every site builds that table inside its database
     kind = "measurement"       # value_as_number of a concept in the window
     concepts = [3004249]
     statistic = "latest"       # latest (ties: the highest measurement_id) or mean
-    units = [8876]             # accepted unit_concept_id values: any other is an error
+    units = [8876]             # accepted unit_concept_id values: a measurement of the
+                               # concepts in any other unit at the site is an error
     unit = "mmHg"              # for the contract; min / max bound its values
     min = 60
     max = 260

@@ -38,6 +38,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    union,
     union_all,
 )
 from sqlalchemy.sql.selectable import CTE
@@ -192,15 +193,21 @@ def needed_columns(spec: OmopSpec) -> dict[str, tuple[str, ...]]:
 
 
 def in_set(column: ColumnElement, concepts: Sequence[int], descendants: bool, tables: dict) -> Any:
-    """``column`` is one of ``concepts`` or (with ``descendants``) a descendant of one."""
-    direct = column.in_(list(concepts))
+    """``column`` is one of ``concepts`` or (with ``descendants``) a descendant of one.
+
+    Written as one ``IN (concepts UNION descendants)`` semi-join: DuckDB runs
+    it as fast as a plain ``IN`` list, about ten times faster than ``IN (...)
+    OR IN (subquery)``. The concepts come from CONCEPT (a study's concept ids
+    are checked to be there before the extraction runs).
+    """
     if not descendants:
-        return direct
-    ancestor = tables["concept_ancestor"]
+        return column.in_(list(concepts))
+    concept, ancestor = tables["concept"], tables["concept_ancestor"]
+    named = select(concept.c.concept_id).where(concept.c.concept_id.in_(list(concepts)))
     below = select(ancestor.c.descendant_concept_id).where(
         ancestor.c.ancestor_concept_id.in_(list(concepts))
     )
-    return or_(direct, column.in_(below))
+    return column.in_(union(named, below))
 
 
 def _days(date: ColumnElement, days: int) -> Any:
@@ -380,35 +387,27 @@ def extraction_query(spec: OmopSpec, tables: dict[str, Table]) -> Select:
 
 
 def unit_query(spec: OmopSpec, tables: dict[str, Table]) -> Select | None:
-    """Measurements a feature would use but whose unit it does not accept.
+    """Measurements of a feature's concepts whose unit the feature does not accept.
 
-    Rows: feature index, unit_concept_id (None: no unit), count; None when the
-    definition has no measurement feature.
+    Every measurement with a value at the site counts, not only those in a
+    cohort member's window: a concept recorded in two units is a mapping
+    problem the site's ETL fixes once, and the check is then one filtered
+    scan, not a second extraction. Rows: feature index, unit_concept_id
+    (None: no unit), count; None when the definition has no measurement feature.
     """
-    cohort = cohort_cte(spec, tables)
-    parts = []
-    for index, feature in enumerate(spec.features):
-        if feature.kind != "measurement":
-            continue
-        events, conditions = _events_in_window(
-            "measurement",
-            feature.concepts,
-            feature.descendants,
-            (feature.start_day, feature.end_day),
-            cohort,
-            tables,
+    measurement = tables["measurement"]
+    unit = measurement.c.unit_concept_id
+    parts = [
+        select(literal(index, Integer).label("feature"), unit, func.count().label("rows"))
+        .where(
+            in_set(measurement.c.measurement_concept_id, f.concepts, f.descendants, tables),
+            measurement.c.value_as_number.is_not(None),
+            or_(unit.is_(None), unit.not_in(list(f.units))),
         )
-        unit = events.c.unit_concept_id
-        parts.append(
-            select(literal(index, Integer).label("feature"), unit, func.count().label("rows"))
-            .select_from(events.join(cohort, conditions[0]))
-            .where(
-                *conditions[1:],
-                events.c.value_as_number.is_not(None),
-                or_(unit.is_(None), unit.not_in(list(feature.units))),
-            )
-            .group_by(unit)
-        )
+        .group_by(unit)
+        for index, f in enumerate(spec.features)
+        if f.kind == "measurement"
+    ]
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else union_all(*parts)  # type: ignore[return-value]
