@@ -43,7 +43,10 @@ from lhs_federated.data.omop.connection import Database
 from lhs_federated.data.omop.extract import extract
 from lhs_federated.data.omop.query import Schemas
 from lhs_federated.data.sources import raw_sites
+from lhs_federated.deploy.certs import init_certificates
+from lhs_federated.deploy.site_node import check_site
 from lhs_federated.errors import ConfigError, DataError, SiteRefusal
+from lhs_federated.site_config import load_site_config
 
 PASSWORD = "s3cret-omop-pw"
 CHANGE_VALUES = "update measurement set value_as_number = value_as_number + 1"
@@ -402,6 +405,12 @@ def test_measurement_in_an_unexpected_unit(synthea_duckdb, tmp_path):
         (("units = [8876]", "units = []"), r"name its accepted unit concept ids"),
         (("end_day = 730", "end_day = -1"), r"outcome.end_day must be >= 0"),
         (('kind = "sex"', 'kind = "sex"\nconcepts = [8507]'), r"takes no concepts"),
+        (('source = "omop"', 'source = "synthetic"'), r"\[data.omop\] applies only with"),
+        (
+            ('source = "omop"', 'source = "omop"\ncontract = "cardio-risk"'),
+            r"data.contract 'cardio-risk' does not describe the table \[data.omop\] extracts",
+        ),
+        (('name = "sinusitis"', 'name = "age"'), r"column name\(s\) 'age' used twice"),
     ],
 )
 def test_study_errors_name_the_key(tmp_path, change, message):
@@ -409,6 +418,18 @@ def test_study_errors_name_the_key(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_study(write_study(tmp_path, "site.duckdb", text))
     assert "hunter2" not in info.value.message
+
+
+def test_study_without_its_omop_table_or_site_databases(tmp_path):
+    (tmp_path / "bare.toml").write_text('[data]\nsource = "omop"\n')
+    with pytest.raises(ConfigError, match=r"needs a \[data.omop\] table"):
+        load_study(tmp_path / "bare.toml")
+    study = nj_study(tmp_path, "duckdb:///x", **{"data.omop.databases": {}})
+    with pytest.raises(DataError, match=r"data.omop.databases names no site database"):
+        raw_sites(study)
+    study = nj_study(tmp_path, "duckdb:///missing.duckdb")
+    with pytest.raises(DataError, match=r"names DuckDB file '.*missing.duckdb', which does not"):
+        raw_sites(study)
 
 
 # The frozen snapshot: extracted once, recorded, bound into the approval, refused if changed.
@@ -510,6 +531,14 @@ def test_snapshot_is_recorded_bound_into_approval_and_refused_once_changed(
         deployed_site(str(config), study)
     assert main([*approve, "--config", str(config)]) == 2
     assert new["snapshot_hash"] in capsys.readouterr().err
+
+
+def test_site_check_connects_to_a_database_site(duckdb_copy, tmp_path):
+    path = write_site_config(tmp_path, "duckdb:///site.duckdb")
+    made = init_certificates(tmp_path / "certs", hosts=["127.0.0.1"], sites=["nj"])
+    shutil.copy(made.site_keys["nj"], tmp_path / "site.key")
+    passed = check_site(load_site_config(path), connect=False)
+    assert f"database DuckDB file {str(duckdb_copy.resolve())!r}: reachable" in passed
 
 
 def test_failed_extraction_writes_nothing_and_exits_2(duckdb_copy, tmp_path, capsys):
