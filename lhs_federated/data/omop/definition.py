@@ -80,7 +80,6 @@ from lhs_federated.data.contract import DataContract, Feature, Outcome, contract
 from lhs_federated.errors import ConfigError
 
 EventDomain = Literal["visit", "condition", "drug", "procedure", "measurement", "observation"]
-PRESENCE_KINDS = ("visit", "condition", "drug", "procedure", "observation")
 #: OMOP gender concepts and the sex feature's levels (negative, positive).
 SEX_LEVELS = {8532: "female", 8507: "male"}
 MAX_DAYS = 365 * 150

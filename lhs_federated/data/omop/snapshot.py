@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,11 @@ def file_hash(path: Path) -> str:
 
 
 def extract_snapshot(
-    study: Study, config: SiteConfig, *, record: Any, min_cell_size: int | None = None
+    study: Study,
+    config: SiteConfig,
+    *,
+    record: Callable[[str, dict[str, Any]], object],
+    min_cell_size: int | None = None,
 ) -> Snapshot:
     """Extract ``study``'s table at this site and freeze it (see the module docstring).
 
