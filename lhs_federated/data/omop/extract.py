@@ -68,6 +68,10 @@ def extract(spec: OmopSpec, database: Database) -> Extraction:
         check_tables(engine, database, needed_columns(spec))
         tables = cdm_tables(database.schemas)
         with engine.connect() as connection:
+            # An extraction never writes: PostgreSQL read-only transactions (DuckDB files
+            # are opened read-only).
+            if engine.dialect.name == "postgresql":
+                connection = connection.execution_options(postgresql_readonly=True)
             try:
                 return _extract(spec, database, connection, tables, engine)
             except SQLAlchemyError as error:
