@@ -31,6 +31,7 @@ from lhs_federated.data.contract import (
     DataContract,
     contract_from,
 )
+from lhs_federated.data.omop.definition import OmopSpec, resolve_omop
 from lhs_federated.data.synthetic import SYNTHETIC_INDEX_DATE, SyntheticCohort
 from lhs_federated.errors import EXIT_INTERNAL, ConfigError, LhsError
 from lhs_federated.privacy.spec import PrivacySpec, check_privacy
@@ -55,10 +56,11 @@ DEFAULT_DESCRIPTION = (
 class DataSpec:
     """Where the sites' data come from and how each site splits it."""
 
-    source: Literal["synthetic", "uci-heart", "folder"] = setting(
+    source: Literal["synthetic", "uci-heart", "folder", "omop"] = setting(
         "synthetic",
-        doc="synthetic (built-in generator), uci-heart (the four hospitals' files) "
-        "or folder (one CSV/Parquet file per site)",
+        doc="synthetic (built-in generator), uci-heart (the four hospitals' files), "
+        "folder (one CSV/Parquet file per site) or omop (each site's OMOP CDM database, "
+        "as [data.omop] defines the table)",
     )
     path: str | None = setting(None, doc="folder holding the files (uci-heart, folder)")
     contract: DataContract | str | None = setting(
@@ -106,6 +108,9 @@ class DataSpec:
         None,
         doc="periods whose rows are every site's test rows (temporal validation, "
         "monitoring); default: a test split of the training periods",
+    )
+    omop: OmopSpec | None = setting(
+        None, doc="source omop: the cohort, outcome and features in OMOP CDM terms"
     )
 
 
@@ -428,6 +433,16 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
         path = str((base_dir / path).resolve()) if not Path(path).is_absolute() else path
     contract = data.contract
     dated_synthetic = data.source == "synthetic" and data.synthetic.periods > 1
+    omop = data.omop
+    if data.source == "omop" or omop is not None:
+        omop, contract = resolve_omop(
+            data.source,
+            omop,
+            contract,
+            study_name=study.name,
+            base_dir=base_dir,
+            source=source,
+        )
     if contract is None:
         contract = {"synthetic": "cardio-risk", "uci-heart": "uci-heart"}.get(data.source)
         if contract is None:
@@ -445,6 +460,7 @@ def resolve_study(study: Study, *, base_dir: Path, source: str) -> Study:
         data,
         path=path,
         contract=contract,
+        omop=omop,
         split_seed=study.seed if data.split_seed is None else data.split_seed,
     )
     model = study.model

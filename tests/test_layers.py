@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lhs_federated"
 
 LAYERS = [
     ("errors", "config"),
-    ("data.contract", "data.synthetic", "privacy.spec"),
+    ("data.contract", "data.synthetic", "data.omop.definition", "privacy.spec"),
     ("study", "site_config"),
     ("results",),
     ("data",),
