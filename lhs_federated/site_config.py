@@ -6,7 +6,9 @@ vouches for the coordinator, and the site's own policy (minimum cell size,
 whether studies need approval). The coordinator cannot override any of it:
 the site's launcher and ClientApp read it from the site's disk.
 
-Relative paths are taken from the config file's folder.
+Relative paths are taken from the config file's folder (a DuckDB URL's file
+too). A database's password never sits in the config: it names a 0600 file or
+an environment variable.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from lhs_federated.config import build, read_toml, setting
+from lhs_federated.data.omop.definition import check_url, masked_url, resolve_url
 from lhs_federated.errors import ConfigError
 
 
@@ -65,9 +68,26 @@ class IdentitySection:
 
 @dataclass(frozen=True)
 class DataSection:
-    """The site's table."""
+    """The site's table, or the OMOP CDM database studies extract theirs from."""
 
-    file: str = setting(doc="the site's table (CSV, TSV or Parquet)")
+    file: str | None = setting(None, doc="the site's table (CSV, TSV or Parquet)")
+    database: str | None = setting(
+        None,
+        doc="instead of a file: the site's OMOP CDM database, a SQLAlchemy URL without "
+        "password (duckdb:///site.duckdb, postgresql+psycopg2://user@host:5432/cdm)",
+    )
+    password_file: str | None = setting(
+        None, doc="database: a file (mode 0600) holding the database user's password"
+    )
+    password_env: str | None = setting(
+        None, doc="database: the environment variable holding the password"
+    )
+    cdm_schema: str | None = setting(
+        None, doc="database: the CDM tables' schema (default: the connection's)"
+    )
+    vocabulary_schema: str | None = setting(
+        None, doc="database: the vocabulary tables' schema (default: cdm_schema)"
+    )
     contract: str | None = setting(
         None, doc="contract `lhs-fed site check` validates against (a study brings its own)"
     )
@@ -77,6 +97,26 @@ class DataSection:
     csv_decimal: Literal["auto", ".", ","] = setting(
         "auto", doc="a CSV table's decimal mark (auto: a decimal comma is detected)"
     )
+
+    def __post_init__(self) -> None:
+        if (self.file is None) == (self.database is None):
+            raise ValueError(
+                "[data] names the site's table (file) or its OMOP database (database), "
+                f"exactly one; got file = {self.file!r}, database = "
+                f"{None if self.database is None else masked_url(self.database)!r}"
+            )
+        if self.database is None:
+            extra = [
+                key
+                for key in ("password_file", "password_env", "cdm_schema", "vocabulary_schema")
+                if getattr(self, key) is not None
+            ]
+            if extra:
+                raise ValueError(f"data.{extra[0]} applies only with data.database")
+            return
+        check_url(self.database, "data.database")
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("set data.password_file or data.password_env, not both")
 
 
 @dataclass(frozen=True)
@@ -170,9 +210,17 @@ def load_site_config(path: str | Path) -> SiteConfig:
     if "path" in table:
         raise ConfigError(f"{path}: unknown key 'path' in the top level.")
     config = dataclasses.replace(build(SiteConfig, table, source=str(path)), path=str(path))
+    if config.data.database is not None:
+        config = dataclasses.replace(
+            config,
+            data=dataclasses.replace(
+                config.data, database=resolve_url(config.data.database, path.parent)
+            ),
+        )
     files = {
         "identity.private_key": config.identity.private_key,
         "data.file": config.data.file,
+        "data.password_file": config.data.password_file,
         "coordinator.ca_certificate": config.coordinator.ca_certificate,
         "data.contract": config.data.contract,
     }

@@ -16,8 +16,11 @@ from pathlib import Path
 from flwr.app import Context
 
 from lhs_federated.data.io import read_table
+from lhs_federated.data.omop.snapshot import read_snapshot
 from lhs_federated.data.sources import RawSite, SiteData, load_sites, prepare_site
-from lhs_federated.errors import ConfigError
+from lhs_federated.errors import ConfigError, DataError
+from lhs_federated.governance.approval import check_snapshot_binding
+from lhs_federated.governance.site_folder import SiteFolder
 from lhs_federated.privacy.budget import SitePrivacy
 from lhs_federated.site_config import SiteConfig, load_site_config
 from lhs_federated.study import Study
@@ -110,18 +113,32 @@ def deployed_site(config_path: str, study: Study) -> SiteRuntime:
     its DP noise is never seeded (a known seed would let anyone remove it).
     """
     config = load_site_config(config_path)
-    table_path = Path(config.resolve(config.data.file) or config.data.file)
-    # Keyed on the file's modification time: a site that updates its table is re-read.
-    key = (str(table_path), table_path.stat().st_mtime_ns, config.site.name, study.hash)
-    if key not in _PREPARED:
-        table = read_table(
-            table_path,
-            na_values=study.contract.na_values,
-            separator=config.data.csv_separator,
-            decimal=config.data.csv_decimal,
+    omop_study = study.data.source == "omop"
+    if omop_study != (config.data.database is not None):
+        held = "an OMOP database" if config.data.database is not None else "a table file"
+        raise DataError(
+            f"site {config.site.name!r} holds {held} ({config.path}: [data]), but study "
+            f"{study.name!r} reads data.source = {study.data.source!r}: an OMOP study runs "
+            "on a site's database snapshot, any other study on a site's table file."
         )
+    if omop_study:
+        key, raw = _snapshot_site(config, study)
+    else:
+        table_path = Path(config.resolve(config.data.file) or str(config.data.file))
+        # Keyed on the file's modification time: a site that updates its table is re-read.
+        key = (str(table_path), table_path.stat().st_mtime_ns, config.site.name, study.hash)
+        raw = None
+    if key not in _PREPARED:
+        if raw is None:
+            table = read_table(
+                table_path,
+                na_values=study.contract.na_values,
+                separator=config.data.csv_separator,
+                decimal=config.data.csv_decimal,
+            )
+            raw = RawSite(config.site.name, table, str(table_path))
         _PREPARED.clear()  # one site, one study at a time: keep memory flat
-        _PREPARED[key] = prepare_site(RawSite(config.site.name, table, str(table_path)), study)
+        _PREPARED[key] = prepare_site(raw, study)
     privacy = SitePrivacy(
         site=config.site.name,
         epsilon_budget=config.policy.epsilon_budget,
@@ -132,6 +149,28 @@ def deployed_site(config_path: str, study: Study) -> SiteRuntime:
     return SiteRuntime(
         _PREPARED[key], config.policy.min_cell_size, config.runtime.threads, privacy, config
     )
+
+
+def _snapshot_site(config: SiteConfig, study: Study) -> tuple[tuple[str, int, str, str], RawSite]:
+    """A database site's frozen snapshot of ``study``, checked against its approval.
+
+    Read on every call (hashing a snapshot is cheap beside training on it), so
+    a snapshot changed or re-extracted since the last round is refused.
+
+    Raises
+    ------
+    DataError
+        If the site has no snapshot of the study or its file changed.
+    SiteRefusal
+        If no approval in force binds the snapshot.
+    """
+    snapshot, table = read_snapshot(config, study)
+    folder = SiteFolder.open(config.governance_dir, site=config.site.name, with_key=False)
+    check_snapshot_binding(
+        folder.registry.approvals(), study.hash, snapshot.snapshot_hash, site=config.site.name
+    )
+    raw = RawSite(config.site.name, table, f"snapshot {snapshot.snapshot_hash[:12]}…")
+    return (snapshot.snapshot_hash, snapshot.rows, config.site.name, study.hash), raw
 
 
 _PREPARED: dict[tuple[str, int, str, str], SiteData] = {}

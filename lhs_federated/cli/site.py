@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from lhs_federated.errors import ConfigError
 from lhs_federated.governance.code import fab_hash, installed_code_hash
 from lhs_federated.governance.keys import fingerprint, load_public_key
 from lhs_federated.governance.site_folder import SiteFolder
+
+if TYPE_CHECKING:
+    from lhs_federated.study import Study
 
 app = typer.Typer(help="A site's node, approvals and policy.", no_args_is_help=True)
 console = Console(highlight=False, soft_wrap=True)
@@ -90,11 +93,20 @@ def approve_command(
             "a coordinator whose messages name it.",
         ),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="An OMOP study: the site config whose state folder holds the snapshot "
+            "(`lhs-fed site extract`) the approval binds.",
+        ),
+    ] = None,
 ) -> None:
     """Approve a study, run by one version of the code, at this site."""
     resolved = load_with_overrides(study, set_ or [])
     code = _code_hash(fab, code_hash, installed, deployment, required=True)
     pinned = fingerprint(load_public_key(coordinator_key)) if coordinator_key else None
+    snapshot_hash = _snapshot_hash(resolved, config)
     site = SiteFolder.open(site_folder)
     approval = site.approve(
         resolved.hash,
@@ -103,10 +115,41 @@ def approve_command(
         by=by or getpass.getuser(),
         reason=reason,
         coordinator_key=pinned,
+        snapshot_hash=snapshot_hash,
     )
+    bound = f", snapshot {snapshot_hash}" if snapshot_hash else ""
     console.print(
         f"site {site.site!r} approved study {resolved.name!r} {approval.study_hash} "
-        f"with code {approval.code_hash} (by {approval.approved_by}, {approval.approved_at})"
+        f"with code {approval.code_hash}{bound} (by {approval.approved_by}, "
+        f"{approval.approved_at})"
+    )
+
+
+@app.command("extract")
+def extract_command(
+    study: Annotated[Path, typer.Argument(help="The OMOP study TOML file to extract.")],
+    config: Annotated[Path, typer.Option("--config", help="The site's config (site.toml).")],
+    set_: SetOption = None,
+) -> None:
+    """Extract an OMOP study's table from the site's database and freeze it (recorded)."""
+    from lhs_federated.data.omop.snapshot import extract_snapshot
+    from lhs_federated.deploy.site_node import open_site_folder
+    from lhs_federated.site_config import load_site_config
+
+    resolved = load_with_overrides(study, set_ or [])
+    site_config = load_site_config(config)
+    folder = open_site_folder(site_config)
+    snapshot = extract_snapshot(resolved, site_config, record=folder.ledger.append)
+    replaced = f"; replaces {snapshot.replaces}" if snapshot.replaces else ""
+    console.print(
+        f"site {snapshot.site!r} extracted study {resolved.name!r} ({resolved.hash[:12]}…) "
+        f"from its {snapshot.database}: {snapshot.rows} rows, index dates "
+        f"{snapshot.first_index_date}..{snapshot.last_index_date}"
+    )
+    console.print(f"snapshot {snapshot.snapshot_hash}  SQL {snapshot.sql_hash}{replaced}")
+    console.print(
+        "recorded in the site ledger; approve the study with `lhs-fed site approve "
+        f"{study} --config {config} ...` (an approval binds this snapshot)"
     )
 
 
@@ -155,6 +198,27 @@ def approvals_command(site_folder: SiteFolderOption) -> None:
             approval.reason,
         )
     console.print(table)
+
+
+def _snapshot_hash(study: Study, config: Path | None) -> str | None:
+    """The snapshot an OMOP study's approval binds (None for other studies)."""
+    if study.data.source != "omop":
+        if config is not None:
+            raise ConfigError(
+                f"--config binds an OMOP study's snapshot; study {study.name!r} reads "
+                f"data.source = {study.data.source!r}: drop --config."
+            )
+        return None
+    if config is None:
+        raise ConfigError(
+            f"study {study.name!r} reads the site's OMOP database: its approval binds the "
+            "site's frozen snapshot; extract it with `lhs-fed site extract STUDY.toml --config "
+            "site.toml`, then approve with --config site.toml."
+        )
+    from lhs_federated.data.omop.snapshot import current_snapshot
+    from lhs_federated.site_config import load_site_config
+
+    return current_snapshot(load_site_config(config), study).snapshot_hash
 
 
 def _code_hash(

@@ -18,6 +18,9 @@ import pandas as pd
 
 from lhs_federated.data.encoding import SiteTable, encode_features, finish_table, prepare_table
 from lhs_federated.data.io import TABLE_SUFFIXES, read_table
+from lhs_federated.data.omop.connection import Database
+from lhs_federated.data.omop.extract import extract
+from lhs_federated.data.omop.query import Schemas
 from lhs_federated.data.periods import periods_of, rows_in_periods
 from lhs_federated.data.split import split_site
 from lhs_federated.data.synthetic import generate_cohort
@@ -102,10 +105,33 @@ def _folder(study: Study) -> list[RawSite]:
     return each_or_all_errors(read, files, what="site files")
 
 
+def _omop(study: Study) -> list[RawSite]:
+    """Each simulated site's table extracted from its own OMOP database (``data.omop.databases``).
+
+    A simulation extracts afresh each time; a deployed site uses its frozen
+    snapshot instead (:mod:`lhs_federated.data.omop.snapshot`).
+    """
+    spec = study.data.omop
+    if spec is None or not spec.databases:
+        raise DataError(
+            "data.omop.databases names no site database: a simulation of an OMOP study names "
+            'each simulated site\'s SQLAlchemy URL (databases = { site-a = "duckdb:///a.duckdb" '
+            "}); deployed sites name theirs in their site config."
+        )
+    schemas = Schemas(spec.cdm_schema, spec.vocabulary_schema)
+
+    def read(site: str) -> RawSite:
+        database = Database(spec.databases[site], schemas, site, f"data.omop.databases.{site}")
+        return RawSite(site, extract(spec, database).table, database.where)
+
+    return each_or_all_errors(read, list(spec.databases), what="site databases")
+
+
 SOURCES: dict[str, Callable[[Study], list[RawSite]]] = {
     "synthetic": _synthetic,
     "uci-heart": _uci_heart,
     "folder": _folder,
+    "omop": _omop,
 }
 
 

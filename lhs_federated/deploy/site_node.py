@@ -128,6 +128,15 @@ def check_site(config: SiteConfig, *, connect: bool = True) -> list[str]:
     key = config.resolve(config.identity.private_key)
     check_site_key(key)  # type: ignore[arg-type]
     passed.append(f"site key {key}: an EC key Flower can use")
+    if config.data.database is not None:
+        from lhs_federated.data.omop.snapshot import site_database
+
+        database = site_database(config)
+        database.open().dispose()
+        passed.append(f"database {database.where}: reachable")
+        if connect:
+            passed.append(check_connection(config))
+        return passed
     table_path = config.resolve(config.data.file)
     table = read_table(
         table_path,  # type: ignore[arg-type]

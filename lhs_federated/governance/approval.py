@@ -64,6 +64,10 @@ class Approval:
         Fingerprint of the only coordinator ledger key the site accepts for
         this study (``lhs-fed site approve --coordinator-key``); None: any,
         each recorded as it comes.
+    snapshot_hash : str or None
+        An OMOP study: the SHA-256 of the site's frozen cohort snapshot the
+        approval covers (:mod:`lhs_federated.data.omop.snapshot`); a run on
+        any other snapshot is refused.
     """
 
     site: str
@@ -76,6 +80,7 @@ class Approval:
     preapproved: bool
     record_hash: str
     coordinator_key: str | None = None
+    snapshot_hash: str | None = None
 
     @classmethod
     def from_entry(cls, site: str, entry: Entry) -> Approval:
@@ -92,6 +97,7 @@ class Approval:
             preapproved=bool(data.get("preapproved", False)),
             record_hash=entry.hash,
             coordinator_key=data.get("coordinator_key"),
+            snapshot_hash=data.get("snapshot_hash"),
         )
 
 
@@ -148,12 +154,14 @@ class ApprovalRegistry:
         preapproved: bool = False,
         site_ledger: Mapping[str, Any] | None = None,
         coordinator_key: str | None = None,
+        snapshot_hash: str | None = None,
     ) -> Approval:
         """Record that the site approves ``study_hash`` run by ``code_hash``.
 
         ``site_ledger`` names the site ledger's last record (``seq``, ``hash``)
         at the time: the registry then anchors the ledger, so a site ledger
-        rolled back to before it is detected.
+        rolled back to before it is detected. ``snapshot_hash`` binds the
+        approval to the site's snapshot of an OMOP study's cohort.
 
         Raises
         ------
@@ -164,6 +172,8 @@ class ApprovalRegistry:
         """
         _check_hash(study_hash, "study hash")
         _check_hash(code_hash, "code hash")
+        if snapshot_hash is not None:
+            _check_hash(snapshot_hash, "snapshot hash")
         for name, value in (("by", by), ("reason", reason)):
             if not value.strip():
                 raise ConfigError(f"an approval needs a non-empty {name!r}: who approves, and why.")
@@ -180,6 +190,7 @@ class ApprovalRegistry:
                 "preapproved": preapproved,
                 **({"site_ledger": dict(site_ledger)} if site_ledger else {}),
                 **({"coordinator_key": coordinator_key} if coordinator_key else {}),
+                **({"snapshot_hash": snapshot_hash} if snapshot_hash else {}),
             },
         )
         return Approval.from_entry(self.site, entry)
@@ -377,6 +388,39 @@ class ApprovalRegistry:
                 f"changing the approvals of site {self.site!r} needs the site's private key."
             )
         return Ledger.open(self.path, self._key, role=ROLE, owner=self.site)
+
+
+def check_snapshot_binding(
+    approvals: list[Approval], study_hash: str, snapshot_hash: str, *, site: str
+) -> Approval:
+    """The approval of ``study_hash`` in force that binds the snapshot ``snapshot_hash``.
+
+    Raises
+    ------
+    SiteRefusal
+        If the study is approved only for another snapshot (the site
+        re-extracted it since), or for none; naming the hashes.
+    """
+    of_study = [a for a in approvals if a.study_hash == study_hash]
+    for approval in of_study:
+        if approval.snapshot_hash == snapshot_hash:
+            return approval
+    bound = sorted({a.snapshot_hash for a in of_study if a.snapshot_hash})
+    if bound:
+        why = (
+            f"its approval binds snapshot {', '.join(bound)}, but the snapshot in force is "
+            f"{snapshot_hash} (the site re-extracted the study since)"
+        )
+    else:
+        why = (
+            f"no approval of it in force binds a cohort snapshot (the snapshot in force is "
+            f"{snapshot_hash})"
+        )
+    raise SiteRefusal(
+        site,
+        f"study {study_hash[:12]}… reads the site's OMOP snapshot, and {why}; the site's data "
+        "steward approves it again with `lhs-fed site approve STUDY.toml --config site.toml`",
+    )
 
 
 def _check_hash(value: str, what: str) -> None:

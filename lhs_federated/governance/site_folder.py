@@ -248,11 +248,13 @@ class SiteFolder:
         reason: str,
         preapproved: bool = False,
         coordinator_key: str | None = None,
+        snapshot_hash: str | None = None,
     ) -> Approval:
         """Approve a study run by some code; recorded in the registry and the site ledger.
 
         ``coordinator_key`` (a key fingerprint) pins the coordinator: messages
-        naming another ledger key are refused.
+        naming another ledger key are refused. ``snapshot_hash`` binds an OMOP
+        study's approval to the site's cohort snapshot.
         """
         approval = self.registry.approve(
             study_hash,
@@ -263,6 +265,7 @@ class SiteFolder:
             preapproved=preapproved,
             site_ledger=self._head(),
             coordinator_key=coordinator_key,
+            snapshot_hash=snapshot_hash,
         )
         self.ledger.append(
             APPROVAL, {**_approval_data(approval), "registry_record": approval.record_hash}
@@ -466,4 +469,5 @@ def _approval_data(approval: Approval) -> dict[str, Any]:
         "reason": approval.reason,
         "preapproved": approval.preapproved,
         "coordinator_key": approval.coordinator_key,
+        **({"snapshot_hash": approval.snapshot_hash} if approval.snapshot_hash else {}),
     }
