@@ -246,7 +246,7 @@ class FeatureSpec:
         """The contract's declaration of this column."""
         if self.kind == "age":
             return Feature(
-                self.name, "numeric", min=0, max=150, unit="years", description=self.description
+                self.name, "numeric", min=0.0, max=150.0, unit="years", description=self.description
             )
         if self.kind == "sex":
             return Feature(
