@@ -14,7 +14,7 @@ Each patient has one outpatient visit, the index date (the table's
 ``index_date``; a cohort of one period gets dates in 2020Q1 from the seed);
 the values of the generator's row are the latest ones recorded by then, so an
 extraction of the cohort at its first outpatient visit gives back the
-generator's table (:data:`CARDIO_FEATURES` lists the windows). Around them
+generator's table (simulations/omop_cardio.toml is that extraction). Around them
 sit the records a warehouse also holds and an extraction must not count:
 earlier measurements (in and before the look-back window), diagnoses,
 prescriptions and smoking status recorded after the index date or long
@@ -127,14 +127,14 @@ _MEASURED = {
     "hdl_cholesterol": (HDL_CHOLESTEROL, MG_DL, "mg/dL", 1),
     "bmi": (BMI, KG_M2, "kg/m2", 1),
 }
-#: Look-back windows (days from the index date) the records are laid out for:
-#: the generator's value is the latest in ``MEASUREMENT_WINDOW``, a diagnosis or
-#: treatment lies in ``HISTORY_WINDOW`` and smoking is recorded at the index visit.
-MEASUREMENT_WINDOW = (-365, 0)
-HISTORY_WINDOW = (-3650, 0)
+#: The look-back (days before the index date) the records are laid out for: the
+#: generator's measurement is the latest in it, a treatment starts in it, smoking is
+#: recorded at the index visit and readings or smoking before it are older than it.
+#: Diagnoses lie anywhere in the observation before the index date (at most 5 years).
+LOOK_BACK_DAYS = 365
 #: Follow-up after the index date: observation ends, and outcomes fall, within it.
 FOLLOW_UP_DAYS = 3650
-_MIN_PRIOR_DAYS = 400  # observation before the index date: at least this, up to 5 years
+_PRIOR_DAYS = (400, 5 * 365)  # observation before the index date: from, to
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ def site_records(table: pd.DataFrame, *, seed: int, site: int) -> dict[str, pd.D
     n = len(table)
     person = np.arange(1, n + 1)
     index = index_dates(table, rng)
-    prior = rng.integers(_MIN_PRIOR_DAYS, 5 * 365, n)
+    prior = rng.integers(*_PRIOR_DAYS, n)
     records = _Records(table, person, index, prior, rng)
     return {
         "person": records.persons(),
@@ -377,7 +377,10 @@ class _Records:
         treated = np.flatnonzero(self.flag("bp_treated"))
         later = self.some(~self.flag("bp_treated"), 0.05)
         start = np.concatenate(
-            [self.index[treated] - self.rng.integers(1, 366, len(treated)), self.after(later, 365)]
+            [
+                self.index[treated] - self.rng.integers(1, LOOK_BACK_DAYS + 1, len(treated)),
+                self.after(later, LOOK_BACK_DAYS),
+            ]
         )
         rows = np.concatenate([treated, later])
         return pd.DataFrame(
@@ -398,7 +401,7 @@ class _Records:
         """OBSERVATION rows: smoking at the index visit, or (since quit) over a year before it."""
         smokers = np.flatnonzero(self.flag("smoker"))
         quit_ = self.some(~self.flag("smoker"), 0.03)
-        day = np.concatenate([self.index[smokers], self.before(quit_, at_least=366)])
+        day = np.concatenate([self.index[smokers], self.before(quit_, at_least=LOOK_BACK_DAYS + 1)])
         visit = pd.array(np.concatenate([self.person[smokers], np.zeros(len(quit_), np.int64)]),
                          dtype="Int64")  # fmt: skip
         visit[len(smokers) :] = pd.NA
@@ -431,17 +434,21 @@ class _Records:
             value = self.table[column].to_numpy(dtype=float)
             present = ~np.isnan(value)
             typical = np.where(present, value, np.nanmean(value))
-            for rows, day in (
-                (np.flatnonzero(present), self.index),
-                (self.some(present, 0.6), self.index - self.rng.integers(30, 336, n)),
-                (self.some(everyone, 0.5), None),
+            latest = np.flatnonzero(present)
+            earlier = self.some(present, 0.6)
+            earlier_day = self.index - self.rng.integers(30, LOOK_BACK_DAYS - 29, n)
+            older = self.some(everyone, 0.5)
+            earlier_value = typical * (1 + 0.06 * self.rng.standard_normal(n))
+            older_value = typical * (1 + 0.06 * self.rng.standard_normal(n))
+            older_day = self.before(older, at_least=LOOK_BACK_DAYS + 1)
+            for rows, day, reading, at_index in (
+                (latest, self.index[latest], value[latest], True),
+                (earlier, earlier_day[earlier], earlier_value[earlier], False),
+                (older, older_day, older_value[older], False),
             ):
-                at_index = day is self.index
-                reading = value if at_index else typical * (1 + 0.06 * self.rng.standard_normal(n))
-                when = self.before(rows, at_least=366) if day is None else day[rows]
                 parts.append(
-                    self._readings(rows, concept, when, np.round(reading[rows], decimals),
-                                   unit, unit_source, at_index=at_index)
+                    self._readings(rows, concept, day, np.round(reading, decimals), unit,
+                                   unit_source, at_index=at_index)
                 )  # fmt: skip
         triglycerides = np.round(np.exp(self.rng.normal(np.log(130), 0.4, n)))
         parts.append(
