@@ -23,24 +23,19 @@ myocardial infarction, a clinical drug under its ingredient) that only
 CONCEPT_ANCESTOR connects to the concept set. Self-reported activity has no
 routine OMOP record and is not written.
 
-Rows are built as arrays and loaded in bulk (DuckDB from a registered frame,
-PostgreSQL by ``COPY``); a DuckDB file is written beside its name and moved
-into place, a server database in one transaction, so a failed write leaves
-nothing behind.
+Rows are built as arrays and loaded in bulk into a new database
+(:func:`lhs_federated.data.omop_cdm.write_cdm`); a failed write leaves nothing.
 """
 
 from __future__ import annotations
 
-import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
-from lhs_federated.data.omop_cdm import cdm_metadata, create_indexes
+from lhs_federated.data.omop_cdm import write_cdm
 from lhs_federated.data.synthetic import (
     OUTCOME,
     SYNTHETIC_INDEX_DATE,
@@ -513,124 +508,6 @@ def ancestor_rows() -> pd.DataFrame:
     frame["min_levels_of_separation"] = frame["levels"]
     frame["max_levels_of_separation"] = frame.pop("levels")
     return frame
-
-
-def write_cdm(
-    url: str,
-    records: dict[str, pd.DataFrame],
-    *,
-    cdm_schema: str | None = None,
-    vocabulary_schema: str | None = None,
-) -> dict[str, int]:
-    """Create the CDM and vocabulary tables at ``url`` and load ``records`` into them.
-
-    A DuckDB file is written under a temporary name and moved into place; any
-    other database is written in one transaction. Either way a failure
-    leaves nothing behind.
-
-    Returns
-    -------
-    dict of str to int
-        Rows loaded per table.
-
-    Raises
-    ------
-    ConfigError
-        If the DuckDB file exists or the database already holds a CDM table.
-    """
-    parsed = sa.make_url(url)
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "duckdb" or database in ("", ":memory:"):
-        return _load(parsed, records, cdm_schema, vocabulary_schema)
-    target = Path(database)
-    if target.exists():
-        raise ConfigError(
-            f"{target} exists already; the OMOP writer makes new databases only (remove it or "
-            "choose another folder)."
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        rows = _load(parsed.set(database=str(partial)), records, cdm_schema, vocabulary_schema)
-        os.replace(partial, target)
-    finally:
-        for leftover in (partial, partial.with_name(partial.name + ".wal")):
-            leftover.unlink(missing_ok=True)
-    return rows
-
-
-def _load(
-    url: sa.URL,
-    records: dict[str, pd.DataFrame],
-    cdm_schema: str | None,
-    vocabulary_schema: str | None,
-) -> dict[str, int]:
-    metadata = cdm_metadata(cdm_schema, vocabulary_schema)
-    engine = sa.create_engine(url)
-    where = url.render_as_string(hide_password=True)
-    try:
-        with engine.begin() as connection:
-            inspector = sa.inspect(connection)
-            for schema in {t.schema for t in metadata.tables.values()} - {None}:
-                connection.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
-            taken = [
-                t.fullname
-                for t in metadata.tables.values()
-                if inspector.has_table(t.name, t.schema)
-            ]
-            if taken:
-                raise ConfigError(
-                    f"{where} already holds CDM table(s) {', '.join(taken)}; the OMOP writer "
-                    "fills an empty database (or schema: set cdm_schema) only."
-                )
-            metadata.create_all(connection)
-            rows = {}
-            for table in metadata.tables.values():
-                frame = records.get(table.name)
-                if frame is not None and len(frame):
-                    _bulk_insert(connection, table, frame)
-                rows[table.name] = 0 if frame is None else len(frame)
-            create_indexes(connection, metadata)
-            if connection.dialect.name == "postgresql":
-                connection.execute(sa.text("ANALYZE"))
-    finally:
-        engine.dispose()
-    return rows
-
-
-def _bulk_insert(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:
-    """Load ``frame`` into ``table`` in one statement: DuckDB reads the frame, PostgreSQL a COPY.
-
-    Other databases get one multi-row ``executemany`` (their drivers' bulk
-    path).
-    """
-    quote = connection.dialect.identifier_preparer
-    target = quote.format_table(table)
-    columns = ", ".join(quote.quote(name) for name in frame.columns)
-    driver = connection.connection.driver_connection
-    if connection.dialect.name == "duckdb":
-        driver.register("omop_writer_rows", frame)
-        try:
-            driver.execute(
-                f"INSERT INTO {target} ({columns}) SELECT {columns} FROM omop_writer_rows"
-            )
-        finally:
-            driver.unregister("omop_writer_rows")
-        return
-    if connection.dialect.name == "postgresql":
-        text = io.StringIO()
-        frame.to_csv(text, index=False, header=False)
-        copy = f"COPY {target} ({columns}) FROM STDIN WITH (FORMAT csv)"
-        cursor = driver.cursor()
-        if hasattr(cursor, "copy_expert"):  # psycopg2
-            text.seek(0)
-            cursor.copy_expert(copy, text)
-        else:  # psycopg 3
-            with cursor.copy(copy) as stream:
-                stream.write(text.getvalue())
-        return
-    native = frame.astype(object).where(frame.notna(), None)
-    connection.execute(table.insert(), native.to_dict("records"))
 
 
 def _ymd(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
