@@ -62,8 +62,9 @@ def read_cdm_csv(folder: Path, table: sa.Table) -> pd.DataFrame:
     return frame
 
 
-def load_cdm(engine: sa.Engine, folder: Path, schemas: Schemas = Schemas()) -> None:
+def load_cdm(engine: sa.Engine, folder: Path, schemas: Schemas | None = None) -> None:
     """Create the CDM tables the extraction reads in ``engine`` and load the CSVs into them."""
+    schemas = schemas or Schemas()
     tables = cdm_tables(schemas)
     with engine.begin() as connection:
         for schema in {schemas.cdm, schemas.vocabulary_schema} - {None}:
