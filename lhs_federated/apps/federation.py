@@ -31,10 +31,12 @@ from flwr.serverapp.strategy import Strategy
 
 from lhs_federated.apps import records
 from lhs_federated.apps.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lhs_federated.apps.client_dp import simulated_noise
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.privacy_log import PrivacyLog
 from lhs_federated.apps.reply_checks import ReplyChecks, ReplyRejectedError, check_summary
+from lhs_federated.apps.run_config import DEPLOYMENT
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import Standardizer
@@ -170,6 +172,7 @@ def run_study(
                 audit,
                 privacy,
                 checks,
+                simulated=engine != DEPLOYMENT,
             )
             save_checkpoint(
                 out_dir,
@@ -369,6 +372,8 @@ def _run_round(
     audit: CoordinatorAudit,
     privacy: PrivacyLog,
     checks: ReplyChecks,
+    *,
+    simulated: bool,
 ) -> tuple[dict[str, np.ndarray], dict[str, MetricReport]]:
     started = time.monotonic()
     federation = study.federation
@@ -404,9 +409,10 @@ def _run_round(
             f"training update; the study needs {needed} (federation.min_sites). "
             f"Failures: {failures}."
         )
-    new_arrays, train_metrics = strategy.aggregate_train(
-        server_round, [reply for _, reply in trained.ok]
-    )
+    with simulated_noise(study, server_round, simulated=simulated):
+        new_arrays, train_metrics = strategy.aggregate_train(
+            server_round, [reply for _, reply in trained.ok]
+        )
     if new_arrays is not None:
         arrays = records.from_array_record(new_arrays)
         if not all(np.isfinite(value).all() for value in arrays.values()):
