@@ -258,6 +258,30 @@ def synth_command(
     console.print(f"{out / 'contract.toml'}: the data contract these tables meet", markup=False)
 
 
+@app.command("omop-demo")
+def omop_demo_command(
+    out: Annotated[Path, typer.Argument(help="Folder for one OMOP CDM DuckDB file per site.")],
+    sites: Annotated[int, typer.Option(help="Number of sites.", min=1, max=200)] = 4,
+    rows_per_site: Annotated[int, typer.Option(help="Average patients per site.", min=20)] = 500,
+    periods: Annotated[int, typer.Option(help="Quarters from 2020Q1.", min=1, max=80)] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the cohort.")] = 42,
+) -> None:
+    """Write the synthetic cohort as OMOP CDM v5.4 databases, one DuckDB file per site.
+
+    The same cohort `data synth` writes as tables, as a warehouse holds it
+    (persons, visits, diagnoses, prescriptions, measurements, vocabulary);
+    simulations/omop_cardio.toml reads the default `lhs-fed data omop-demo omop-demo`.
+    """
+    from lhs_federated.data.omop_writer import write_omop_sites
+
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"folder {str(out)!r} already exists and is not empty.")
+    cohort = SyntheticCohort(sites=sites, rows_per_site=rows_per_site, periods=periods)
+    for site in write_omop_sites(cohort, seed=seed, out_dir=out):
+        rows = sum(site.rows.values())
+        console.print(f"{site.url}: {site.persons} persons, {rows} CDM rows", markup=False)
+
+
 @app.command("download-uci")
 def download_uci_command(
     folder: Annotated[Path, typer.Argument(help="Folder for the four processed.*.data files.")],
