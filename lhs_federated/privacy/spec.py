@@ -327,6 +327,11 @@ def check_secure_aggregation(study: Any, *, source: str, n_sites: int | None = N
             f"{source}: privacy.secagg.num_shares = {spec.num_shares} leaves a site's secrets "
             "with fewer than 3 sites (itself included); use at least 3, or 0 for every site."
         )
+    if spec.num_shares % 2 == 0 and spec.num_shares:
+        raise ConfigError(
+            f"{source}: privacy.secagg.num_shares = {spec.num_shares} must be odd: each site "
+            "shares with itself and as many neighbours on each side of the ring."
+        )
     if spec.num_shares and spec.reconstruction_threshold > spec.num_shares:
         raise ConfigError(
             f"{source}: privacy.secagg.reconstruction_threshold = "
