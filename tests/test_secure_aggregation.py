@@ -29,19 +29,20 @@ def run_protocol(
     graph = secagg.neighbours(nodes, num_shares or len(nodes))
     keys = {n: secagg.SiteKeys.generate() for n in nodes}
     public = {n: (k.pk1, k.pk2) for n, k in keys.items()}
-    seeds, held, outbox = {}, {}, {}
+    seeds, held, outbox, shared = {}, {}, {}, {}
     for n in nodes:
         shown = {m: public[m] for m in graph[n]}
-        seeds[n], outbox[n], held[n] = secagg.share_keys(n, keys[n], shown, threshold=threshold)
+        seeds[n], outbox[n], held[n], shared[n] = secagg.share_keys(
+            n, keys[n], shown, threshold=threshold
+        )
     masked = {}
     for n in nodes:
         if n in drop_after_share:
             continue
         inbox = {src: outbox[src][n] for src in graph[n] if src != n}
-        shown = {m: public[m] for m in graph[n]}
-        held[n].update(secagg.receive_shares(n, keys[n], shown, inbox))
+        held[n].update(secagg.receive_shares(n, shared[n].channel, inbox))
         masked[n] = secagg.mask_vector(
-            n, vectors[n], seed=seeds[n], sk1=keys[n].sk1, public_keys=shown, alive=graph[n]
+            n, vectors[n], seed=seeds[n], pairwise=shared[n].pairwise, alive=graph[n]
         )
     survivors = set(masked)
     dropped = set(nodes) - survivors
@@ -104,9 +105,10 @@ def test_a_misaddressed_share_is_refused() -> None:
     nodes = [1, 2, 3]
     keys = {n: secagg.SiteKeys.generate() for n in nodes}
     public = {n: (k.pk1, k.pk2) for n, k in keys.items()}
-    _, outbox, _ = secagg.share_keys(1, keys[1], public, threshold=2)
+    _, outbox, _, _ = secagg.share_keys(1, keys[1], public, threshold=2)
+    _, _, _, shared = secagg.share_keys(3, keys[3], public, threshold=2)
     with pytest.raises(secagg.SecAggError, match="from node 1 does not decrypt"):
-        secagg.receive_shares(3, keys[3], public, {1: outbox[2]})
+        secagg.receive_shares(3, shared.channel, {1: outbox[2]})
     with pytest.raises(secagg.SecAggError, match="own public keys are shown wrongly"):
         other = secagg.SiteKeys.generate()
         secagg.share_keys(1, keys[1], {**public, 1: (other.pk1, other.pk2)}, threshold=2)
@@ -177,3 +179,14 @@ def test_one_masked_vector_is_unrelated_to_the_site_values() -> None:
         assert chi2 < 30, f"{label}: masked values not uniform (chi2 {chi2:.1f}, 9 dof)"
     correlation = np.corrcoef(np.mean(seen["signal"], axis=0), signal)[0, 1]
     assert abs(correlation) < 0.35
+
+
+def test_shares_keep_flowers_layout() -> None:
+    """Our sequential Shamir shares combine with Flower's own function, and back."""
+    from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+
+    secret = bytes(range(32))
+    assert combine_shares(secagg.create_shares(secret, 3, 5)[1:4]) == secret
+    assert secagg.combine_shares(create_shares(secret, 3, 5)[:3]) == secret
+    with pytest.raises(secagg.SecAggError, match="do not combine"):
+        secagg.combine_shares([b"\x01\x00\x00\x00" + bytes(32), b"\x02\x00\x00\x00" + bytes(32)])

@@ -7,25 +7,27 @@ or the statistics round):
 
 1. *setup*: makes two EC key pairs (``pk1`` for masks, ``pk2`` for encrypting
    shares) and sends the public halves;
-2. *share keys*: draws a self-mask seed ``b`` and splits ``b`` and its ``sk1``
-   into Shamir shares (``threshold`` of ``num_shares`` reconstruct), one per
-   neighbour, each encrypted for that neighbour with an ECDH key;
+2. *share keys*: draws a self-mask seed ``b`` and splits ``b`` and the secret
+   its ``sk1`` derives from into Shamir shares (``threshold`` of ``num_shares``
+   reconstruct), one per neighbour, each encrypted for it with an ECDH key;
 3. *collect*: adds to its vector its self mask (from ``b``) and, for each
    neighbour, a pairwise mask from their shared ``sk1``/``pk1`` key, added by
    the larger node id and subtracted by the smaller, so that pairwise masks
    cancel in the sum;
 4. *unmask*: for each surviving neighbour sends its share of ``b``; for each
-   neighbour that dropped after step 2, its share of ``sk1``. The coordinator
+   neighbour that dropped after step 2, its share of ``sk1``'s secret. The coordinator
    rebuilds the survivors' self masks and the dropped sites' pairwise masks
    and removes them. A site never gives both shares of one node.
 
-Flower's primitives do the cryptography (key pairs, ECDH + HKDF, Fernet,
-Shamir over GF(2^128), the share plaintext layout, ndarray arithmetic). Two
-parts are our own, on purpose: masks come from AES-256-CTR keyed with the full
+Flower's primitives do the cryptography (key pairs, ECDH + HKDF, Fernet, the
+share plaintext layout, ndarray arithmetic; Shamir over GF(2^128) in Flower's
+share layout, without its per-call thread pool). Some parts are our own, on
+purpose: masks come from AES-256-CTR keyed with the full
 256-bit seed (Flower's ``pseudo_rand_gen`` folds its seed into a 32-bit
 ``RandomState`` seed, which a coordinator could search), and the modulus is
 2**62 with signed fixed-point encoding, so weighted sums of many sites cannot
-wrap and negative values need no offset. Security holds against a
+wrap and negative values need no offset (and ``sk1`` is derived from a shared
+32-byte secret, see :func:`mask_private_key`). Security holds against a
 semi-honest coordinator and any minority of sites colluding with it; a site
 whose values are not hidden by at least ``threshold`` others is never summed.
 """
@@ -39,8 +41,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from Crypto.Protocol.SecretSharing import Shamir
+from Crypto.Util.Padding import pad, unpad
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
     decrypt,
     encrypt,
@@ -75,26 +79,99 @@ class SecAggError(ValueError):
     """A step of the protocol cannot go on; the message says which and why."""
 
 
+#: Order of the P-384 group (Flower's key pairs are on SECP384R1).
+_P384_ORDER = int(
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
+    16,
+)
+
+
+def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
+    """Flower's ``create_shares`` (same share layout), one chunk after another.
+
+    Flower's starts a thread pool for every call; a round makes two calls per
+    site and one recombination per survivor, and on a small machine starting
+    those threads cost more than the arithmetic (a quarter of a second per
+    round at 10 sites). Shares are ``<4-byte index><16 bytes per chunk>``, the
+    secret padded to 16-byte chunks, so Flower's ``combine_shares`` reads them.
+    """
+    padded = pad(secret, 16)
+    shares = [bytearray(index.to_bytes(4, "little")) for index in range(1, num + 1)]
+    for start in range(0, len(padded), 16):
+        for index, share in Shamir.split(threshold, num, padded[start : start + 16], ssss=False):
+            shares[index - 1] += share
+    return [bytes(share) for share in shares]
+
+
+def combine_shares(shares: list[bytes]) -> bytes:
+    """Flower's ``combine_shares``, one chunk after another (see :func:`create_shares`).
+
+    Raises
+    ------
+    SecAggError
+        If the shares do not combine into a padded secret (altered or too few).
+    """
+    chunks = (len(shares[0]) - 4) // 16
+    secret = bytearray()
+    for chunk in range(chunks):
+        start = 4 + 16 * chunk
+        parts = [(int.from_bytes(s[:4], "little"), s[start : start + 16]) for s in shares]
+        secret += Shamir.combine(parts, ssss=False)
+    try:
+        return unpad(bytes(secret), 16)
+    except ValueError as exc:
+        raise SecAggError("the shares do not combine into a secret") from exc
+
+
+def mask_private_key(secret: bytes) -> bytes:
+    """The mask key pair's private half (PEM), derived from a 32-byte secret.
+
+    Sharing the 32-byte secret instead of the PEM key (306 bytes) makes its
+    Shamir shares and their recombination about 8 times cheaper; the key is as
+    strong (a 256-bit secret hashed into the group).
+    """
+    scalar = int.from_bytes(hashlib.sha512(b"lhs-secagg-sk1" + secret).digest(), "big")
+    key = ec.derive_private_key(scalar % (_P384_ORDER - 1) + 1, ec.SECP384R1())
+    return private_key_to_bytes(key)
+
+
 @dataclass(frozen=True)
 class SiteKeys:
-    """A site's two key pairs for one protocol instance (PEM bytes)."""
+    """A site's key pairs for one protocol instance (PEM bytes; ``secret1`` derives ``sk1``)."""
 
-    sk1: bytes
+    secret1: bytes
     pk1: bytes
     sk2: bytes
     pk2: bytes
 
     @classmethod
     def generate(cls) -> SiteKeys:
-        """Fresh key pairs: one for masks, one for encrypting shares."""
-        sk1, pk1 = generate_key_pairs()
+        """Fresh key pairs: one for masks (from a shareable secret), one for encrypting shares."""
+        secret1 = os.urandom(32)
+        sk1 = bytes_to_private_key(mask_private_key(secret1))
         sk2, pk2 = generate_key_pairs()
         return cls(
-            private_key_to_bytes(sk1),
-            public_key_to_bytes(pk1),
+            secret1,
+            public_key_to_bytes(sk1.public_key()),
             private_key_to_bytes(sk2),
             public_key_to_bytes(pk2),
         )
+
+
+@dataclass(frozen=True)
+class SharedKeys:
+    """What a site derives once per neighbour at the share stage and keeps for the next.
+
+    Attributes
+    ----------
+    channel : dict of int to bytes
+        Fernet key of each neighbour (ECDH of ``sk2`` and its ``pk2``).
+    pairwise : dict of int to bytes
+        Pairwise mask seed with each neighbour (ECDH of ``sk1`` and its ``pk1``).
+    """
+
+    channel: dict[int, bytes]
+    pairwise: dict[int, bytes]
 
 
 def neighbours(order: list[int], num_shares: int) -> dict[int, list[int]]:
@@ -126,10 +203,9 @@ def mask_stream(seed: bytes, shapes: Mapping[str, tuple[int, ...]]) -> Vector:
     return out
 
 
-def _pairwise_seed(sk1: bytes, pk1: bytes) -> bytes:
-    return base64.urlsafe_b64decode(
-        generate_shared_key(bytes_to_private_key(sk1), bytes_to_public_key(pk1))
-    )
+def _agree(private: ec.EllipticCurvePrivateKey, public_pem: bytes) -> bytes:
+    """Flower's ECDH + HKDF key (url-safe base64 of 32 bytes) with another's public key."""
+    return generate_shared_key(private, bytes_to_public_key(public_pem))
 
 
 def _apply(vector: Vector, mask: Vector, sign: int) -> Vector:
@@ -148,10 +224,11 @@ def share_keys(
     public_keys: Mapping[int, tuple[bytes, bytes]],
     *,
     threshold: int,
-) -> tuple[bytes, dict[int, bytes], dict[int, tuple[bytes, bytes]]]:
+) -> tuple[bytes, dict[int, bytes], dict[int, tuple[bytes, bytes]], SharedKeys]:
     """Stage 2 at a site: its self-mask seed, encrypted shares per neighbour, its own shares.
 
-    Returns ``(seed, ciphertexts by destination, {node: (b share, sk1 share)})``.
+    Returns ``(seed, ciphertexts by destination, {node: (b share, secret1
+    share)}, the keys agreed with each neighbour)``.
 
     Raises
     ------
@@ -171,25 +248,23 @@ def share_keys(
     seed = os.urandom(32)
     ordered = sorted(public_keys)
     b_shares = create_shares(seed, threshold, len(ordered))
-    sk_shares = create_shares(keys.sk1, threshold, len(ordered))
-    ciphertexts = {}
+    sk_shares = create_shares(keys.secret1, threshold, len(ordered))
+    sk1 = bytes_to_private_key(mask_private_key(keys.secret1))
+    sk2 = bytes_to_private_key(keys.sk2)
+    ciphertexts, channel, pairwise = {}, {}, {}
     for index, other in enumerate(ordered):
         if other == node:
             own = (b_shares[index], sk_shares[index])
             continue
-        secret = generate_shared_key(
-            bytes_to_private_key(keys.sk2), bytes_to_public_key(public_keys[other][1])
-        )
+        channel[other] = _agree(sk2, public_keys[other][1])
+        pairwise[other] = _agree(sk1, public_keys[other][0])
         plaintext = share_keys_plaintext_concat(node, other, b_shares[index], sk_shares[index])
-        ciphertexts[other] = encrypt(secret, plaintext)
-    return seed, ciphertexts, {node: own}
+        ciphertexts[other] = encrypt(channel[other], plaintext)
+    return seed, ciphertexts, {node: own}, SharedKeys(channel, pairwise)
 
 
 def receive_shares(
-    node: int,
-    keys: SiteKeys,
-    public_keys: Mapping[int, tuple[bytes, bytes]],
-    ciphertexts: Mapping[int, bytes],
+    node: int, channel: Mapping[int, bytes], ciphertexts: Mapping[int, bytes]
 ) -> dict[int, tuple[bytes, bytes]]:
     """Stage 3 at a site: decrypt the shares the neighbours sent it, checking their addresses.
 
@@ -201,13 +276,10 @@ def receive_shares(
     """
     shares = {}
     for source, ciphertext in ciphertexts.items():
-        if source not in public_keys or source == node:
+        if source not in channel:
             raise SecAggError(f"a share came from node {source}, which is not a neighbour")
-        secret = generate_shared_key(
-            bytes_to_private_key(keys.sk2), bytes_to_public_key(public_keys[source][1])
-        )
         try:
-            plaintext = decrypt(secret, ciphertext)
+            plaintext = decrypt(channel[source], ciphertext)
         except Exception as exc:  # Fernet's InvalidToken: altered or misaddressed
             raise SecAggError(f"the share from node {source} does not decrypt") from exc
         src, dst, b_share, sk_share = share_keys_plaintext_separate(plaintext)
@@ -222,8 +294,7 @@ def mask_vector(
     vector: Vector,
     *,
     seed: bytes,
-    sk1: bytes,
-    public_keys: Mapping[int, tuple[bytes, bytes]],
+    pairwise: Mapping[int, bytes],
     alive: Iterable[int],
 ) -> Vector:
     """Stage 3 at a site: the vector plus its self mask and pairwise masks, mod MODULUS.
@@ -232,14 +303,13 @@ def mask_vector(
     before this stage and are left out of the sum altogether).
     """
     shapes = {name: value.shape for name, value in vector.items()}
-    masked = _apply(
-        {n: np.mod(v, MODULUS) for n, v in vector.items()}, mask_stream(seed, shapes), 1
-    )
+    plain = {n: np.mod(v, MODULUS) for n, v in vector.items()}
+    masked = _apply(plain, mask_stream(seed, shapes), 1)
     for other in sorted(alive):
         if other == node:
             continue
-        pairwise = mask_stream(_pairwise_seed(sk1, public_keys[other][0]), shapes)
-        masked = _apply(masked, pairwise, 1 if node > other else -1)
+        pairwise_mask = mask_stream(base64.urlsafe_b64decode(pairwise[other]), shapes)
+        masked = _apply(masked, pairwise_mask, 1 if node > other else -1)
     return masked
 
 
@@ -314,10 +384,12 @@ def unmask_sum(
         if node in survivors:
             total = _apply(total, mask_stream(secret, shapes), -1)
             continue
+        sk1 = bytes_to_private_key(mask_private_key(secret))
         for other in neighbourhood[node]:
             if other == node or other not in survivors:
                 continue
-            pairwise = mask_stream(_pairwise_seed(secret, public_keys[other][0]), shapes)
+            seed = base64.urlsafe_b64decode(_agree(sk1, public_keys[other][0]))
+            pairwise = mask_stream(seed, shapes)
             # node added this mask if node > other; other then subtracted it
             total = _apply(total, pairwise, 1 if node > other else -1)
     return {name: np.where(v >= HALF, v - MODULUS, v) for name, v in total.items()}

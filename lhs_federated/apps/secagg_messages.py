@@ -37,6 +37,7 @@ from lhs_federated.apps.client_site import SITE_CONFIG, resolve_site
 from lhs_federated.apps.secagg import (
     MODULUS,
     SecAggError,
+    SharedKeys,
     SiteKeys,
     mask_vector,
     receive_shares,
@@ -78,11 +79,12 @@ class SiteState:
     kind: str = ""
     round: int = -1
     stage: str = "unmask"
-    keys: list[bytes] = field(default_factory=list)  # sk1, pk1, sk2, pk2
+    keys: list[bytes] = field(default_factory=list)  # secret1, pk1, sk2, pk2
     seed: bytes = b""
     nodes: list[int] = field(default_factory=list)  # neighbours shown at share, self included
-    pk1: list[bytes] = field(default_factory=list)
-    pk2: list[bytes] = field(default_factory=list)
+    others: list[int] = field(default_factory=list)  # the neighbours but the site itself
+    channel: list[bytes] = field(default_factory=list)  # per node of `others`
+    pairwise: list[bytes] = field(default_factory=list)
     held: list[int] = field(default_factory=list)  # whose shares the site holds
     held_b: list[bytes] = field(default_factory=list)
     held_sk: list[bytes] = field(default_factory=list)
@@ -104,9 +106,12 @@ class SiteState:
         return SiteKeys(*self.keys)
 
     @property
-    def public_keys(self) -> dict[int, tuple[bytes, bytes]]:
-        """The neighbours' public keys, as shown at the share stage."""
-        return {n: (a, b) for n, a, b in zip(self.nodes, self.pk1, self.pk2, strict=True)}
+    def shared(self) -> SharedKeys:
+        """The keys agreed with each neighbour at the share stage."""
+        return SharedKeys(
+            dict(zip(self.others, self.channel, strict=True)),
+            dict(zip(self.others, self.pairwise, strict=True)),
+        )
 
 
 def _advance(state: SiteState, site: str, kind: str, server_round: int, stage: str) -> None:
@@ -163,15 +168,9 @@ def setup(message: Message, context: Context) -> Message:
     """Stage 1: fresh key pairs; reply with the public halves."""
     state, _, _, _, _ = _stage(message, context, "setup")
     keys = SiteKeys.generate()
-    state.keys = [keys.sk1, keys.pk1, keys.sk2, keys.pk2]
-    state.nodes, state.pk1, state.pk2, state.held, state.held_b, state.held_sk = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-    )
+    state.keys = [keys.secret1, keys.pk1, keys.sk2, keys.pk2]
+    state.nodes, state.others, state.channel, state.pairwise = [], [], [], []
+    state.held, state.held_b, state.held_sk = [], [], []
     state.save(context)
     return _reply(
         message, RecordDict({records.SECAGG: ConfigRecord({"pk1": keys.pk1, "pk2": keys.pk2})})
@@ -191,16 +190,14 @@ def share(message: Message, context: Context) -> Message:
             f"needs 3 to {spec.num_shares or 'all the'} sites (privacy.secagg.num_shares)",
         )
     try:
-        seed, ciphertexts, own = share_keys(
+        seed, ciphertexts, own, shared = share_keys(
             node, state.site_keys, public, threshold=_threshold(study, len(nodes))
         )
     except SecAggError as error:
         raise SiteRefusal(site, f"secure aggregation: {error}") from error
-    state.nodes, state.pk1, state.pk2 = (
-        list(public),
-        [p[0] for p in public.values()],
-        [p[1] for p in public.values()],
-    )
+    state.nodes, state.others = list(public), list(shared.channel)
+    state.channel = [shared.channel[n] for n in state.others]
+    state.pairwise = [shared.pairwise[n] for n in state.others]
     state.seed = seed
     state.held, state.held_b, state.held_sk = [node], [own[node][0]], [own[node][1]]
     state.save(context)
@@ -216,8 +213,7 @@ def _masked(context: Context, state: SiteState, node: int, vector: dict) -> Arra
         node,
         vector,
         seed=state.seed,
-        sk1=state.site_keys.sk1,
-        public_keys=state.public_keys,
+        pairwise=state.shared.pairwise,
         alive=state.held,
     )
     state.done.append(f"{state.kind}:{state.round}")
@@ -229,10 +225,7 @@ def _receive(state: SiteState, site: str, study: Study, inputs: ConfigRecord, no
     sources = [int(n) for n in inputs["sources"]]
     try:
         shares = receive_shares(
-            node,
-            state.site_keys,
-            state.public_keys,
-            dict(zip(sources, inputs["ciphertexts"], strict=True)),
+            node, state.shared.channel, dict(zip(sources, inputs["ciphertexts"], strict=True))
         )
     except SecAggError as error:
         raise SiteRefusal(site, f"secure aggregation: {error}") from error
