@@ -98,6 +98,17 @@ def test_a_round_that_recovers_from_a_spike_warns_and_trains(recwarn):
     assert np.isfinite(update.loss) and update.loss < 0.8
 
 
+def test_one_small_last_batch_is_not_taken_for_divergence():
+    """Measured: 5 steps from a noisy client-DP aggregate, the last of 12 rows."""
+    from lhs_federated.errors import TrainingDivergedError
+    from lhs_federated.learning.training import check_losses
+
+    losses = [3.04, 3.35, 3.91, 4.34, 6.95]
+    check_losses(losses, TrainingSpec(), rows=[32, 32, 32, 32, 12], epoch_steps=5)
+    with pytest.raises(TrainingDivergedError, match="ended the round at 8"):  # a whole epoch
+        check_losses([*losses[:3], 8.0, 9.0], TrainingSpec(), rows=[32] * 5, epoch_steps=5)
+
+
 def test_sites_whose_training_diverges_are_recorded_with_the_reason(tmp_path, uci_folder):
     """UCI Heart unscaled (issue 10: AUROC 0.095 and losses of 28-78, no warning)."""
     import json

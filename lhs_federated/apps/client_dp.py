@@ -20,8 +20,11 @@ matching Flower mod at the sites: :func:`client_clipping_mod`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 from flwr.app import Context, Message, MessageType
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import (
@@ -144,6 +147,28 @@ def check_client_dp(study: Study, *, source: str) -> None:
             f"count of clipped updates; it needs privacy.client.noise_multiplier ({z:g}) "
             f"below 2 x clipped_count_stddev ({stddev:g}). Raise clipped_count_stddev."
         )
+
+
+@contextmanager
+def simulated_noise(study: Study, server_round: int, *, simulated: bool) -> Iterator[None]:
+    """Seed the noise Flower's DP wrappers add in a simulated round.
+
+    Flower draws the client-level noise from numpy's global generator, so a
+    simulation's model changed from one run of the same seed to the next. In
+    simulation the generator is seeded from the study's seed and the round
+    (a resumed run draws the same noise) and restored afterwards. A deployed
+    coordinator keeps the unseeded generator: every site reads the study's
+    seed, and noise anyone can replay protects nobody.
+    """
+    if not (simulated and study.privacy.client_dp):
+        yield
+        return
+    state = np.random.get_state()
+    np.random.seed(np.random.SeedSequence([study.seed, server_round]).generate_state(1))
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def wrap_client_dp(strategy: Strategy, study: Study, n_sites: int) -> Strategy:

@@ -32,10 +32,12 @@ from flwr.serverapp.strategy import Strategy
 
 from lhs_federated.apps import records
 from lhs_federated.apps.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lhs_federated.apps.client_dp import simulated_noise
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.privacy_log import PrivacyLog
 from lhs_federated.apps.reply_checks import ReplyChecks, ReplyRejectedError, check_summary
+from lhs_federated.apps.run_config import DEPLOYMENT
 from lhs_federated.apps.secagg_round import (
     SecureAggregationFailed,
     secure_statistics,
@@ -180,6 +182,7 @@ def run_study(
                 audit,
                 privacy,
                 checks,
+                simulated=engine != DEPLOYMENT,
             )
             save_checkpoint(
                 out_dir,
@@ -403,6 +406,8 @@ def _run_round(
     audit: CoordinatorAudit,
     privacy: PrivacyLog,
     checks: ReplyChecks,
+    *,
+    simulated: bool,
 ) -> tuple[dict[str, np.ndarray], dict[str, MetricReport]]:
     started = time.monotonic()
     federation = study.federation
@@ -427,7 +432,7 @@ def _run_round(
         )
     else:
         trained, sampled, new_arrays, train_metrics = _plain_train(
-            grid, strategy, study, arrays, standardizer, server_round, checks
+            grid, strategy, study, arrays, standardizer, server_round, checks, simulated
         )
     for node, site in grid.sites.items():
         if node not in connected:
@@ -527,6 +532,7 @@ def _plain_train(
     standardizer: Standardizer | None,
     server_round: int,
     checks: ReplyChecks,
+    simulated: bool,
 ) -> tuple[RoundOutcome, int, Any, Any]:
     """Send the strategy's train messages, check each reply alone, aggregate the good ones."""
     timeout = study.federation.round_timeout
@@ -546,7 +552,8 @@ def _plain_train(
     needed = min(study.federation.min_sites or len(grid.sites), len(grid.sites))
     if len(trained.ok) < needed:
         return trained, len(messages), None, None  # the caller names the failures
-    new_arrays, metrics = strategy.aggregate_train(server_round, [r for _, r in trained.ok])
+    with simulated_noise(study, server_round, simulated=simulated):  # client-dp's noise
+        new_arrays, metrics = strategy.aggregate_train(server_round, [r for _, r in trained.ok])
     return trained, len(messages), new_arrays, metrics
 
 

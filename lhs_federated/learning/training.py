@@ -119,7 +119,8 @@ def train_local(
     ]
     optimizer = make_optimizer(model, spec)
     criterion = nn.BCEWithLogitsLoss()
-    losses = []
+    losses: list[float] = []
+    step_rows: list[int] = []
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # CPU only: manual_seed also seeds CUDA
@@ -147,27 +148,53 @@ def train_local(
                 total.backward()
                 optimizer.step()
                 losses.append(value)
+                step_rows.append(len(rows))
                 if len(losses) == total_steps:
                     break
-    check_losses(losses, spec)
+    check_losses(losses, spec, rows=step_rows, epoch_steps=math.ceil(n / batch))
     return LocalUpdate(get_arrays(model), n, float(np.mean(losses)), total_steps)
 
 
-def check_losses(losses: list[float], spec: TrainingSpec) -> None:
+def check_losses(
+    losses: list[float],
+    spec: TrainingSpec,
+    *,
+    rows: list[int] | None = None,
+    epoch_steps: int = 1,
+) -> None:
     """Stop an update whose training diverged; warn about one that recovered.
 
-    Diverged: the loss at the end of the round (mean of its last tenth of
-    steps) is above :data:`DIVERGED_LOSS`, or above ln 2 after growing
-    :data:`GROWTH`-fold from the start of the round. Recovered: a step's loss
-    passed :data:`DIVERGED_LOSS` but the round ended below it.
+    Diverged: the loss at the end of the round is above :data:`DIVERGED_LOSS`,
+    or above ln 2 after growing :data:`GROWTH`-fold from the start of the
+    round. Recovered: a step's loss passed :data:`DIVERGED_LOSS` but the round
+    ended below it.
+
+    The start and the end are row-weighted means over windows of a tenth of
+    the steps, widened to an epoch (at most half the round): one minibatch's
+    loss is no measure of a model. A round of five steps from a noisy
+    client-DP aggregate once "ended at 6.95" on a last batch of a few rows
+    while its epoch's loss was 3.9.
+
+    Parameters
+    ----------
+    losses : list of float
+        The loss of every step.
+    spec : TrainingSpec
+        Named in the remedy.
+    rows : list of int, optional
+        Rows in each step's batch (default: equal batches).
+    epoch_steps : int
+        Steps in one pass over the site's rows.
 
     Raises
     ------
     TrainingDivergedError
         With the losses and what to change, as the site's reply to the round.
     """
-    window = max(1, len(losses) // 10)
-    start, end = float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
+    weights = np.asarray(rows if rows is not None else [1] * len(losses), dtype=float)
+    window = max(1, len(losses) // 10, min(epoch_steps, len(losses) // 2))
+    start = float(np.average(losses[:window], weights=weights[:window]))
+    end = float(np.average(losses[-window:], weights=weights[-window:]))
     growing = end > GROWTH * start and end > math.log(2)
     if end > DIVERGED_LOSS or growing:
         raise TrainingDivergedError(
