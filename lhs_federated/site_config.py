@@ -140,6 +140,11 @@ class PolicySection:
     metric_decimals: int | None = setting(
         None, doc="decimal places of released evaluation metrics (default: all)", ge=0, le=6
     )
+    require_secure_aggregation: bool = setting(
+        False,
+        doc="refuse studies without secure aggregation (privacy.secure_aggregation), so "
+        "that no update or column sum of the site's own reaches the coordinator",
+    )
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,14 @@ leaves; client-side clipping (client-level DP) is applied before the guard.
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import torch
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from lhs_federated.apps import loop_messages, records
+from lhs_federated.apps import loop_messages, records, secagg_messages
 from lhs_federated.apps.client_dp import client_clipping_mod
 from lhs_federated.apps.client_site import resolve_site
 from lhs_federated.apps.egress import egress_guard_mod
@@ -32,7 +35,7 @@ from lhs_federated.errors import LhsError, SiteRefusal
 from lhs_federated.learning.personalisation import fine_tuning_of, personalise
 from lhs_federated.learning.site import evaluate_at_site, site_standardizer, summarise_site
 from lhs_federated.privacy.metric_release import release_metrics
-from lhs_federated.privacy.site_round import train_site_round
+from lhs_federated.privacy.site_round import SiteRound, train_site_round
 from lhs_federated.study import Study
 
 
@@ -74,20 +77,39 @@ def describe(message: Message, context: Context) -> Message:
     study = records.study_from_config(message.content[records.CONFIG])
     site = resolve_site(study, context)
     summary = summarise_site(site.data, study, min_cell_size=site.min_cell_size)
+    if study.privacy.secure:  # the column sums go through the secure statistics round
+        summary = dataclasses.replace(summary, sums=None)
     return Message(records.summary_to_record(summary), reply_to=message)
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train the global model locally for one round and reply with the update."""
+    study = records.study_from_config(message.content[records.CONFIG])
+    arrays, control = SiteControl.receive(
+        records.from_array_record(message.content[records.ARRAYS]), context
+    )
+    result = local_round(message, context, arrays, control)
+    update = result.update
+    sent = update.arrays
+    if control is not None:  # SCAFFOLD: the control variate's change travels too
+        sent = {**sent, **control.finish(arrays, update, study.training.learning_rate, context)}
+    content = records.train_reply(study, sent, update.n_examples, update.loss, result.epsilon)
+    return Message(content, reply_to=message)
+
+
+def local_round(
+    message: Message,
+    context: Context,
+    arrays: dict[str, np.ndarray],
+    control: SiteControl | None = None,
+) -> SiteRound:
+    """One round of local training from ``arrays``, as plain and secure rounds both run it."""
     config = message.content[records.CONFIG]
     study = records.study_from_config(config)
     site = resolve_site(study, context)
     torch.set_num_threads(site.threads)
-    arrays, control = SiteControl.receive(
-        records.from_array_record(message.content[records.ARRAYS]), context
-    )
-    result = train_site_round(
+    return train_site_round(
         study,
         site.data,
         site.privacy,
@@ -98,12 +120,9 @@ def train(message: Message, context: Context) -> Message:
         proximal_mu=proximal_mu_of(study),
         correction=None if control is None else control.correction,
     )
-    update = result.update
-    sent = update.arrays
-    if control is not None:  # SCAFFOLD: the control variate's change travels too
-        sent = {**sent, **control.finish(arrays, update, study.training.learning_rate, context)}
-    content = records.train_reply(study, sent, update.n_examples, update.loss, result.epsilon)
-    return Message(content, reply_to=message)
+
+
+secagg_messages.register(app, local_round)  # SecAgg+ stages (query/train.secagg_*)
 
 
 def proximal_mu_of(study: Study) -> float:

@@ -29,6 +29,7 @@ from flwr.app import (
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import resolve_site
 from lhs_federated.apps.loop_messages import GUARDS as LOOP_GUARDS
+from lhs_federated.apps.secagg_messages import GUARDS as SECAGG_GUARDS
 from lhs_federated.learning.metrics import METRIC_NAMES
 from lhs_federated.learning.site import n_features
 from lhs_federated.privacy.egress import (
@@ -108,6 +109,7 @@ def guard_reply(
         MessageType.TRAIN: _guard_train,
         MessageType.EVALUATE: _guard_evaluate,
         **LOOP_GUARDS,
+        **SECAGG_GUARDS,
     }[kind]
     return guard(content, study, site, min_cell_size)
 
@@ -121,7 +123,9 @@ def _guard_query(content: RecordDict, study: Study, site: str, k: int) -> Record
     guarded[records.COUNTS] = MetricRecord(
         suppress_counts(dict(content.get(records.COUNTS, {})), k)
     )
-    if records.SUMS in content:
+    if records.SUMS in content and study.privacy.secure:
+        problems.append(Problem("column sums in clear under secure aggregation", "they go masked"))
+    elif records.SUMS in content:
         sums, sum_problems = suppress_sums(
             dict(content[records.SUMS]), records.SUMS_KEYS, n_features(study), k
         )

@@ -17,6 +17,7 @@ what a clinical study needs around them:
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -37,9 +38,14 @@ from lhs_federated.apps.preflight import check_out_dir, check_sites
 from lhs_federated.apps.privacy_log import PrivacyLog
 from lhs_federated.apps.reply_checks import ReplyChecks, ReplyRejectedError, check_summary
 from lhs_federated.apps.run_config import DEPLOYMENT
+from lhs_federated.apps.secagg_round import (
+    SecureAggregationFailed,
+    secure_statistics,
+    secure_training,
+)
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
-from lhs_federated.data.statistics import Standardizer
+from lhs_federated.data.statistics import FederatedStatistics, Standardizer
 from lhs_federated.errors import StudyRunError
 from lhs_federated.learning.export import save_model
 from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, federation_means
@@ -51,6 +57,7 @@ from lhs_federated.learning.site import (
     min_test_cases,
     n_features,
 )
+from lhs_federated.privacy.spec import check_secure_aggregation
 from lhs_federated.registry.warm_start import load_warm_start
 from lhs_federated.results.notes import convergence, departures_line, preprocessing_summary
 from lhs_federated.results.progress import ProgressEvent, RoundProgress, report_progress
@@ -58,6 +65,9 @@ from lhs_federated.results.writer import RunWriter, utc_now
 from lhs_federated.study import Study
 
 LOGGER = logging.getLogger("lhs_federated.federation")
+#: The "site" of the federation's own rows under secure aggregation (metrics.csv,
+#: rounds.csv): the coordinator knows only sums over sites.
+SECURE_SUM_SITE = "secure-sum"
 
 
 @dataclass
@@ -129,7 +139,7 @@ def run_study(
     summaries, site_grid, refused = discover_sites(
         audit.grid, study, expected_sites=expected_sites, site_nodes=site_nodes
     )
-    statistics = federated_statistics(study, summaries.values())
+    statistics = _federated_statistics(site_grid, study, summaries, audit)
     departures = [d.to_json() for d in statistics.departures] if statistics else []
     if departures:
         LOGGER.warning("%s", departures_line(departures, n_features(study)))
@@ -318,6 +328,30 @@ def discover_sites(
     return ordered, SiteGrid(grid, {node: s.name for node, s in ordered.items()}), refused
 
 
+def _federated_statistics(
+    grid: SiteGrid, study: Study, summaries: dict[int, SiteSummary], audit: CoordinatorAudit
+) -> FederatedStatistics | None:
+    """The federation's preprocessing statistics: from each site's sums, or their secure sum.
+
+    Under secure aggregation the sites' column sums arrive only as one total
+    (small cells withheld from the total), which stands for every site.
+
+    Raises
+    ------
+    ConfigError
+        If secure aggregation cannot work with the sites that joined.
+    """
+    if not study.privacy.secure:
+        return federated_statistics(study, summaries.values())
+    check_secure_aggregation(study, source="the study", n_sites=len(summaries))
+    if study.preprocessing.scaling != "federated":
+        return None
+    total, _ = secure_statistics(grid, study, n_features(study), audit=audit)
+    return federated_statistics(
+        study, [SiteSummary(SECURE_SUM_SITE, None, None, None, None, total)]
+    )
+
+
 def _round_config(study: Study, standardizer: Standardizer | None) -> ConfigRecord:
     config = records.study_config(study)
     if standardizer is not None:
@@ -383,19 +417,23 @@ def _run_round(
     connected = grid.wait_for_sites(
         needed, timeout=federation.connect_timeout, stage=f"round {server_round}"
     )
-    messages = list(
-        strategy.configure_train(
-            server_round, records.to_array_record(arrays), _round_config(study, standardizer), grid
+    if study.privacy.secure:
+        trained, sampled, new_arrays, train_metrics = _secure_train(
+            grid,
+            strategy,
+            study,
+            arrays,
+            standardizer,
+            server_round,
+            audit,
+            checks,
+            writer,
+            started,
         )
-    )
-    sent = {m.metadata.dst_node_id: m.content[records.ARRAYS] for m in messages}
-    trained = _collect(
-        grid,
-        messages,
-        list(grid.send_and_receive(messages, timeout=timeout)),
-        timeout,
-        lambda site, reply: checks.train(site, reply.content, sent[grid.node_of(reply)]),
-    )
+    else:
+        trained, sampled, new_arrays, train_metrics = _plain_train(
+            grid, strategy, study, arrays, standardizer, server_round, checks, simulated
+        )
     for node, site in grid.sites.items():
         if node not in connected:
             trained.failed[site] = "not connected"
@@ -405,13 +443,9 @@ def _run_round(
             or "none"
         )
         raise StudyRunError(
-            f"round {server_round}: {len(trained.ok)} of {len(messages)} sites returned a "
+            f"round {server_round}: {len(trained.ok)} of {sampled} sites returned a "
             f"training update; the study needs {needed} (federation.min_sites). "
             f"Failures: {failures}."
-        )
-    with simulated_noise(study, server_round, simulated=simulated):
-        new_arrays, train_metrics = strategy.aggregate_train(
-            server_round, [reply for _, reply in trained.ok]
         )
     if new_arrays is not None:
         arrays = records.from_array_record(new_arrays)
@@ -424,12 +458,18 @@ def _run_round(
         server_round, arrays, train_metrics, [s for s, _ in trained.ok], trained.failed
     )
     rows: list[tuple[int, str, str, str, float, str]] = []
-    for site, reply in trained.ok:
-        metrics = reply.content[records.METRICS]
+    train_metrics_of = (
+        [(SECURE_SUM_SITE, train_metrics)] if study.privacy.secure and train_metrics else []
+    )
+    if not study.privacy.secure:
+        train_metrics_of = [(site, reply.content[records.METRICS]) for site, reply in trained.ok]
+    for site, metrics in train_metrics_of:
         rows.append((server_round, site, "train", "n", float(metrics[records.NUM_EXAMPLES]), ""))
         loss = float(metrics[records.TRAIN_LOSS])
-        withheld = "withheld: outside the sample-level DP guarantee" if np.isnan(loss) else ""
-        rows.append((server_round, site, "train", "loss", loss, withheld))
+        withheld = (
+            "withheld: outside the sample-level DP guarantee" if study.privacy.sample_dp else ""
+        )
+        rows.append((server_round, site, "train", "loss", math.nan if withheld else loss, withheld))
     rows += privacy.round_rows(server_round, trained.ok)
 
     grid.wait_for_sites(
@@ -482,6 +522,71 @@ def _run_round(
         run_dir=writer.out_dir,
     )
     return arrays, reports
+
+
+def _plain_train(
+    grid: SiteGrid,
+    strategy: Strategy,
+    study: Study,
+    arrays: dict[str, np.ndarray],
+    standardizer: Standardizer | None,
+    server_round: int,
+    checks: ReplyChecks,
+    simulated: bool,
+) -> tuple[RoundOutcome, int, Any, Any]:
+    """Send the strategy's train messages, check each reply alone, aggregate the good ones."""
+    timeout = study.federation.round_timeout
+    messages = list(
+        strategy.configure_train(
+            server_round, records.to_array_record(arrays), _round_config(study, standardizer), grid
+        )
+    )
+    sent = {m.metadata.dst_node_id: m.content[records.ARRAYS] for m in messages}
+    trained = _collect(
+        grid,
+        messages,
+        list(grid.send_and_receive(messages, timeout=timeout)),
+        timeout,
+        lambda site, reply: checks.train(site, reply.content, sent[grid.node_of(reply)]),
+    )
+    needed = min(study.federation.min_sites or len(grid.sites), len(grid.sites))
+    if len(trained.ok) < needed:
+        return trained, len(messages), None, None  # the caller names the failures
+    with simulated_noise(study, server_round, simulated=simulated):  # client-dp's noise
+        new_arrays, metrics = strategy.aggregate_train(server_round, [r for _, r in trained.ok])
+    return trained, len(messages), new_arrays, metrics
+
+
+def _secure_train(
+    grid: SiteGrid,
+    strategy: Strategy,
+    study: Study,
+    arrays: dict[str, np.ndarray],
+    standardizer: Standardizer | None,
+    server_round: int,
+    audit: CoordinatorAudit,
+    checks: ReplyChecks,
+    writer: RunWriter,
+    started: float,
+) -> tuple[RoundOutcome, int, Any, Any]:
+    """A training round through SecAgg+; a failure is written to rounds.csv, then ends the run."""
+    try:
+        result, new_arrays, metrics = secure_training(
+            grid,
+            strategy,
+            study,
+            arrays,
+            _round_config(study, standardizer),
+            server_round,
+            train_rows=sum(n for n in checks.train_rows.values() if n is not None),
+            audit=audit,
+        )
+    except SecureAggregationFailed as failure:
+        failed = {**failure.failed, SECURE_SUM_SITE: failure.message}
+        writer.add_round(server_round, time.monotonic() - started, [], failed, math.nan)
+        raise StudyRunError(f"round {server_round}: {failure.message}") from failure
+    outcome = RoundOutcome(ok=result.replies, failed=result.failed)
+    return outcome, len(result.contributors) + len(result.failed), new_arrays, metrics
 
 
 def _not_scored(

@@ -82,6 +82,18 @@ GATE = f"{MessageType.EVALUATE}.{GATE_ACTION}"
 RECALIBRATE = f"{MessageType.TRAIN}.{RECALIBRATE_ACTION}"
 DRIFT = "drift"
 
+# SecAgg+'s stages (see lhs_federated.apps.secagg_messages): keys, shares, the masked
+# vector (of a training round's update, or of the federated statistics), unmasking.
+SECAGG_SETUP_ACTION, SECAGG_SHARE_ACTION = "secagg_setup", "secagg_share"
+SECAGG_COLLECT_ACTION, SECAGG_UNMASK_ACTION = "secagg_collect", "secagg_unmask"
+SECAGG_SETUP = f"{MessageType.QUERY}.{SECAGG_SETUP_ACTION}"
+SECAGG_SHARE = f"{MessageType.QUERY}.{SECAGG_SHARE_ACTION}"
+SECAGG_COLLECT_UPDATE = f"{MessageType.TRAIN}.{SECAGG_COLLECT_ACTION}"
+SECAGG_COLLECT_STATISTICS = f"{MessageType.QUERY}.{SECAGG_COLLECT_ACTION}"
+SECAGG_UNMASK = f"{MessageType.QUERY}.{SECAGG_UNMASK_ACTION}"
+SECAGG = "secagg"  # the stage's ConfigRecord, both ways
+MASKED = "masked"  # the masked vector's ArrayRecord (int64, mod 2**62)
+
 
 def reply_records(message_type: str) -> dict[str, type]:
     """The records a reply of each message type may hold (name -> record type)."""
@@ -92,6 +104,11 @@ def reply_records(message_type: str) -> dict[str, type]:
         MONITOR: {METRICS: MetricRecord, UNDEFINED: ConfigRecord, DRIFT: MetricRecord},
         GATE: {METRICS: MetricRecord, UNDEFINED: ConfigRecord},
         RECALIBRATE: {METRICS: MetricRecord},
+        SECAGG_SETUP: {SECAGG: ConfigRecord},
+        SECAGG_SHARE: {SECAGG: ConfigRecord},
+        SECAGG_COLLECT_UPDATE: {MASKED: ArrayRecord, METRICS: MetricRecord},
+        SECAGG_COLLECT_STATISTICS: {MASKED: ArrayRecord},
+        SECAGG_UNMASK: {SECAGG: ConfigRecord},
     }.get(message_type, {})
 
 

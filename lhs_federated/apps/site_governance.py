@@ -61,6 +61,8 @@ FINAL_HASH = "ledger-final-hash"
 STUDY_STATUS = "study-status"
 #: Fingerprint of the coordinator's ledger key, in every message: each site records it.
 COORDINATOR_KEY = "coordinator-ledger-key"
+#: Messages whose handler trains on the site's rows (a private round is checked first).
+TRAINING_TYPES = (MessageType.TRAIN, records.SECAGG_COLLECT_UPDATE)
 SIMULATED_REFUSAL_HINT = (
     " (in a simulation, a simulated site approves a study the study declares pre-approved "
     "([governance] preapproved = true), or the approvals in its own site folder "
@@ -91,7 +93,7 @@ def site_governance_mod(message: Message, context: Context, call_next) -> Messag
             reply = _error(message, records.SITE_REFUSED, refusal.message + hint)
             record_task(folder, message, reply)
             return reply
-    if message.metadata.message_type == MessageType.TRAIN:
+    if message.metadata.message_type in TRAINING_TYPES:
         study = records.study_from_config(message.content[records.CONFIG])
         ledger = simulated_privacy(study, folder.site).ledger_path
         try:

@@ -23,13 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Message
 from flwr.common.config import get_fused_config_from_fab
 from flwr.supercore.fab import Fab
 from flwr.supercore.run import Run
 
 from lhs_federated.apps import records
-from lhs_federated.apps.site_governance import check_private_round, message_context
+from lhs_federated.apps.site_governance import (
+    TRAINING_TYPES,
+    check_private_round,
+    message_context,
+)
 from lhs_federated.errors import SiteRefusal
 from lhs_federated.governance.approval import Approval
 from lhs_federated.governance.site_folder import SiteFolder
@@ -66,10 +70,14 @@ class SiteGate:
         The site's governance folder.
     privacy_ledger : Path or None
         The site's privacy ledger (``<state_dir>/privacy-ledger.json``).
+    require_secure_aggregation : bool
+        The site's ``[policy] require_secure_aggregation``: refuse every study
+        whose coordinator would see the site's own update or column sums.
     """
 
     folder: SiteFolder
     privacy_ledger: Path | None = None
+    require_secure_aggregation: bool = False
 
     def decide(self, message: Message, context: Context, run: Run, fab: Fab) -> GateDecision:
         """Check one task; never raises for a refusal, returns it instead."""
@@ -82,11 +90,21 @@ class SiteGate:
         except SiteRefusal as refusal:
             self.folder.record_refusal(study_hash, bundle_hash, refusal.reason, context=where)
             return GateDecision(study_hash, bundle_hash, refusal=refusal.message)
+        if self.require_secure_aggregation and not study.privacy.secure:
+            reason = (
+                "the site requires secure aggregation (site.toml [policy] "
+                "require_secure_aggregation = true), but the study has "
+                "privacy.secure_aggregation = 'none'"
+            )
+            self.folder.record_refusal(study_hash, bundle_hash, reason, context=where)
+            return GateDecision(
+                study_hash, bundle_hash, refusal=SiteRefusal(self.folder.site, reason).message
+            )
         try:
             approval = self.folder.check(study_hash, bundle_hash, context=where)
         except SiteRefusal as refusal:  # the folder recorded it
             return GateDecision(study_hash, bundle_hash, refusal=refusal.message)
-        if message.metadata.message_type == MessageType.TRAIN:
+        if message.metadata.message_type in TRAINING_TYPES:
             try:
                 check_private_round(self.folder, study, self.privacy_ledger)
             except SiteRefusal as refusal:

@@ -28,6 +28,28 @@ from lhs_federated.errors import ConfigError
 # sensitivity of the released model, so that calibration would be wrong.
 CLIENT_DP_STRATEGIES = ("fedavg", "fedprox")
 
+# Strategies whose aggregate is the example-weighted mean of the updates (server
+# optimisers apply their step to that mean): they can run on a secure sum. The
+# others need every site's update on its own, which secure aggregation hides.
+SECAGG_STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedavg-ft",
+)
+_NEEDS_INDIVIDUAL = {
+    "krum": "Krum scores each site's update by its distances to the others",
+    "multikrum": "Multi-Krum scores each site's update by its distances to the others",
+    "bulyan": "Bulyan selects and trims individual updates",
+    "fedmedian": "the coordinate-wise median needs every site's update",
+    "fedtrimmedavg": "the trimmed mean drops the largest and smallest individual updates",
+    "scaffold": "SCAFFOLD's server control variate averages each site's own control change",
+    "qfedavg": "q-FedAvg weights each site by its own training loss",
+}
+
 
 #: The largest study epsilon accepted (accepted: > 0 and <= 100).
 MAX_STUDY_EPSILON = 100.0
@@ -64,6 +86,53 @@ class ClientDPSpec:
     )
 
 
+#: Largest quantisation range of secure aggregation: a thousand sites' sums of
+#: millions of rows must stay below 2**61 (see lhs_federated.apps.secagg_payloads).
+MAX_QUANTIZATION_RANGE = 2**32
+
+
+@dataclass(frozen=True)
+class SecAggSpec:
+    """SecAgg+ settings (``[privacy.secagg]``), used when ``secure_aggregation = "secaggplus"``."""
+
+    num_shares: int = setting(
+        0,
+        doc="neighbours each site shares its secrets with, itself included (0: every site; "
+        "fewer: SecAgg+'s sparse graph, at least 3)",
+        ge=0,
+        le=10000,
+    )
+    reconstruction_threshold: int = setting(
+        0,
+        doc="shares that rebuild a secret, more than half of num_shares (0: the smallest "
+        "majority); also the fewest sites a sum may cover",
+        ge=0,
+        le=10000,
+    )
+    clipping_range: float = setting(
+        8.0,
+        doc="largest change of a model parameter in one round; a larger one is an error",
+        gt=0,
+        le=1e6,
+    )
+    quantization_range: int = setting(
+        2**24,
+        doc="integer steps across [-clipping_range, clipping_range]; the mean's error per "
+        "parameter is at most 2 * clipping_range / quantization_range",
+        ge=2**8,
+        le=MAX_QUANTIZATION_RANGE,
+    )
+
+    def shares_for(self, n_sites: int) -> int:
+        """Neighbours per site among ``n_sites`` (the setting, or every site)."""
+        return n_sites if self.num_shares == 0 or self.num_shares >= n_sites else self.num_shares
+
+    def threshold_for(self, n_sites: int) -> int:
+        """Shares that rebuild a secret among ``n_sites`` (the setting, or a majority)."""
+        shares = self.shares_for(n_sites)
+        return self.reconstruction_threshold or shares // 2 + 1
+
+
 @dataclass(frozen=True)
 class PrivacySpec:
     """Differential privacy of the study (``[privacy]``)."""
@@ -90,6 +159,14 @@ class PrivacySpec:
     min_train_rows: int = setting(20, doc="a site with fewer training rows refuses to train", ge=1)
     client: ClientDPSpec = setting(
         default_factory=ClientDPSpec, doc="client-dp: clipping and noise ([privacy.client])"
+    )
+    secure_aggregation: Literal["none", "secaggplus"] = setting(
+        "none",
+        doc="none, or secaggplus: the coordinator learns only sums over sites (of model "
+        "updates and of the federated statistics)",
+    )
+    secagg: SecAggSpec = setting(
+        default_factory=SecAggSpec, doc="secaggplus: shares, threshold and quantisation"
     )
 
     def __post_init__(self) -> None:
@@ -121,6 +198,11 @@ class PrivacySpec:
     def sample_dp(self) -> bool:
         """Whether sites train with DP-SGD."""
         return self.mode == "sample-dp"
+
+    @property
+    def secure(self) -> bool:
+        """Whether sums over sites are computed with SecAgg+."""
+        return self.secure_aggregation == "secaggplus"
 
     @property
     def client_dp(self) -> bool:
@@ -155,6 +237,8 @@ def check_privacy(study: Any, *, source: str) -> None:
             f"{source}: privacy.mode = 'sample-dp' needs privacy.epsilon, each site's target "
             "for the whole study (for example 1.0)."
         )
+    if privacy.secure:
+        check_secure_aggregation(study, source=source)
     if not privacy.client_dp:
         return
     if study.strategy.name not in CLIENT_DP_STRATEGIES:
@@ -197,4 +281,81 @@ def check_privacy(study: Any, *, source: str) -> None:
         raise ConfigError(
             f"{source}: client-level DP with fixed clipping needs privacy.epsilon (the noise "
             "multiplier is then calibrated to it) or privacy.client.noise_multiplier."
+        )
+
+
+def known_site_count(study: Any) -> int | None:
+    """Sites the study will have, when its own settings tell (synthetic data, a site list)."""
+    if study.data.sites is not None:
+        return len(study.data.sites)
+    if study.data.source == "synthetic":
+        return int(study.data.synthetic.sites)
+    return None
+
+
+def check_secure_aggregation(study: Any, *, source: str, n_sites: int | None = None) -> None:
+    """Secure aggregation's conflicts with the strategy, privacy mode and number of sites.
+
+    ``n_sites`` is the number of sites that joined (the coordinator checks it
+    after discovery); without it, the number the study itself implies, if any.
+
+    Raises
+    ------
+    ConfigError
+        For a strategy that needs individual updates, client-level DP (its
+        server clips individual updates), or shares and threshold that cannot
+        work for the sites.
+    """
+    name = study.strategy.name
+    if name in _NEEDS_INDIVIDUAL:
+        raise ConfigError(
+            f"{source}: privacy.secure_aggregation = 'secaggplus' hides every site's update "
+            f"from the coordinator, but strategy {name!r} needs them one by one "
+            f"({_NEEDS_INDIVIDUAL[name]}). Use strategy.name "
+            f"{', '.join(map(repr, SECAGG_STRATEGIES))}, or privacy.secure_aggregation = 'none'."
+        )
+    if study.privacy.client_dp:
+        raise ConfigError(
+            f"{source}: privacy.secure_aggregation = 'secaggplus' cannot run with "
+            "privacy.mode = 'client-dp': Flower's DP wrappers clip and weigh each site's update "
+            "at the coordinator, which secure aggregation hides. Use privacy.mode = 'sample-dp' "
+            "or 'none' with secure aggregation."
+        )
+    spec: SecAggSpec = study.privacy.secagg
+    if spec.num_shares and spec.num_shares < 3:
+        raise ConfigError(
+            f"{source}: privacy.secagg.num_shares = {spec.num_shares} leaves a site's secrets "
+            "with fewer than 3 sites (itself included); use at least 3, or 0 for every site."
+        )
+    if spec.num_shares % 2 == 0 and spec.num_shares:
+        raise ConfigError(
+            f"{source}: privacy.secagg.num_shares = {spec.num_shares} must be odd: each site "
+            "shares with itself and as many neighbours on each side of the ring."
+        )
+    if spec.num_shares and spec.reconstruction_threshold > spec.num_shares:
+        raise ConfigError(
+            f"{source}: privacy.secagg.reconstruction_threshold = "
+            f"{spec.reconstruction_threshold} is larger than privacy.secagg.num_shares = "
+            f"{spec.num_shares}: no secret could ever be rebuilt."
+        )
+    sites = n_sites if n_sites is not None else known_site_count(study)
+    where = "sites joined" if n_sites is not None else "sites in the study"
+    if sites is None:
+        return
+    if sites < 3:
+        raise ConfigError(
+            f"{source}: privacy.secure_aggregation = 'secaggplus' needs at least 3 sites; "
+            f"{sites} {where}, and the sum of two sites tells each the other's values."
+        )
+    shares, threshold = spec.shares_for(sites), spec.threshold_for(sites)
+    if threshold > sites:
+        raise ConfigError(
+            f"{source}: privacy.secagg.reconstruction_threshold = {threshold} is larger than "
+            f"the {sites} {where}: no round could ever be unmasked. Use at most {sites}."
+        )
+    if threshold <= shares // 2 or threshold < 2:
+        raise ConfigError(
+            f"{source}: privacy.secagg.reconstruction_threshold = {threshold} is not more than "
+            f"half of the {shares} shares: a coordinator could rebuild both secrets of one site "
+            f"and read its update. Use at least {shares // 2 + 1} (0: that majority)."
         )
