@@ -140,11 +140,30 @@ def loop_command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Results folder (default runs/loop-<name>).")
     ] = None,
+    server: Annotated[
+        Path | None,
+        typer.Option(
+            "--server",
+            help="A running coordinator's server.toml: run every step at its sites "
+            "(deployment) instead of simulating them.",
+        ),
+    ] = None,
 ) -> None:
-    """Simulate the learning loop over the periods: monitor, alert, update, gate, promote."""
+    """The learning loop over the periods: monitor, alert, update, gate, promote.
+
+    Simulated on the study's own sites by default; with ``--server`` each step
+    is a study submitted to the coordinator's SuperLink, which the sites
+    answer if they approved it (or, for monitoring, by their standing rule).
+    """
     from lhs_federated.loop.simulation import load_loop, run_loop
 
-    spec = load_loop(loop_file)
+    engine = None
+    if server is not None:
+        from lhs_federated.deploy.loop_engine import DeployedEngine
+        from lhs_federated.deploy.server_config import load_server_config
+
+        engine = DeployedEngine(load_server_config(server))
+    spec = load_loop(loop_file, deployed=engine is not None)
     folder = out or Path("runs") / f"loop-{spec.study.name}"
 
     def progress(period: str, done: int, total: int, note: str) -> None:
@@ -152,6 +171,6 @@ def loop_command(
         bar = "#" * round(width * done / total) + "." * (width - round(width * done / total))
         console.print(f"[{bar}] period {done}/{total} {period}: {note}")
 
-    result = run_loop(spec, folder, progress=progress)
+    result = run_loop(spec, folder, progress=progress, engine=engine)
     console.print(json.dumps(result["summary"], indent=2))
     console.print(f"report: {folder / 'loop-report.html'}")

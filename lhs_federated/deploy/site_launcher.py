@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     run_launcher(
         f"127.0.0.1:{config.runtime.runtime_port}",
         paths.secret.read_bytes(),
-        SiteGate(open_site_folder(config), privacy_ledger=config.state_dir / PRIVACY_LEDGER),
+        SiteGate(
+            open_site_folder(config),
+            privacy_ledger=config.state_dir / PRIVACY_LEDGER,
+            monitoring_rule=config.approval.monitoring_of_approved_releases,
+        ),
         workers=config.runtime.workers,
     )
 

@@ -11,7 +11,8 @@ so that is all an engine does:
   ``loop-task.json``.
 
 :class:`InProcessEngine` runs them on the study's simulated sites through the
-in-process Grid; :class:`DeployedEngine` submits them to a running SuperLink
+in-process Grid; :class:`~lhs_federated.deploy.loop_engine.DeployedEngine`
+(in the deploy layer, above this one) submits them to a running SuperLink
 (``lhs-fed server start``), where each site's gate decides whether to answer:
 a study the site approved, or a monitoring study its standing rule covers
 (``[approval] monitoring_of_approved_releases``; see
@@ -22,13 +23,11 @@ the in-process one can score models on pooled rows (``pooled_data``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lhs_federated.errors import ConfigError, StudyRunError
-from lhs_federated.study import Study, write_study
+from lhs_federated.study import Study
 
 
 class LoopEngine:
@@ -70,60 +69,3 @@ class InProcessEngine(LoopEngine):
         return run_task(
             study, out_dir, task, key_path=self.key_path, simulated_sites=self.simulated_sites
         )
-
-
-@dataclass
-class DeployedEngine(LoopEngine):
-    """A running coordinator's SuperLink and the sites connected to it.
-
-    Each step is submitted as its own run (``flwr run`` of the lhs-federated
-    bundle with the study, and the loop task, in its run config) and waited
-    for; the run folder is the one named, in the coordinator's state. The
-    sites decide at their gates; a refusal fails the step with each site's
-    reason. ``approve`` (tests and ``lhs-fed demo``-style consortia on one
-    machine only) is called with each study before it is submitted; in a
-    real consortium each site's data steward approves the loop's studies
-    (``lhs-fed site approve``) or sets the standing monitoring rule.
-    """
-
-    server: Any  # ServerConfig (deploy layer, imported when used)
-    approve: Callable[[Study], None] | None = None
-    timeout: float = 900.0
-    name = "deployment"
-
-    def __post_init__(self) -> None:
-        key = self.server.resolve(self.server.ledger.signing_key)
-        if key is None:
-            raise ConfigError(
-                f"{self.server.path}: the loop in deployment signs its releases with the "
-                "coordinator's ledger key; set [ledger] signing_key (`lhs-fed keys init`)."
-            )
-        self.key_path = Path(key)
-
-    def _run(
-        self, study: Study, out_dir: Path, task: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Submit one step and wait for it; a failure names the study the sites must approve."""
-        from lhs_federated.deploy import coordinator
-
-        out_dir = Path(out_dir)
-        study_file = out_dir.parent / f"{out_dir.name}.study.toml"  # what a steward approves
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        write_study(study, study_file)
-        if self.approve is not None:
-            self.approve(study)
-        submitted = coordinator.submit_study(self.server, study, out_dir=out_dir, loop_task=task)
-        try:
-            return coordinator.wait_for_run(self.server, submitted, timeout=self.timeout)
-        except StudyRunError as error:
-            raise StudyRunError(
-                f"{error.message} The step's study is {study_file} (hash {study.hash[:12]}…); "
-                f"a site approves it with `lhs-fed site approve {study_file} --deployment "
-                "--site-folder GOVERNANCE --reason ...`."
-            ) from error
-
-    def train(self, study: Study, out_dir: Path) -> None:  # noqa: D102
-        self._run(study, out_dir)
-
-    def task(self, study: Study, out_dir: Path, task: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
-        return self._run(study, out_dir, task)
