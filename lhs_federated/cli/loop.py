@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from lhs_federated.registry.store import ReleaseRef
+
 console = Console(highlight=False)
 
 RegistryOption = Annotated[
     Path, typer.Option("--registry", help="The registry folder.", file_okay=False)
+]
+MlflowOption = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow",
+        help="Also log the release to this MLflow tracking store (sqlite:///mlflow.db or a "
+        "server URL; needs `pip install lhs-federated[mlflow]`).",
+    ),
 ]
 KeyOption = Annotated[
     Path, typer.Option("--key", help="The coordinator's ledger key (`lhs-fed keys init`).")
@@ -29,9 +40,11 @@ def release_command(
         str | None, typer.Option("--version", help="vN (default: the next one).")
     ] = None,
     parent: Annotated[str | None, typer.Option("--parent", help="NAME@VERSION it updates.")] = None,
+    mlflow: MlflowOption = None,
 ) -> None:
     """Publish a completed run as a signed, immutable release in the registry."""
     from lhs_federated.loop.release import release_run
+    from lhs_federated.registry.store import ReleaseRef
 
     found = release_run(
         run, name, key_path=key, registry_root=registry, version=version, parent=parent
@@ -42,6 +55,17 @@ def release_command(
         console.print(
             f"pooled AUROC {pooled['estimate']:.3f} ({pooled['low']:.3f}-{pooled['high']:.3f})"
         )
+    if mlflow is not None:
+        _log_to_mlflow(registry, ReleaseRef.parse(found["release"]), mlflow)
+
+
+def _log_to_mlflow(registry: Path, ref: ReleaseRef, uri: str) -> None:
+    """Log a release to MLflow and say which run holds it."""
+    from lhs_federated.registry.mlflow_log import log_release
+
+    logged = log_release(registry, ref, uri)
+    said = "logged" if logged["new"] else "already logged"
+    console.print(f"{ref} {said} to MLflow {uri}: run {logged['run_id']}")
 
 
 registry_app = typer.Typer(no_args_is_help=True, help="List, show and verify model releases.")
@@ -88,6 +112,20 @@ def registry_verify(
 
     found = Registry(registry).verify(ReleaseRef.parse(release))
     console.print(f"{found['release']}: {found['files']} files match the signed manifest")
+
+
+@registry_app.command("log")
+def registry_log(
+    release: Annotated[str, typer.Argument(help="NAME@VERSION")],
+    mlflow: Annotated[
+        str, typer.Option("--mlflow", help="The MLflow tracking store (sqlite:///mlflow.db).")
+    ],
+    registry: RegistryOption = Path("registry"),
+) -> None:
+    """Log a verified release (model, card, metrics, signature hash) to an MLflow store."""
+    from lhs_federated.registry.store import ReleaseRef
+
+    _log_to_mlflow(registry, ReleaseRef.parse(release), mlflow)
 
 
 def monitor_command(
