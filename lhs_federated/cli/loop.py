@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from lhs_federated.loop.engine import LoopEngine
     from lhs_federated.registry.store import ReleaseRef
 
 console = Console(highlight=False)
@@ -24,6 +25,14 @@ MlflowOption = Annotated[
         "--mlflow",
         help="Also log the release to this MLflow tracking store (sqlite:///mlflow.db or a "
         "server URL; needs `pip install lhs-federated[mlflow]`).",
+    ),
+]
+ServerOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--server",
+        help="A running coordinator's server.toml: run the studies at its sites (deployment; "
+        "the registry is signed with its [ledger] signing_key).",
     ),
 ]
 KeyOption = Annotated[
@@ -41,14 +50,17 @@ def release_command(
     ] = None,
     parent: Annotated[str | None, typer.Option("--parent", help="NAME@VERSION it updates.")] = None,
     mlflow: MlflowOption = None,
+    server: ServerOption = None,
 ) -> None:
     """Publish a completed run as a signed, immutable release in the registry."""
     from lhs_federated.loop.release import release_run
     from lhs_federated.registry.store import ReleaseRef
 
+    engine = _deployed(server)
     found = release_run(
-        run, name, key_path=key, registry_root=registry, version=version, parent=parent
-    )
+        run, name, key_path=engine.key_path if engine else key, registry_root=registry,
+        version=version, parent=parent, engine=engine,
+    )  # fmt: skip
     console.print(f"released {found['release']} -> {found['folder']}")
     pooled = found["card"]["performance"]["pooled"]["auroc"]
     if pooled["estimate"] is not None:
@@ -57,6 +69,16 @@ def release_command(
         )
     if mlflow is not None:
         _log_to_mlflow(registry, ReleaseRef.parse(found["release"]), mlflow)
+
+
+def _deployed(server: Path | None) -> LoopEngine | None:
+    """The deployed engine of a running coordinator's ``server.toml``, if one is named."""
+    if server is None:
+        return None
+    from lhs_federated.deploy.loop_engine import DeployedEngine
+    from lhs_federated.deploy.server_config import load_server_config
+
+    return DeployedEngine(load_server_config(server))
 
 
 def _log_to_mlflow(registry: Path, ref: ReleaseRef, uri: str) -> None:
@@ -68,7 +90,7 @@ def _log_to_mlflow(registry: Path, ref: ReleaseRef, uri: str) -> None:
     console.print(f"{ref} {said} to MLflow {uri}: run {logged['run_id']}")
 
 
-registry_app = typer.Typer(no_args_is_help=True, help="List, show and verify model releases.")
+registry_app = typer.Typer(no_args_is_help=True, help="List, show, verify and log model releases.")
 
 
 @registry_app.command("list")
@@ -138,6 +160,7 @@ def monitor_command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Timeline folder (default monitoring/NAME).")
     ] = None,
+    server: ServerOption = None,
 ) -> None:
     """Monitor a release at every site on its newest period(s); print and record alerts."""
     from lhs_federated.governance.keys import load_private_key
@@ -146,9 +169,11 @@ def monitor_command(
 
     ref = ReleaseRef.parse(release)
     out_root = out or Path("monitoring") / ref.name
+    engine = _deployed(server)
+    key = engine.key_path if engine else key
     result = monitor_release(
         Registry(registry), ref, periods, key=load_private_key(key), key_path=key,
-        out_root=out_root,
+        out_root=out_root, engine=engine,
     )  # fmt: skip
     table = Table("site", "n", "AUROC (95% CI)", "intercept", "slope", "O/E", "PSI max", "alerts")
     for row in result.rows:
@@ -178,14 +203,7 @@ def loop_command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Results folder (default runs/loop-<name>).")
     ] = None,
-    server: Annotated[
-        Path | None,
-        typer.Option(
-            "--server",
-            help="A running coordinator's server.toml: run every step at its sites "
-            "(deployment) instead of simulating them.",
-        ),
-    ] = None,
+    server: ServerOption = None,
 ) -> None:
     """The learning loop over the periods: monitor, alert, update, gate, promote.
 
@@ -195,12 +213,7 @@ def loop_command(
     """
     from lhs_federated.loop.simulation import load_loop, run_loop
 
-    engine = None
-    if server is not None:
-        from lhs_federated.deploy.loop_engine import DeployedEngine
-        from lhs_federated.deploy.server_config import load_server_config
-
-        engine = DeployedEngine(load_server_config(server))
+    engine = _deployed(server)
     spec = load_loop(loop_file, deployed=engine is not None)
     folder = out or Path("runs") / f"loop-{spec.study.name}"
 

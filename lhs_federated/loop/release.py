@@ -122,8 +122,7 @@ def release_run(
     if versions.get("engine") == "deployment" and engine is None:
         raise LhsError(
             f"run {str(run_dir)!r} ran in deployment; its reference evaluation must run at "
-            "the sites (`lhs-fed monitor` against the SuperLink), which this release "
-            "command does not start. Release a simulated run."
+            "its sites: release it with --server SERVER.toml (the running coordinator)."
         )
     model = ReleasedModel.load(run_dir)
     edges = model_edges(model)
