@@ -63,6 +63,12 @@ class LoopSpec:
 
     release: str = setting("cvd-risk", doc="the registry name of the loop's releases")
     initial_periods: int = setting(4, doc="periods the first release is trained on", ge=1)
+    initial_recalibration: Literal["none", "logistic"] = setting(
+        "none",
+        doc="logistic: before the first release, refit the trained model's intercept and slope "
+        "on its training rows (pooled, exact): a federated fit stopped short of the maximum "
+        "likelihood leaves its slope off 1 at every site",
+    )
     update: Literal["in-the-large", "logistic", "refit", "per-site"] = setting(
         "per-site",
         doc="update method: in-the-large or logistic (pooled recalibration), refit (all "
@@ -206,10 +212,20 @@ def run_loop(
         f"first release on {initial[0]}..{initial[-1]}",
         folder,
     )
-    engine.train(first, folder / "runs" / "v1-train")
+    trained = folder / "runs" / "v1-train"
+    engine.train(first, trained)
+    update = None
+    if spec.initial_recalibration == "logistic":
+        polish = update_study(first, initial, name=base.name, rounds=RECALIBRATION_ROUNDS)
+        update = recalibrated_run(
+            folder / "runs" / "v1-recalibrated", polish, trained, "logistic",
+            key_path=key_path, engine=engine,
+        )  # fmt: skip
+        update = {**update, "periods": initial}
+        trained = folder / "runs" / "v1-recalibrated"
     published = release_run(
-        folder / "runs" / "v1-train", spec.release, key_path=key_path,
-        registry_root=registry.root, engine=engine,
+        trained, spec.release, key_path=key_path, registry_root=registry.root, engine=engine,
+        update=update, study=first if update else None,
     )  # fmt: skip
     frozen = champion = ReleaseRef.parse(published["release"])
     events: list[dict[str, Any]] = [
