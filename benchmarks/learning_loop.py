@@ -11,9 +11,18 @@ a null scenario with none. Printed:
   reached (the null scenario alone, and every scenario before its event);
 - mean AUROC, share of calibration slopes in [0.9, 1.1] and of intercepts in
   [-0.2, 0.2], over all scenarios' site-periods, for the frozen first release,
-  the loop and an oracle refitted on each period.
+  the loop and an oracle refitted on each period;
+- what the rows allow for the slope: each site-period's slope SE for a
+  perfectly calibrated model with the same risks and its chance of landing
+  in [0.9, 1.1] (the ceiling of the share above), the share of slopes whose
+  95% interval holds 1, and the sites' slopes pooled per period (fixed
+  effect, as the model card pools) with that pool's ceiling.
+
+The scenarios share the cohort's seed (the same patients, other drift), so
+their site-periods are not independent draws.
 
     nice -n 10 python benchmarks/learning_loop.py [--rows 2000] [--out DIR] [--scenarios a,b]
+        [--loop 'update="logistic"'] [--study rounds=30]
 """
 
 from __future__ import annotations
