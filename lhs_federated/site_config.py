@@ -148,6 +148,17 @@ class PolicySection:
 
 
 @dataclass(frozen=True)
+class ApprovalSection:
+    """Standing approval rules the site sets once (each still checked per message)."""
+
+    monitoring_of_approved_releases: bool = setting(
+        False,
+        doc="answer monitoring studies of a release whose model this site evaluated in a "
+        "study it approved, without approving each (lhs_federated.deploy.standing_approval)",
+    )
+
+
+@dataclass(frozen=True)
 class RuntimeSection:
     """The site's local processes."""
 
@@ -180,6 +191,9 @@ class SiteConfig:
     identity: IdentitySection = setting(doc="the SuperNode's key")
     data: DataSection = setting(doc="the site's table")
     policy: PolicySection = setting(default_factory=PolicySection, doc="the site's policy")
+    approval: ApprovalSection = setting(
+        default_factory=ApprovalSection, doc="standing approval rules"
+    )
     runtime: RuntimeSection = setting(default_factory=RuntimeSection, doc="local processes")
     path: str = setting("", doc="(set when loaded) the config file")
 

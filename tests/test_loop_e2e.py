@@ -14,6 +14,7 @@ LOOP = """
 [loop]
 release = "cvd"
 initial_periods = 3
+initial_recalibration = "logistic"
 update = "per-site"
 
 [study]
@@ -85,5 +86,9 @@ def test_the_loop_over_six_periods(tmp_path: Path, capsys) -> None:
     ledger = load_entries(out / "governance" / "sites" / "site-01" / "ledger.jsonl")
     types = [e.data.get("message_type") for e in ledger]
     assert "evaluate.gate" in types and "evaluate.monitor" in types
+    # the first release: the trained model with its intercept and slope refitted on its rows
+    first = json.loads((registry.folder(ReleaseRef("cvd", "v1")) / "card.json").read_text())
+    assert first["update"]["method"] == "logistic" and first["parent"] is None
+    assert first["update"]["periods"] == ["2020Q1", "2020Q2", "2020Q3"]
     html = (out / "loop-report.html").read_text()
     assert "data:image/png;base64," in html and "Frozen vs loop vs oracle" in html

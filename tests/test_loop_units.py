@@ -285,3 +285,25 @@ def test_a_plain_monitoring_reply_passes_and_a_forged_histogram_does_not() -> No
     content[records.DRIFT] = MetricRecord(drift)
     with pytest.raises(ReplyRejectedError, match="holds more than n rows"):
         check_monitor_reply(content, edge_counts, 120)
+
+
+def test_the_calibration_slope_se_a_calibrated_model_would_show() -> None:
+    """The benchmark's ceiling: the slope SE at perfect calibration matches simulated fits."""
+    from lhs_federated.learning.metrics import clinical_metrics
+    from lhs_federated.loop.scoring import calibrated_slope_se, slope_band_ceiling
+
+    rng = np.random.default_rng(3)
+    risk = 1 / (1 + np.exp(-rng.normal(-1.5, 1.0, 1000)))
+    se = calibrated_slope_se(risk)
+    slopes = np.array(
+        [
+            clinical_metrics((rng.random(1000) < risk).astype(int), risk).values[
+                "calibration_slope"
+            ]
+            for _ in range(300)
+        ]
+    )
+    assert slopes.std() == pytest.approx(se, rel=0.12)
+    inside = np.mean((slopes >= 0.9) & (slopes <= 1.1))
+    assert inside == pytest.approx(slope_band_ceiling(se), abs=0.07)
+    assert slope_band_ceiling(0.1 / 1.6449) == pytest.approx(0.90, abs=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 from pathlib import Path
@@ -162,3 +163,45 @@ def test_warm_start_needs_the_release_inputs(released: dict) -> None:
         load_warm_start(other)
     with pytest.raises(ConfigError, match=r"no release cvd@v7.*versions of 'cvd': v1"):
         load_warm_start(study.with_overrides({"model.warm_start": "registry:cvd@v7"}))
+
+
+def test_a_release_logged_to_an_mlflow_sqlite_store(released: dict, tmp_path: Path, capsys) -> None:
+    """Model, card, metrics and signature hash in MLflow; a tampered release is never logged."""
+    import shutil
+
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = released["registry"]
+    code = _cli("registry", "log", "cvd@v1", "--registry", str(registry), "--mlflow", uri)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    client = mlflow.tracking.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cvd").experiment_id])
+    card = json.loads((registry / "cvd" / "v1" / "card.json").read_text())
+    pooled = card["performance"]["pooled"]["auroc"]
+    assert run.data.metrics["pooled.auroc"] == pytest.approx(pooled["estimate"])
+    assert run.data.params["study_hash"] == card["study_hash"]
+    manifest = (registry / "cvd" / "v1" / "manifest.json").read_bytes()
+    assert run.data.tags["lhs.manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
+    assert run.data.tags["lhs.status"] == "current" and run.info.run_id in printed
+    small = min(
+        card["performance"]["per_site"], key=lambda s: card["performance"]["per_site"][s]["n"]
+    )
+    assert f"{small}.auroc" not in run.data.metrics  # withheld on the card, absent here
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "release")}
+    assert {"release/card.md", "release/manifest.sig", "release/model"} <= logged
+    assert (tmp_path / "mlartifacts").is_dir()  # beside the database, not in the working folder
+    mlflow.set_tracking_uri(uri)
+    estimator = mlflow.sklearn.load_model("models:/cvd/1")
+    with np.load(registry / "cvd" / "v1" / "model" / "model.npz") as npz:
+        np.testing.assert_allclose(estimator.coef_.ravel(), npz["linear.weight"].ravel())
+    # logging again adds nothing; a tampered copy is refused before anything is logged
+    assert _cli("registry", "log", "cvd@v1", "--registry", str(registry), "--mlflow", uri) == 0
+    assert "already logged" in capsys.readouterr().out
+    copy = tmp_path / "tampered"
+    shutil.copytree(registry, copy)
+    target = copy / "cvd" / "v1" / "card.json"
+    target.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    target.write_text(target.read_text().replace('"cvd@v1"', '"cvd@v1 "'))
+    assert _cli("registry", "log", "cvd@v1", "--registry", str(copy), "--mlflow", uri) == 1
+    assert len(client.search_runs([run.info.experiment_id])) == 1

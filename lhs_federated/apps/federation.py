@@ -203,7 +203,7 @@ def run_study(
         writer.finish(summary)
         if write_results is not None:
             write_results(out_dir)
-        _report_close(out_dir, *audit.seal())
+        report_close(out_dir, *audit.seal())
     except Exception as error:
         writer.fail(error)
         audit.fail(error)
@@ -211,7 +211,7 @@ def run_study(
     return summary
 
 
-def _report_close(out_dir: Path, notified: list[str], not_notified: dict[str, str]) -> None:
+def report_close(out_dir: Path, notified: list[str], not_notified: dict[str, str]) -> None:
     """Log which sites hold the sealed ledger's final hash (the sealed files cannot say)."""
     for site, why in not_notified.items():
         LOGGER.warning("site %s was not told the ledger's final hash: %s", site, why)

@@ -32,7 +32,8 @@ from flwr.serverapp import Grid
 
 from lhs_federated.apps import loop_messages, records
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
-from lhs_federated.apps.federation import discover_sites
+from lhs_federated.apps.federation import discover_sites, report_close
+from lhs_federated.apps.preflight import check_out_dir
 from lhs_federated.apps.reply_checks import ReplyRejectedError
 from lhs_federated.apps.run_config import LOOP_RESULT_FILE
 from lhs_federated.apps.site_grid import SiteGrid
@@ -121,8 +122,7 @@ def _run_task(
     (:func:`~lhs_federated.apps.federation.discover_sites`).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise StudyRunError(f"results folder {str(out_dir)!r} exists and is not empty.")
+    check_out_dir(out_dir)  # someone else's folder: nothing written into it
     audit = CoordinatorAudit(grid, study, out_dir, audit_options or AuditOptions())
     summaries, site_grid, refused = discover_sites(audit.grid, study, site_nodes=site_nodes)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,9 @@ def _run_task(
             encoding="utf-8",
         )
         outcome.ledger = audit.finish(arrays)
-        audit.seal()  # the closing record hashes result.json; then the sites are told
+        # The closing record hashes result.json; then the sites are told, and the
+        # event says so (a deployed coordinator waits for it).
+        report_close(out_dir, *audit.seal())
     except Exception as error:
         audit.fail(error)
         raise

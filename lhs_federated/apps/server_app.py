@@ -154,18 +154,18 @@ def build_server_app(
         if state:  # a coordinator's deployment: its own settings (the ledger key)
             config = {**config, **coordinator_settings(Path(state), out_dir)}
         site_nodes = bound_site_nodes(Path(state)) if state else None
-        if config.get(LOOP_TASK_KEY):  # a learning-loop study: monitor, gate, recalibrate
-            run_loop_task(
-                grid,
-                study,
-                out_dir,
-                json.loads(str(config[LOOP_TASK_KEY])),
-                engine=engine,
-                audit_options=AuditOptions.from_run_config(config),
-                site_nodes=site_nodes,
-            )
-            return
         try:
+            if config.get(LOOP_TASK_KEY):  # a learning-loop study: monitor, gate, recalibrate
+                run_loop_task(
+                    grid,
+                    study,
+                    out_dir,
+                    json.loads(str(config[LOOP_TASK_KEY])),
+                    engine=engine,
+                    audit_options=AuditOptions.from_run_config(config),
+                    site_nodes=site_nodes,
+                )
+                return
             run_study(
                 grid,
                 study,

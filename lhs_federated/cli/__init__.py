@@ -59,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "release_command",
         "Publish a completed run as a signed, immutable release in the registry.",
     ),
-    "registry": ("loop", "registry_app", "List, show and verify model releases."),
+    "registry": ("loop", "registry_app", "List, show, verify and log model releases."),
     "monitor": (
         "loop",
         "monitor_command",
@@ -68,7 +68,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "loop": (
         "loop",
         "loop_command",
-        "Simulate the learning loop over the periods: monitor, alert, update, gate, promote.",
+        "The learning loop over the periods: monitor, alert, update, gate, promote.",
     ),
     "dashboard": (
         "dashboard",

@@ -10,7 +10,9 @@ is installed or its ClientApp imported. It refuses, with a reason, unless:
 3. the study in the message matches its own hash and the study in the run
    config;
 4. the site has approved this study hash together with this bundle hash (the
-   code that will run it).
+   code that will run it), or, if the site set the standing rule, the study
+   is a monitoring study of a release the site approved
+   (:mod:`lhs_federated.deploy.standing_approval`).
 
 A refusal becomes an error reply with code ``SITE_REFUSED``, so the
 coordinator records it at once instead of waiting for a timeout.
@@ -34,6 +36,7 @@ from lhs_federated.apps.site_governance import (
     check_private_round,
     message_context,
 )
+from lhs_federated.deploy.standing_approval import record_gate_models, standing_approval
 from lhs_federated.errors import SiteRefusal
 from lhs_federated.governance.approval import Approval
 from lhs_federated.governance.site_folder import SiteFolder
@@ -73,11 +76,14 @@ class SiteGate:
     require_secure_aggregation : bool
         The site's ``[policy] require_secure_aggregation``: refuse every study
         whose coordinator would see the site's own update or column sums.
+    monitoring_rule : bool
+        ``[approval] monitoring_of_approved_releases`` of the site's config.
     """
 
     folder: SiteFolder
     privacy_ledger: Path | None = None
     require_secure_aggregation: bool = False
+    monitoring_rule: bool = False
 
     def decide(self, message: Message, context: Context, run: Run, fab: Fab) -> GateDecision:
         """Check one task; never raises for a refusal, returns it instead."""
@@ -100,10 +106,22 @@ class SiteGate:
             return GateDecision(
                 study_hash, bundle_hash, refusal=SiteRefusal(self.folder.site, reason).message
             )
+        if self.monitoring_rule and not self.folder.is_approved(study_hash, bundle_hash):
+            try:
+                standing = standing_approval(
+                    self.folder, message, context, study, bundle_hash, where
+                )
+            except SiteRefusal as refusal:
+                self.folder.record_refusal(study_hash, bundle_hash, refusal.reason, context=where)
+                return GateDecision(study_hash, bundle_hash, refusal=refusal.message)
+            if standing is not None:
+                return GateDecision(study_hash, bundle_hash, approval=standing)
         try:
             approval = self.folder.check(study_hash, bundle_hash, context=where)
         except SiteRefusal as refusal:  # the folder recorded it
             return GateDecision(study_hash, bundle_hash, refusal=refusal.message)
+        if message.metadata.message_type == records.GATE:  # what the standing rule may cite
+            record_gate_models(self.folder, message, approval, where)
         if message.metadata.message_type in TRAINING_TYPES:
             try:
                 check_private_round(self.folder, study, self.privacy_ledger)

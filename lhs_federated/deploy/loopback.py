@@ -25,6 +25,7 @@ from lhs_federated.deploy.app_bundle import bundle_hash
 from lhs_federated.deploy.certs import init_certificates
 from lhs_federated.deploy.server_config import ServerConfig, load_server_config
 from lhs_federated.errors import ConfigError
+from lhs_federated.governance.keys import write_key_pair
 from lhs_federated.governance.site_folder import SiteFolder
 from lhs_federated.results.progress import ProgressEvent, report_progress
 from lhs_federated.site_config import SiteConfig, load_site_config
@@ -155,7 +156,13 @@ class LoopbackConsortium:
         return ended
 
 
-def build_loopback(root: Path, data: dict[str, Path]) -> LoopbackConsortium:
+def build_loopback(
+    root: Path,
+    data: dict[str, Path],
+    *,
+    site_settings: dict[str, dict[str, Any]] | None = None,
+    signing_key: bool = False,
+) -> LoopbackConsortium:
     """Write certificates, keys and configs for a coordinator and one site per table.
 
     Parameters
@@ -164,6 +171,11 @@ def build_loopback(root: Path, data: dict[str, Path]) -> LoopbackConsortium:
         Empty folder for the consortium.
     data : dict of str to Path
         Site name to the site's table.
+    site_settings : dict, optional
+        More tables of every site's ``site.toml`` (``{"approval": {...}}``).
+    signing_key : bool
+        Give the coordinator a ledger key of its own (``[ledger] signing_key``),
+        as the learning loop in deployment needs to sign its releases.
     """
     certs = init_certificates(root / "certs", hosts=["127.0.0.1", "localhost"], sites=list(data))
     server_file = root / SERVER_FILE
@@ -178,9 +190,12 @@ def build_loopback(root: Path, data: dict[str, Path]) -> LoopbackConsortium:
                     "private_key": str(certs.server_key),
                 },
                 "sites": {name: f"{key}.pub" for name, key in certs.site_keys.items()},
+                **({"ledger": {"signing_key": "ledger.key"}} if signing_key else {}),
             }
         )
     )
+    if signing_key:
+        write_key_pair(server_file.parent / "ledger.key")
     server = load_server_config(server_file)
     sites = {}
     for name, table in data.items():
@@ -198,6 +213,7 @@ def build_loopback(root: Path, data: dict[str, Path]) -> LoopbackConsortium:
                     "identity": {"private_key": str(certs.site_keys[name])},
                     "data": {"file": str(Path(table).resolve())},
                     "runtime": {"runtime_port": free_port()},
+                    **(site_settings or {}),
                 }
             )
         )

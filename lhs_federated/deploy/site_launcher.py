@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             open_site_folder(config),
             privacy_ledger=config.state_dir / PRIVACY_LEDGER,
             require_secure_aggregation=config.policy.require_secure_aggregation,
+            monitoring_rule=config.approval.monitoring_of_approved_releases,
         ),
         workers=config.runtime.workers,
     )

@@ -29,15 +29,17 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lhs_federated.apps.records import hash_arrays
 from lhs_federated.learning.drift import (
     ColumnSummary,
     population_stability_index,
     standardised_mean_difference,
     summary_from_json,
 )
+from lhs_federated.learning.export import ReleasedModel
 from lhs_federated.loop.alerts import Alert, AlertRules, append_alerts, site_alerts
+from lhs_federated.loop.engine import InProcessEngine, LoopEngine
 from lhs_federated.loop.release import REFERENCE
-from lhs_federated.loop.tasks import run_task
 from lhs_federated.registry.store import Registry, ReleaseRef
 from lhs_federated.study import Study, read_resolved_study
 
@@ -129,11 +131,15 @@ def monitor_release(
     rules: AlertRules | None = None,
     study: Study | None = None,
     simulated_sites: Path | None = None,
+    engine: LoopEngine | None = None,
 ) -> MonitoringResult:
     """Run the monitoring study of ``ref`` on ``periods``; append timeline and alerts.
 
     ``study`` overrides the release's own study as the source of the
     monitored rows (the loop's sites; by default the release's study).
+    ``engine`` runs it (default: the simulated sites, in process). The task
+    names the hash of the release's arrays: a deployed site's standing rule
+    (monitoring of releases it approved) checks it against its own ledger.
     """
     rules = rules or AlertRules()
     folder = registry.require(ref)
@@ -143,12 +149,12 @@ def monitor_release(
     label = "+".join(periods)
     mon_study = monitoring_study(base, periods, name=f"{ref.name}-monitor")
     out = out_root / "runs" / f"{ref.version}-{label}"
-    found = run_task(
+    engine = engine or InProcessEngine(Path(key_path), simulated_sites)
+    release = {"name": str(ref), "arrays_hash": hash_arrays(ReleasedModel.load(folder).arrays)}
+    found = engine.task(
         mon_study,
         out,
-        {"kind": "monitor", "model": str(folder), "edges": reference["edges"]},
-        key_path=key_path,
-        simulated_sites=simulated_sites,
+        {"kind": "monitor", "model": str(folder), "edges": reference["edges"], "release": release},
     )
     columns = reference["columns"]
     pooled_ref = [summary_from_json(s) for s in reference["pooled"]]

@@ -28,7 +28,7 @@ from lhs_federated.governance.verify import load_entries
 from lhs_federated.learning.drift import ColumnSummary, summary_from_json, summary_to_json
 from lhs_federated.learning.export import ReleasedModel
 from lhs_federated.loop.card import build_card, card_markdown
-from lhs_federated.loop.tasks import run_task
+from lhs_federated.loop.engine import InProcessEngine, LoopEngine
 from lhs_federated.registry.store import Registry, ReleaseRef, check_name
 from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, read_resolved_study
@@ -91,11 +91,14 @@ def release_run(
     update: dict[str, Any] | None = None,
     study: Study | None = None,
     simulated_sites: Path | None = None,
+    engine: LoopEngine | None = None,
 ) -> dict[str, Any]:
     """Publish a completed run as release ``name`` (see the module docstring).
 
     ``study`` replaces the run's own as the study of the reference
     evaluation (the loop evaluates an update on the periods it was fitted on).
+    ``engine`` runs that evaluation (default: the run's simulated sites, in
+    process; a deployed run needs the deployed engine, its sites).
 
     Returns
     -------
@@ -116,23 +119,21 @@ def release_run(
         registry.require(ReleaseRef.parse(parent))
     key = load_private_key(key_path)
     versions = json.loads((run_dir / "versions.json").read_text(encoding="utf-8"))
-    if versions.get("engine") == "deployment":
+    if versions.get("engine") == "deployment" and engine is None:
         raise LhsError(
             f"run {str(run_dir)!r} ran in deployment; its reference evaluation must run at "
-            "the sites (`lhs-fed monitor` against the SuperLink), which this release "
-            "command does not start. Release a simulated run."
+            "its sites: release it with --server SERVER.toml (the running coordinator)."
         )
     model = ReleasedModel.load(run_dir)
     edges = model_edges(model)
     reference_study = study or read_resolved_study(run_dir / "study.resolved.toml")
     out = registry.root / name / RUNS / f"{ref.version}-reference-{utc_now().replace(':', '')}"
-    found = run_task(
+    engine = engine or InProcessEngine(Path(key_path), simulated_sites)
+    found = engine.task(
         reference_study,
         out,
         {"kind": "monitor", "model": str(run_dir.resolve()), "with_reference": True,
          "edges": [e.tolist() for e in edges]},
-        key_path=Path(key_path),
-        simulated_sites=simulated_sites,
     )  # fmt: skip
     pooled, partial = pooled_reference(found["result"])
     reference = {

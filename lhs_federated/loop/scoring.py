@@ -9,10 +9,16 @@ baselines do). On each period's held-out rows of each site:
 - ``oracle``: a logistic regression refitted on the period's own training
   rows of all sites together (scikit-learn, unpenalised), the best a model of
   that family could have done had it known the period in advance.
+
+Each row also carries what the rows allow at all: the standard error of the
+calibration slope a perfectly calibrated model with these risks would have
+on these rows, and its chance of landing in [0.9, 1.1]
+(:func:`slope_band_ceiling`), the ceiling of the benchmark's slope figure.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,32 @@ from lhs_federated.learning.site import predict_at_site
 from lhs_federated.study import Study
 
 SCORED = ("auroc", "calibration_slope", "calibration_intercept", "brier")
+SLOPE_BAND = (0.9, 1.1)
+
+
+def calibrated_slope_se(risk: np.ndarray) -> float:
+    """Standard error of the calibration slope a perfectly calibrated model would show.
+
+    If the outcomes were drawn from ``risk`` itself, the logistic fit of the
+    outcome on ``logit(risk)`` has true intercept 0 and slope 1, and its
+    slope's asymptotic variance is the (slope, slope) element of the inverse
+    Fisher information ``sum w [1, x; x, x^2]``, ``w = r (1 - r)``, ``x =
+    logit(r)``. It depends only on the rows' risks: how well the slope of
+    this many rows can be estimated at all.
+    """
+    r = np.clip(np.asarray(risk, float), 1e-12, 1 - 1e-12)
+    x, w = np.log(r / (1 - r)), r * (1 - r)
+    s0, s1, s2 = w.sum(), (w * x).sum(), (w * x * x).sum()
+    det = s0 * s2 - s1 * s1
+    return float(np.sqrt(s0 / det)) if det > 0 else float("nan")
+
+
+def slope_band_ceiling(se: float, band: tuple[float, float] = SLOPE_BAND) -> float:
+    """Chance a perfectly calibrated model's estimated slope lands in ``band`` (normal approx.)."""
+    if not math.isfinite(se) or se <= 0:
+        return float("nan")
+    low, high = ((b - 1.0) / (se * math.sqrt(2.0)) for b in band)
+    return 0.5 * (math.erf(high) - math.erf(low))
 
 
 def score_period(
@@ -64,8 +96,10 @@ def score_period(
             )[:, 1]
         for label, p in predictions.items():
             report = clinical_metrics(y, p)
+            se = calibrated_slope_se(p)
             rows.append(
                 {"period": period, "site": site.name, "model": label, "n": len(y),
-                 **{m: report.values[m] for m in SCORED}}
+                 **{m: report.values[m] for m in SCORED}, "events": int(y.sum()),
+                 "calibration_slope_se": se, "slope_band_ceiling": slope_band_ceiling(se)}
             )  # fmt: skip
     return rows

@@ -38,12 +38,12 @@ from lhs_federated.data.sources import raw_sites
 from lhs_federated.errors import ConfigError, LhsError
 from lhs_federated.governance.keys import load_private_key, write_key_pair
 from lhs_federated.loop.alerts import AlertRules
+from lhs_federated.loop.engine import InProcessEngine, LoopEngine
 from lhs_federated.loop.gate import GateSpec, decide
 from lhs_federated.loop.monitor import monitor_release
 from lhs_federated.loop.release import release_run
 from lhs_federated.loop.report import write_loop_report
 from lhs_federated.loop.scoring import score_period
-from lhs_federated.loop.tasks import run_task
 from lhs_federated.loop.update import (
     RECALIBRATION_ROUNDS,
     recalibrated_run,
@@ -63,6 +63,12 @@ class LoopSpec:
 
     release: str = setting("cvd-risk", doc="the registry name of the loop's releases")
     initial_periods: int = setting(4, doc="periods the first release is trained on", ge=1)
+    initial_recalibration: Literal["none", "logistic"] = setting(
+        "none",
+        doc="logistic: before the first release, refit the trained model's intercept and slope "
+        "on its training rows (pooled, exact): a federated fit stopped short of the maximum "
+        "likelihood leaves its slope off 1 at every site",
+    )
     update: Literal["in-the-large", "logistic", "refit", "per-site"] = setting(
         "per-site",
         doc="update method: in-the-large or logistic (pooled recalibration), refit (all "
@@ -79,6 +85,11 @@ class LoopSpec:
         "alerting", doc="per-site updates: recalibrate the sites that alerted, or every site"
     )
     oracle: bool = setting(True, doc="score an oracle refitted on each period (simulation)")
+    periods: tuple[str, ...] | None = setting(
+        None,
+        doc="the periods, in order (deployment: the coordinator holds no data to read them "
+        "from; simulation: default every period of the data)",
+    )
     alerts: AlertRules = setting(default_factory=AlertRules, doc="alert rules")
     gate: GateSpec = setting(default_factory=GateSpec, doc="the promotion gate")
 
@@ -92,14 +103,14 @@ class LoopFile:
     periods: list[str]
 
 
-def load_loop(path: str | Path) -> LoopFile:
-    """Read and check a loop file.
+def load_loop(path: str | Path, *, deployed: bool = False) -> LoopFile:
+    """Read and check a loop file (``deployed``: for a consortium, whose data it cannot read).
 
     Raises
     ------
     ConfigError
         Naming the file and key at fault (a study without dated data, too
-        few periods for the loop).
+        few periods for the loop, no ``loop.periods`` for a deployment).
     """
     path = Path(path)
     table = read_toml(path, what="loop file")
@@ -113,7 +124,12 @@ def load_loop(path: str | Path) -> LoopFile:
     study = finalise_study(table["study"], source=f"{path} [study]", base_dir=path.parent)
     if study.contract.index_date is None:
         raise ConfigError(f"{path}: the loop's study needs dated data (a contract index_date).")
-    periods = data_periods(study)
+    if deployed and spec.periods is None:
+        raise ConfigError(
+            f"{path}: a loop in deployment needs loop.periods (the periods, in order: the "
+            'coordinator cannot read them from the sites\' data), e.g. periods = ["2020Q1", ...].'
+        )
+    periods = list(spec.periods) if spec.periods is not None else data_periods(study)
     if len(periods) <= spec.initial_periods:
         raise ConfigError(
             f"{path}: loop.initial_periods = {spec.initial_periods} leaves no period to "
@@ -152,26 +168,42 @@ def _at(study: Study, sites: set[str]) -> Study:
     return dataclasses.replace(study, data=data)
 
 
-def run_loop(loop: LoopFile, folder: Path, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the loop (see the module docstring); return its summary and events."""
+def run_loop(
+    loop: LoopFile,
+    folder: Path,
+    *,
+    progress: Progress | None = None,
+    engine: LoopEngine | None = None,
+) -> dict[str, Any]:
+    """Run the loop (see the module docstring); return its summary and events.
+
+    ``engine`` runs each step (default: the study's simulated sites, in
+    process, with a coordinator key made for the loop); with a deployed one
+    (:class:`~lhs_federated.loop.engine.DeployedEngine`) the same steps run
+    at the consortium's sites, and the timeline holds what monitoring found
+    there (no oracle, no pooled scoring: the coordinator holds no rows).
+    """
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise LhsError(f"loop folder {str(folder)!r} exists and is not empty; choose another.")
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     spec, base = loop.loop, loop.study
-    key_path = folder / "coordinator.key"
-    write_key_pair(key_path)
+    if engine is None:
+        write_key_pair(folder / "coordinator.key")
+        engine = InProcessEngine(folder / "coordinator.key", folder / "governance" / "sites")
+    key_path = engine.key_path
     key = load_private_key(key_path)
     registry = Registry(folder / "registry")
-    sites_dir = folder / "governance" / "sites"
-    present = site_periods(base)
     periods = loop.periods
-    initial = periods[: spec.initial_periods]
-    train_sites = set().union(*(present[p] for p in initial))
-    first = _at(update_study(base, initial, name=base.name), train_sites)
-    from lhs_federated.research.simulation import simulate
+    # Which sites hold rows in each period (simulation); a deployment's sites say so themselves.
+    present = site_periods(base) if engine.pooled_data else None
 
+    def at(study: Study, window: list[str]) -> Study:
+        return study if present is None else _at(study, set().union(*(present[p] for p in window)))
+
+    initial = periods[: spec.initial_periods]
+    first = at(update_study(base, initial, name=base.name), initial)
     _note(
         progress,
         "training",
@@ -180,10 +212,20 @@ def run_loop(loop: LoopFile, folder: Path, *, progress: Progress | None = None) 
         f"first release on {initial[0]}..{initial[-1]}",
         folder,
     )
-    simulate(first, out_dir=folder / "runs" / "v1-train", report=False)
+    trained = folder / "runs" / "v1-train"
+    engine.train(first, trained)
+    update = None
+    if spec.initial_recalibration == "logistic":
+        polish = update_study(first, initial, name=base.name, rounds=RECALIBRATION_ROUNDS)
+        update = recalibrated_run(
+            folder / "runs" / "v1-recalibrated", polish, trained, "logistic",
+            key_path=key_path, engine=engine,
+        )  # fmt: skip
+        update = {**update, "periods": initial}
+        trained = folder / "runs" / "v1-recalibrated"
     published = release_run(
-        folder / "runs" / "v1-train", spec.release, key_path=key_path,
-        registry_root=registry.root, simulated_sites=sites_dir,
+        trained, spec.release, key_path=key_path, registry_root=registry.root, engine=engine,
+        update=update, study=first if update else None,
     )  # fmt: skip
     frozen = champion = ReleaseRef.parse(published["release"])
     events: list[dict[str, Any]] = [
@@ -193,16 +235,18 @@ def run_loop(loop: LoopFile, folder: Path, *, progress: Progress | None = None) 
     scores: list[dict[str, Any]] = []
     todo = periods[spec.initial_periods :]
     for done, period in enumerate(todo, start=1):
-        here = present[period]
-        period_study = _at(update_study(base, [period], name=f"{base.name}-{period}"), here)
-        models = {"frozen": registry.folder(frozen), "loop": registry.folder(champion)}
-        for row in score_period(period_study, period, models, oracle=spec.oracle):
-            scores.append({**row, "release": str(champion)})
+        if engine.pooled_data:
+            period_study = at(update_study(base, [period], name=f"{base.name}-{period}"), [period])
+            models = {"frozen": registry.folder(frozen), "loop": registry.folder(champion)}
+            for row in score_period(period_study, period, models, oracle=spec.oracle):
+                scores.append({**row, "release": str(champion)})
         monitored = monitor_release(
             registry, champion, [period], key=key, key_path=key_path,
-            out_root=folder / "monitoring", rules=spec.alerts, study=_at(base, here),
-            simulated_sites=sites_dir,
+            out_root=folder / "monitoring", rules=spec.alerts, study=at(base, [period]),
+            engine=engine,
         )  # fmt: skip
+        if not engine.pooled_data:  # the sites' own figures are the loop's timeline
+            scores += [{**_monitored_score(r), "release": str(champion)} for r in monitored.rows]
         for alert in monitored.alerts:
             events.append({"period": period, "kind": "alert", **alert.row()})
         note = f"{len(monitored.alerts)} alerts"
@@ -211,14 +255,14 @@ def run_loop(loop: LoopFile, folder: Path, *, progress: Progress | None = None) 
             window = window[: window.index(period) + 1]
             alerting = {a.site for a in monitored.alerts}
             champion, decision = _update_and_gate(
-                spec, base, window, present, registry, champion, key_path=key_path,
-                folder=folder, sites_dir=sites_dir,
+                spec, at(base, window), window, registry, champion, folder=folder, engine=engine,
                 only_sites=alerting if spec.update_sites == "alerting" and alerting else None,
             )  # fmt: skip
             events.append({"period": period, "kind": "release", **decision})
             note += f"; {decision['release']} {decision['status']}: {decision['reason']}"
         _note(progress, period, done, len(todo), note, folder)
     summary = summarise(scores, events, drift_events(base), todo)
+    summary["engine"] = engine.name
     summary["seconds"] = round(time.monotonic() - started, 1)
     _write_csv(folder / "loop-timeline.csv", scores)
     (folder / "loop-events.json").write_text(json.dumps(events, indent=2, default=str) + "\n")
@@ -226,42 +270,53 @@ def run_loop(loop: LoopFile, folder: Path, *, progress: Progress | None = None) 
     return {"summary": summary, "events": events, "scores": scores}
 
 
+def _monitored_score(row: dict[str, Any]) -> dict[str, Any]:
+    """A monitoring row as a timeline score of the loop's model (what the sites measured)."""
+    nan = float("nan")
+    return {
+        "period": row["period"], "site": row["site"], "model": "loop", "n": row.get("n"),
+        **{k: nan if row.get(k) is None else row[k]
+           for k in ("auroc", "calibration_intercept", "calibration_slope")},
+    }  # fmt: skip
+
+
 def _update_and_gate(
-    spec: LoopSpec, base: Study, window: list[str], present: dict[str, set[str]],
-    registry: Registry, champion: ReleaseRef, *, key_path: Path, folder: Path, sites_dir: Path,
-    only_sites: set[str] | None = None,
+    spec: LoopSpec, base: Study, window: list[str], registry: Registry, champion: ReleaseRef,
+    *, folder: Path, engine: LoopEngine, only_sites: set[str] | None = None,
 ) -> tuple[ReleaseRef, dict[str, Any]]:  # fmt: skip
-    """Update the champion on ``window``, release the candidate, gate it; the new champion."""
-    sites = set().union(*(present[p] for p in window))
+    """Update the champion on ``window``, release the candidate, gate it; the new champion.
+
+    One update study (the window's rows) serves the update, the candidate's
+    reference evaluation and the gate: a site approves it once.
+    """
     rounds = None if spec.update == "refit" else RECALIBRATION_ROUNDS  # Newton steps
-    study = _at(update_study(base, window, name=f"{base.name}-update", rounds=rounds), sites)
+    study = update_study(base, window, name=f"{base.name}-update", rounds=rounds)
     version = registry.next_version(spec.release)
     run_dir = folder / "runs" / f"{version}-update"
     if spec.update == "refit":
-        update = refitted_run(run_dir, study, parent=str(champion), registry=registry.root)
+        update = refitted_run(
+            run_dir, study, parent=str(champion), registry=registry.root, engine=engine
+        )
     else:
         update = recalibrated_run(
-            run_dir, study, registry.folder(champion), spec.update,
-            key_path=key_path, simulated_sites=sites_dir,
-            per_site_method=spec.per_site_method, only_sites=only_sites,
+            run_dir, study, registry.folder(champion), spec.update, key_path=engine.key_path,
+            per_site_method=spec.per_site_method, only_sites=only_sites, engine=engine,
         )  # fmt: skip
     published = release_run(
-        run_dir, spec.release, key_path=key_path, registry_root=registry.root,
-        parent=str(champion), update={**update, "periods": window}, study=study,
-        simulated_sites=sites_dir,
+        run_dir, spec.release, key_path=engine.key_path, registry_root=registry.root,
+        parent=str(champion), update={**update, "periods": window}, study=study, engine=engine,
     )  # fmt: skip
     candidate = ReleaseRef.parse(published["release"])
-    gate = run_task(
+    gate = engine.task(
         study,
         folder / "runs" / f"{version}-gate",
         {"kind": "gate", "champion": str(registry.folder(champion)),
          "challenger": str(registry.folder(candidate)), "policy": spec.gate.policy()},
-        key_path=key_path,
-        simulated_sites=sites_dir,
     )  # fmt: skip
     promoted, reason = decide(gate["result"], gate["failed"], spec.gate.rule)
     verdicts = {s: v["passed"] for s, v in gate["result"].items()}
-    registry.decide(candidate, promoted=promoted, reason=reason, key=load_private_key(key_path),
+    registry.decide(candidate, promoted=promoted, reason=reason,
+                    key=load_private_key(engine.key_path),
                     evidence={"verdicts": verdicts, "failed": gate["failed"]})  # fmt: skip
     decision = {
         "release": str(candidate), "parent": str(champion), "method": spec.update,

@@ -33,8 +33,7 @@ from lhs_federated.learning.recalibration import (
     fold_recalibration,
     read_site_recalibration,
 )
-from lhs_federated.loop.tasks import run_task
-from lhs_federated.research.simulation import simulate
+from lhs_federated.loop.engine import InProcessEngine, LoopEngine
 from lhs_federated.results.writer import utc_now, versions, write_json
 from lhs_federated.study import Study, write_study
 
@@ -61,6 +60,7 @@ def recalibrated_run(
     simulated_sites: Path | None = None,
     per_site_method: Literal["in-the-large", "logistic"] = "in-the-large",
     only_sites: set[str] | None = None,
+    engine: LoopEngine | None = None,
 ) -> dict[str, Any]:
     """Recalibrate a release on ``study``'s training rows; write the update run.
 
@@ -72,13 +72,12 @@ def recalibrated_run(
     """
     task_dir = out_dir / "recalibration"
     per_site = method == "per-site"
-    found = run_task(
+    engine = engine or InProcessEngine(Path(key_path), simulated_sites)
+    found = engine.task(
         study,
         task_dir,
         {"kind": "recalibrate", "model": str(parent_folder), "per_site": per_site,
          "method": per_site_method if per_site else method},
-        key_path=key_path,
-        simulated_sites=simulated_sites,
     )  # fmt: skip
     parent = ReleasedModel.load(parent_folder)
     inherited = read_site_recalibration(parent_folder / "model")
@@ -104,7 +103,7 @@ def recalibrated_run(
             json.dumps(site_params, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
     write_study(study, out_dir / "study.resolved.toml")
-    write_json(out_dir / "versions.json", {**versions(), "engine": "inprocess"})
+    write_json(out_dir / "versions.json", {**versions(), "engine": engine.name})
     summary = {
         "study": study.name,
         "study_hash": study.hash,
@@ -118,7 +117,9 @@ def recalibrated_run(
     return summary["update"]
 
 
-def refitted_run(out_dir: Path, study: Study, *, parent: str, registry: Path) -> dict[str, Any]:
+def refitted_run(
+    out_dir: Path, study: Study, *, parent: str, registry: Path, engine: LoopEngine
+) -> dict[str, Any]:
     """Refit every weight, warm-started from ``parent`` (``NAME@VERSION``)."""
     warm = dataclasses.replace(
         study,
@@ -126,7 +127,7 @@ def refitted_run(out_dir: Path, study: Study, *, parent: str, registry: Path) ->
             study.model, warm_start=f"registry:{parent}", registry=str(registry.resolve())
         ),
     )
-    simulate(warm, out_dir=out_dir, report=False)
+    engine.train(warm, out_dir)
     return {"method": "refit", "warm_start": parent, "rounds": warm.rounds}
 
 
