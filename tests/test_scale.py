@@ -72,8 +72,9 @@ def test_batched_durability_writes_the_records_and_results_of_per_record_fsync(
 
 
 def test_batched_appends_are_visible_at_once_and_chain_across_writers(tmp_path):
+    from lhs_federated.governance.durability import batched_durability
     from lhs_federated.governance.keys import load_private_key, write_key_pair
-    from lhs_federated.governance.ledger import Ledger, batched_durability
+    from lhs_federated.governance.ledger import Ledger
     from lhs_federated.governance.verify import verify_ledger
 
     write_key_pair(tmp_path / "site.key")
@@ -218,3 +219,76 @@ def test_arrays_decoded_from_cached_headers_equal_numpys_own():
             assert decoded.dtype == reference.dtype and decoded.shape == reference.shape
             assert np.array_equal(decoded, reference) and decoded.flags.writeable
             assert decoded.flags.f_contiguous == reference.flags.f_contiguous
+
+
+def test_records_sealed_from_field_json_are_canonical_and_bad_signatures_still_fail(tmp_path):
+    import base64
+
+    from lhs_federated.governance.keys import load_private_key, write_key_pair
+    from lhs_federated.governance.ledger import (
+        Ledger,
+        canonical_json,
+        parse_line,
+        record_hash,
+    )
+
+    write_key_pair(tmp_path / "site.key")
+    key = load_private_key(tmp_path / "site.key")
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger.open(path, key, role="site", owner="a")
+    data = {"zé": "naïve ✓", "b": [1, 2.5, None, {"y": True, "x": -0.0}], "a": 1e-300}
+    ledger.append_many([("message-sent", data), ("refusal", {"reason": 'quote " and \\'})])
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        entry = parse_line(raw, number)
+        assert (
+            raw + b"\n"
+            == entry.to_line()
+            == canonical_json({**entry.body(), "hash": entry.hash, "signature": entry.signature})
+            + b"\n"
+        )
+        assert record_hash(entry.body()) == entry.hash
+        assert entry.signed_by(key.public_key())  # remembered when made
+        forged = base64.b64encode(bytes(64)).decode("ascii")
+        assert not type(entry)(**{**vars(entry), "signature": forged}).signed_by(key.public_key())
+        write_key_pair(tmp_path / f"other-{number}.key")
+        other = load_private_key(tmp_path / f"other-{number}.key").public_key()
+        assert not entry.signed_by(other)
+
+
+def test_reply_digest_is_the_same_computed_or_remembered():
+    from flwr.app import Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from lhs_federated.apps import records, reply_digest
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.float32)}
+    content = RecordDict(
+        {
+            records.ARRAYS: records.to_array_record(arrays),
+            records.METRICS: MetricRecord({records.NUM_EXAMPLES: 40, records.TRAIN_LOSS: 0.5}),
+        }
+    )
+    instruction = Message(RecordDict(), 1001, "train")
+    reply = Message(content, reply_to=instruction)
+    reply_digest._SIZES.clear()
+    computed = reply_digest.digest_reply(reply)
+    assert computed == reply_digest.digest_reply(reply)  # from the memo
+    assert computed.size == recorddict_size(content)
+    assert computed.arrays_hash == records.hash_arrays(arrays)
+    other = Message(
+        RecordDict(
+            {
+                records.ARRAYS: records.to_array_record(arrays),
+                records.METRICS: MetricRecord({records.NUM_EXAMPLES: 40, records.TRAIN_LOSS: 0.25}),
+            }
+        ),
+        reply_to=instruction,
+    )
+    assert reply_digest.digest_reply(other).content_hash != computed.content_hash
+
+
+def recorddict_size(content):
+    from flwr.common.serde import recorddict_to_proto
+
+    return recorddict_to_proto(content).ByteSize()

@@ -229,11 +229,16 @@ class CoordinatorAudit:
 
     def sent(self, messages: list[Message]) -> None:
         """Note what each site was sent; a training batch starts a round."""
-        for message in messages:
+        shared: dict[int, tuple[dict[str, np.ndarray] | None, str | None]] = {}
+        for message in messages:  # a strategy sends one ArrayRecord to every site: decode once
             arrays = message.content.get(records.ARRAYS)
+            if id(arrays) not in shared:
+                decoded = (
+                    records.from_array_record(arrays) if isinstance(arrays, ArrayRecord) else None
+                )
+                shared[id(arrays)] = (decoded, records.hash_arrays(decoded) if decoded else None)
             self._sent[(message.metadata.dst_node_id, message.metadata.message_type)] = _Sent(
-                _round_of(message),
-                records.from_array_record(arrays) if isinstance(arrays, ArrayRecord) else None,
+                _round_of(message), *shared[id(arrays)]
             )
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
         if not train:
@@ -260,7 +265,7 @@ class CoordinatorAudit:
         ):
             meta = reply.metadata
             digest = digest_reply(reply)
-            sent = self._sent.get((node, meta.message_type), _Sent(0, None))
+            sent = self._sent.get((node, meta.message_type), _Sent(0, None, None))
             norm = None
             if digest.status == "ok" and sent.arrays and records.ARRAYS in reply.content:
                 returned = records.from_array_record(reply.content[records.ARRAYS])
@@ -437,10 +442,7 @@ class _Sent:
 
     round: int
     arrays: dict[str, np.ndarray] | None
-
-    @property
-    def arrays_hash(self) -> str | None:
-        return records.hash_arrays(self.arrays) if self.arrays else None
+    arrays_hash: str | None
 
 
 class AuditedGrid(GridWrapper):

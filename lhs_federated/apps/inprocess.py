@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from lhs_federated.apps.client_site import NUM_PARTITIONS, PARTITION_ID
-from lhs_federated.governance.ledger import batched_durability
+from lhs_federated.governance.durability import batched_durability
 
 
 class InProcessGrid(Grid):
@@ -96,7 +96,7 @@ class InProcessGrid(Grid):
 
         The simulated sites' ledger records of one stage (one round's training
         or evaluation) are made durable together when the stage ends (see
-        :func:`~lhs_federated.governance.ledger.batched_durability`): the same
+        :func:`~lhs_federated.governance.durability.batched_durability`): the same
         records, one disk sync instead of one per site; a machine crash loses
         at most the stage in progress, which a resumed run repeats.
         """

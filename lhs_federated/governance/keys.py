@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lhs_federated.errors import ConfigError
+from lhs_federated.governance.durability import flush
 
 PUBLIC_SUFFIX = ".pub"
 
@@ -42,6 +43,11 @@ def write_key_pair(
     private_path: str | Path, key: Ed25519PrivateKey | None = None, *, overwrite: bool = False
 ) -> Path:
     """Write a (new) private key with mode 0600 and its public key beside it.
+
+    The private key is on disk before the call returns, except inside a
+    :func:`~lhs_federated.governance.durability.batched_durability` block (a
+    simulation's new simulated sites), where it is flushed with the block, as
+    the ledgers it signs are.
 
     Parameters
     ----------
@@ -88,7 +94,7 @@ def write_key_pair(
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
         handle.flush()
-        os.fsync(handle.fileno())
+        flush(handle.fileno(), private_path)  # a simulation's new sites: with their ledgers
     tmp.replace(private_path)
     public_tmp = public_path.with_name(f".{public_path.name}.tmp")
     public_tmp.write_bytes(public_key_pem(key.public_key()))

@@ -25,22 +25,21 @@ line: :func:`verify_ledger` reports it as such, and the next append moves the
 torn bytes to a side file and records that it did (``torn-tail-recovered``),
 so the chain never silently continues past a damaged record.
 
-Inside :func:`batched_durability` appends are written at once but made durable
-together when the block ends (one ``syncfs`` per file system): a simulation
-delivers a stage's messages to all its simulated sites in one block, so a
-thousand site ledgers cost one sync instead of thousands of fsyncs.
+Inside :func:`~lhs_federated.governance.durability.batched_durability` appends
+are written at once but made durable together when the block ends (one
+``syncfs`` per file system): a simulation delivers a stage's messages to all
+its simulated sites in one block, so a thousand site ledgers cost one sync
+instead of thousands of fsyncs.
 """
 
 from __future__ import annotations
 
 import base64
-import ctypes
 import fcntl
 import hashlib
 import json
 import math
 import os
-import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -53,6 +52,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lhs_federated.errors import LhsError
+from lhs_federated.governance.durability import flush, flush_folder
 from lhs_federated.governance.keys import fingerprint, public_key_b64
 
 FORMAT = "lhs-federated-ledger/1"
@@ -132,11 +132,21 @@ class Entry:
         return record_hash(self.body()) == self.hash
 
     def signed_by(self, public_key: Ed25519PublicKey) -> bool:
-        """Whether ``signature`` is ``public_key``'s signature of ``hash``."""
+        """Whether ``signature`` is ``public_key``'s signature of ``hash``.
+
+        A signature that verified once in this process (or was made here) is
+        not verified again: the answer depends on the key, hash and signature
+        alone, and a site checks the same records of its ledger with every
+        message.
+        """
+        known = (public_key.public_bytes_raw(), self.hash, self.signature)
+        if known in _GOOD_SIGNATURES:
+            return True
         try:
             public_key.verify(base64.b64decode(self.signature, validate=True), _digest(self.hash))
         except (InvalidSignature, ValueError):
             return False
+        _remember(known)
         return True
 
     def to_line(self) -> bytes:
@@ -188,11 +198,50 @@ def _digest(hash_hex: str) -> bytes:
     return bytes.fromhex(hash_hex) if len(hash_hex) == 64 else hash_hex.encode("utf-8")
 
 
-def _seal(key: Ed25519PrivateKey, seq: int, kind: str, data: Any, prev_hash: str) -> Entry:
-    body = {"seq": seq, "time": now(), "kind": kind, "data": data, "prev_hash": prev_hash}
-    digest = record_hash(body)
+def _seal(
+    key: Ed25519PrivateKey, seq: int, kind: str, data: Any, prev_hash: str
+) -> tuple[Entry, bytes]:
+    """A new signed record and its stored line.
+
+    The bytes are :func:`record_hash`'s and :meth:`Entry.to_line`'s (canonical
+    JSON: sorted keys, no spaces), assembled from each field's JSON so that the
+    data, most of a record, is encoded once rather than once for the hash and
+    again for the line.
+    """
+    time = now()
+    fields = {
+        "data": _json(data),
+        "kind": _json(kind),
+        "prev_hash": _json(prev_hash),
+        "seq": _json(seq),
+        "time": _json(time),
+    }
+    body = "{" + ",".join(f'"{name}":{value}' for name, value in fields.items()) + "}"
+    digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
     signature = base64.b64encode(key.sign(_digest(digest))).decode("ascii")
-    return Entry(seq, body["time"], kind, data, prev_hash, digest, signature)
+    _remember((key.public_key().public_bytes_raw(), digest, signature))
+    stored = {**fields, "hash": _json(digest), "signature": _json(signature)}
+    line = "{" + ",".join(f'"{name}":{stored[name]}' for name in sorted(stored)) + "}\n"
+    return Entry(seq, time, kind, data, prev_hash, digest, signature), line.encode("utf-8")
+
+
+def _json(value: Any) -> str:
+    """One field's canonical JSON (as :func:`canonical_json`, as text)."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+#: Signatures known to verify in this process: (raw public key, record hash, signature).
+#: Only good ones are kept, so a signature is never accepted that would not verify.
+_GOOD_SIGNATURES: set[tuple[bytes, str, str]] = set()
+_GOOD_SIGNATURES_MAX = 200_000
+
+
+def _remember(known: tuple[bytes, str, str]) -> None:
+    if len(_GOOD_SIGNATURES) >= _GOOD_SIGNATURES_MAX:
+        _GOOD_SIGNATURES.clear()
+    _GOOD_SIGNATURES.add(known)
 
 
 def parse_line(raw: bytes, line: int) -> Entry:
@@ -302,7 +351,7 @@ class Ledger:
         created = not path.exists()
         with _locked(path) as fd:
             if os.fstat(fd).st_size == 0:
-                header = _seal(
+                header, line = _seal(
                     key,
                     0,
                     HEADER,
@@ -319,7 +368,7 @@ class Ledger:
                     ),
                     GENESIS,
                 )
-                _write(fd, header.to_line(), path)
+                _write(fd, line, path)
             elif new:
                 raise LedgerError(
                     f"ledger {str(path)!r} already has records; a study's coordinator ledger "
@@ -328,7 +377,7 @@ class Ledger:
             else:
                 header = _read_header(fd, path)
         if created:
-            _fsync_dir(path.parent)
+            flush_folder(path.parent)
         ledger = cls(path, key, header)
         ledger._check_header(role=role, owner=owner)
         return ledger
@@ -376,11 +425,12 @@ class Ledger:
             return []
         with _locked(self.path) as fd:
             last = self._last_entry(fd)
-            entries = []
+            entries, lines = [], []
             for kind, payload in payloads:
-                last = _seal(self._key, last.seq + 1, kind, payload, last.hash)
+                last, line = _seal(self._key, last.seq + 1, kind, payload, last.hash)
                 entries.append(last)
-            _write(fd, b"".join(entry.to_line() for entry in entries), self.path)
+                lines.append(line)
+            _write(fd, b"".join(lines), self.path)
             self._written = (_identity(fd), last)
         return entries
 
@@ -405,7 +455,7 @@ class Ledger:
             side.write_bytes(torn)
             os.ftruncate(fd, complete_end)
             os.fsync(fd)
-            note = _seal(
+            note, line = _seal(
                 self._key,
                 last.seq + 1,
                 TORN_RECOVERED,
@@ -417,7 +467,7 @@ class Ledger:
                 },
                 last.hash,
             )
-            _write(fd, note.to_line())
+            _write(fd, line)
             return note
         return self._check_last(last_raw)
 
@@ -472,90 +522,12 @@ def _locked(path: Path) -> Iterator[int]:
 
 
 def _write(fd: int, data: bytes, path: Path | None = None) -> None:
-    """Write all of ``data``; fsync now, or at the end of a :func:`batched_durability` block."""
+    """Write all of ``data``; flush it now, or at the end of a batched-durability block."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
-    pending = getattr(_batch, "pending", None)
-    if pending is None or path is None:
-        os.fsync(fd)
-    else:
-        pending.add(path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    pending = getattr(_batch, "pending", None)
-    if pending is not None:
-        pending.add(folder)
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_batch = threading.local()
-
-
-@contextmanager
-def batched_durability() -> Iterator[None]:
-    """Make the ledger appends inside the block durable together, when it ends.
-
-    Every append still takes its lock and writes its records at once, so other
-    appenders and readers see them and a crash of this process loses nothing;
-    only the flush to disk waits for the end of the block. A crash of the
-    machine inside the block can lose the block's records (whole records: a
-    torn line is recovered as for any append), so a block must be a unit that
-    is repeated on resume, as a simulation's round stage is. Records are the
-    same bytes as without the block. Nested blocks sync with the outermost.
-    """
-    if getattr(_batch, "pending", None) is not None:
-        yield
-        return
-    _batch.pending = set()
-    try:
-        yield
-    finally:
-        paths, _batch.pending = _batch.pending, None
-        _sync(paths)
-
-
-def _sync(paths: set[Path]) -> None:
-    """Flush ``paths`` (files and folders) to disk: one ``syncfs`` per file system."""
-    by_device: dict[int, list[Path]] = {}
-    for path in paths:
-        try:
-            by_device.setdefault(os.stat(path).st_dev, []).append(path)
-        except FileNotFoundError:
-            continue  # moved away since (a torn tail's side file); nothing to flush
-    for group in by_device.values():
-        if not _syncfs(group[0]):
-            for path in group:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-
-
-def _syncfs(path: Path) -> bool:
-    """Linux ``syncfs(2)`` on the file system holding ``path``; False where unavailable."""
-    syncfs = getattr(_LIBC, "syncfs", None)
-    if syncfs is None:
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return syncfs(fd) == 0
-    finally:
-        os.close(fd)
-
-
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
-except OSError:  # no C library to load symbols from: fsync each file instead
-    _LIBC = None
+    flush(fd, path)
 
 
 def _tail(fd: int, size: int) -> tuple[int, bytes]:

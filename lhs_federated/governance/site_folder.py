@@ -306,8 +306,11 @@ class SiteFolder:
             If the study and code are not approved here (the reason says why).
         """
         try:
-            approval = self.registry.check(study_hash, code_hash, anchor=self._registry_anchor())
-            self._check_ledger_head()
+            lines = (self.folder / LEDGER_FILE).read_bytes().splitlines()  # read once for both
+            approval = self.registry.check(
+                study_hash, code_hash, anchor=self._registry_anchor(lines)
+            )
+            self._check_ledger_head(lines)
             _check_coordinator_key(self.site, approval, context)
             return approval
         except SiteRefusal as refusal:
@@ -324,8 +327,8 @@ class SiteFolder:
         last = self.ledger.last()
         return {"seq": last.seq, "hash": last.hash}
 
-    def _check_ledger_head(self) -> None:
-        """The site ledger must still hold the record the registry's latest change names.
+    def _check_ledger_head(self, lines: list[bytes]) -> None:
+        """The site ledger (its ``lines``) must hold the record the registry's latest change names.
 
         Raises
         ------
@@ -338,7 +341,6 @@ class SiteFolder:
             return
         seq, digest = int(head["seq"]), str(head["hash"])
         path = self.folder / LEDGER_FILE
-        lines = path.read_bytes().splitlines()
         found = None
         if seq < len(lines):
             try:
@@ -355,8 +357,8 @@ class SiteFolder:
                 "refuses every study until its data steward restores it",
             )
 
-    def _registry_anchor(self) -> tuple[str, str] | None:
-        """The registry record the site ledger last names (approval or revocation), if any.
+    def _registry_anchor(self, lines: list[bytes]) -> tuple[str, str] | None:
+        """The approval or revocation record the site ledger's ``lines`` last name, if any.
 
         The site ledger is the signed record of what the site decided; the
         registry it names must be at least that recent. Only lines of those
@@ -364,7 +366,7 @@ class SiteFolder:
         """
         path = self.folder / LEDGER_FILE
         marks = (f'"kind":"{APPROVAL}"'.encode(), f'"kind":"{REVOCATION}"'.encode())
-        for raw in reversed(path.read_bytes().splitlines()):
+        for raw in reversed(lines):
             if not any(mark in raw for mark in marks):
                 continue
             try:
