@@ -13,9 +13,13 @@ of the first release, on a dated cohort). The loop trains on the first
    on the period's held-out rows (:mod:`lhs_federated.loop.gate`); promoted or
    rejected, the reason goes into the registry ledger.
 
-Every step is a study run by the real ServerApp and ClientApp on the
-in-process engine; the simulated sites keep one governance folder each for
-the whole loop, so a site's ledger holds every step it took part in. Results:
+Every step is a study run by the real ServerApp and ClientApp, on the
+engine the loop is given (:mod:`lhs_federated.loop.engine`): by default the
+in-process one, whose simulated sites keep one governance folder each for
+the whole loop, so a site's ledger holds every step it took part in; with
+``lhs-fed loop --server`` the deployed one, where every step is a study at
+the consortium's sites (the same driver, no scoring step: the coordinator
+holds no rows). Results:
 ``registry/``, ``monitoring/`` (timeline and alerts), ``loop-timeline.csv``,
 ``loop-events.json`` and ``loop-report.html``.
 """
@@ -179,7 +183,7 @@ def run_loop(
 
     ``engine`` runs each step (default: the study's simulated sites, in
     process, with a coordinator key made for the loop); with a deployed one
-    (:class:`~lhs_federated.loop.engine.DeployedEngine`) the same steps run
+    (:class:`~lhs_federated.deploy.loop_engine.DeployedEngine`) the same steps run
     at the consortium's sites, and the timeline holds what monitoring found
     there (no oracle, no pooled scoring: the coordinator holds no rows).
     """
