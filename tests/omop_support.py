@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -144,3 +145,24 @@ class PostgresCluster:
                     connection.execute(sa.text(statement))
         finally:
             engine.dispose()
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[PostgresCluster]:
+    """A started PostgreSQL cluster, stopped on exit.
+
+    Skipped only where the server is not installed and CI does not require it
+    (``LHS_REQUIRE_POSTGRES``): a CI run without PostgreSQL fails instead.
+    """
+    import pytest
+
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        if os.environ.get(REQUIRE_POSTGRES):
+            pytest.fail(f"{REQUIRE_POSTGRES} is set but PostgreSQL's server is not installed")
+        pytest.skip("PostgreSQL server binaries (Debian package postgresql) not installed")
+    cluster = PostgresCluster(bin_dir).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

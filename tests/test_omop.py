@@ -18,7 +18,6 @@ OBSERVATION_PERIOD, VISIT_OCCURRENCE, CONDITION_OCCURRENCE, MEASUREMENT):
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import textwrap
@@ -28,11 +27,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from omop_support import (
-    REQUIRE_POSTGRES,
-    PostgresCluster,
     free_port,
     load_cdm,
-    postgres_bin,
+    throwaway_cluster,
     unzip_synthea,
 )
 
@@ -123,13 +120,7 @@ def postgres(synthea_csvs):
     Role ``lhs`` (password PASSWORD, over TCP on loopback) may read them.
     Skipped only where the server is not installed and CI does not require it.
     """
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        if os.environ.get(REQUIRE_POSTGRES):
-            pytest.fail(f"{REQUIRE_POSTGRES} is set but PostgreSQL's server is not installed")
-        pytest.skip("PostgreSQL server binaries (Debian package postgresql) not installed")
-    cluster = PostgresCluster(bin_dir).start()
-    try:
+    with throwaway_cluster() as cluster:
         cluster.execute("create database synthea", f"create role lhs login password '{PASSWORD}'")
         engine = sa.create_engine(cluster.admin_url("synthea"))
         load_cdm(engine, synthea_csvs, Schemas("cdm", "vocab"))
@@ -140,8 +131,6 @@ def postgres(synthea_csvs):
             database="synthea",
         )
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def write_study(folder, url, text=STUDY):

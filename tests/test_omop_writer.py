@@ -9,7 +9,6 @@ here wrote.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tomllib
 import zipfile
@@ -21,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 import tomli_w
 from conftest import SHARED_DATA
-from omop_support import REQUIRE_POSTGRES, PostgresCluster, postgres_bin
+from omop_support import throwaway_cluster
 
 from lhs_federated import load_study, simulate
 from lhs_federated.cli import main
@@ -233,16 +232,8 @@ def test_omop_demo_command_and_the_study_end_to_end(tmp_path):
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL server (skipped only where it is not installed and CI allows)."""
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        if os.environ.get(REQUIRE_POSTGRES):
-            pytest.fail(f"{REQUIRE_POSTGRES} is set but PostgreSQL's server is not installed")
-        pytest.skip("PostgreSQL server binaries (Debian package postgresql) not installed")
-    cluster = PostgresCluster(bin_dir).start()
-    try:
+    with throwaway_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.postgres

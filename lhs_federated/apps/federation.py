@@ -432,7 +432,7 @@ def _run_round(
         )
     else:
         trained, sampled, new_arrays, train_metrics = _plain_train(
-            grid, strategy, study, arrays, standardizer, server_round, checks, simulated
+            grid, strategy, study, arrays, standardizer, server_round, checks, simulated, needed
         )
     for node, site in grid.sites.items():
         if node not in connected:
@@ -533,8 +533,9 @@ def _plain_train(
     server_round: int,
     checks: ReplyChecks,
     simulated: bool,
+    needed: int,
 ) -> tuple[RoundOutcome, int, Any, Any]:
-    """Send the strategy's train messages, check each reply alone, aggregate the good ones."""
+    """Send the train messages, check each reply alone, aggregate at least ``needed``."""
     timeout = study.federation.round_timeout
     messages = list(
         strategy.configure_train(
@@ -549,7 +550,6 @@ def _plain_train(
         timeout,
         lambda site, reply: checks.train(site, reply.content, sent[grid.node_of(reply)]),
     )
-    needed = min(study.federation.min_sites or len(grid.sites), len(grid.sites))
     if len(trained.ok) < needed:
         return trained, len(messages), None, None  # the caller names the failures
     with simulated_noise(study, server_round, simulated=simulated):  # client-dp's noise
