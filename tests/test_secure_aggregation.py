@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -181,12 +183,48 @@ def test_one_masked_vector_is_unrelated_to_the_site_values() -> None:
     assert abs(correlation) < 0.35
 
 
-def test_shares_keep_flowers_layout() -> None:
-    """Our sequential Shamir shares combine with Flower's own function, and back."""
+@pytest.mark.parametrize(
+    ("threshold", "num", "length"), [(2, 3, 0), (3, 5, 32), (6, 10, 17), (11, 21, 32), (13, 25, 48)]
+)
+def test_shares_keep_flowers_layout(threshold: int, num: int, length: int) -> None:
+    """Our Shamir shares combine with Flower's own function from any holders, and back."""
     from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 
+    rng = np.random.default_rng(num)
+    secret = rng.bytes(length)
+    ours = secagg.create_shares(secret, threshold, num)
+    assert [int.from_bytes(s[:4], "little") for s in ours] == list(range(1, num + 1))
+    for _ in range(3):
+        holders = [ours[i] for i in rng.choice(num, threshold, replace=False)]
+        assert combine_shares(holders) == secret
+        assert secagg.combine_shares(holders) == secret
+    assert secagg.combine_shares(create_shares(secret, threshold, num)[-threshold:]) == secret
+    assert secagg.create_shares(secret, threshold, num) != ours  # fresh coefficients
+
+
+def test_shares_refuse_what_cannot_rebuild_a_secret() -> None:
+    """Too few, repeated, ragged or zeroed shares give an error (or never the secret)."""
     secret = bytes(range(32))
-    assert combine_shares(secagg.create_shares(secret, 3, 5)[1:4]) == secret
-    assert secagg.combine_shares(create_shares(secret, 3, 5)[:3]) == secret
+    shares = secagg.create_shares(secret, 4, 7)
+    with contextlib.suppress(secagg.SecAggError):  # usually: the padding is wrong
+        assert secagg.combine_shares(shares[:3]) != secret
+    with pytest.raises(secagg.SecAggError, match="repeat"):
+        secagg.combine_shares([shares[0], shares[0], shares[1], shares[2]])
+    with pytest.raises(secagg.SecAggError, match="one length"):
+        secagg.combine_shares([shares[0], shares[1][:-16], shares[2], shares[3]])
     with pytest.raises(secagg.SecAggError, match="do not combine"):
         secagg.combine_shares([b"\x01\x00\x00\x00" + bytes(32), b"\x02\x00\x00\x00" + bytes(32)])
+
+
+def test_field_arithmetic_is_a_field() -> None:
+    """GF(2^128) products: commutative, distributive, with inverses (the window path too)."""
+    from lhs_federated.apps.secagg_shamir import inverse, multiply
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        a, b, c = (int.from_bytes(rng.bytes(16), "big") | 1 for _ in range(3))
+        assert multiply(a, b) == multiply(b, a) < 2**128
+        assert multiply(a, b ^ c) == multiply(a, b) ^ multiply(a, c)
+        assert multiply(multiply(a, b), c) == multiply(a, multiply(b, c))
+        assert multiply(a, inverse(a)) == 1
+        assert multiply(a, 3) == multiply(a, 2) ^ a
