@@ -228,3 +228,60 @@ def test_field_arithmetic_is_a_field() -> None:
         assert multiply(multiply(a, b), c) == multiply(a, multiply(b, c))
         assert multiply(a, inverse(a)) == 1
         assert multiply(a, 3) == multiply(a, 2) ^ a
+
+
+@pytest.mark.parametrize(
+    ("sites", "threshold", "shares"),
+    [(3, 0, 3), (10, 0, 10), (21, 0, 21), (22, 0, 21), (50, 0, 21), (129, 0, 25), (1000, 0, 31),
+     (40, 36, 37), (50, 22, 23)],
+)  # fmt: skip
+def test_many_sites_share_with_a_sparse_graph_by_default(sites, threshold, shares) -> None:
+    """num_shares = 0: every site up to 21, then max(21, 3 ceil(log2 n)), odd, >= the threshold."""
+    from lhs_federated.privacy.spec import SecAggSpec
+
+    spec = SecAggSpec(reconstruction_threshold=threshold)
+    assert spec.shares_for(sites) == shares
+    assert spec.threshold_for(sites) == (threshold or shares // 2 + 1)
+    order = list(np.random.default_rng(sites).permutation(np.arange(100, 100 + sites)))
+    graph = secagg.neighbours([int(n) for n in order], shares)
+    assert {len(members) for members in graph.values()} == {shares}
+    assert all(node in graph[other] for node in graph for other in graph[node])  # symmetric
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (
+            {"privacy.secagg.reconstruction_threshold": 5},
+            r"threshold = 5 is not more than half of the 21 shares each site makes "
+            r"\(privacy.secagg.num_shares = 0, so 21 at 50 sites\)",
+        ),
+        (
+            {"privacy.secagg.reconstruction_threshold": 51},
+            r"reconstruction_threshold = 51 is larger than the 50 sites in the study",
+        ),
+        (
+            {"privacy.secagg.num_shares": 7, "privacy.secagg.reconstruction_threshold": 9},
+            r"reconstruction_threshold = 9 is larger than privacy.secagg.num_shares = 7",
+        ),
+        (
+            {"privacy.secagg.num_shares": 7, "privacy.secagg.reconstruction_threshold": 3},
+            r"threshold = 3 is not more than half of the 7 shares",
+        ),
+    ],
+)
+def test_a_threshold_the_graph_cannot_meet_is_refused_with_exit_2(
+    overrides, match, tmp_path, capsys
+):
+    from lhs_federated.cli import main
+    from lhs_federated.errors import ConfigError
+    from lhs_federated.study import load_study
+
+    many = {"privacy.secure_aggregation": "secaggplus", "data.synthetic.sites": 50, **overrides}
+    with pytest.raises(ConfigError, match=match):
+        load_study(None).with_overrides(many)
+    out = tmp_path / "run"
+    args = [a for key, value in many.items() for a in ("--set", f"{key}={value}")]
+    assert main(["simulate", *args, "--out", str(out)]) == 2
+    assert "privacy.secagg" in capsys.readouterr().err
+    assert not out.exists()
