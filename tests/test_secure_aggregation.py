@@ -90,6 +90,22 @@ def test_a_site_that_drops_after_key_sharing_is_recovered_from_shares() -> None:
     np.testing.assert_array_equal(total["a"], expected)
 
 
+def test_the_default_sparse_graph_sums_30_sites_with_3_dropped_after_sharing() -> None:
+    """30 sites: 21 neighbours each (the default rule), masks cancel, dropouts recovered."""
+    from lhs_federated.privacy.spec import SecAggSpec
+
+    spec = SecAggSpec()
+    vectors = _ints(30, 30)
+    dropped = frozenset({103, 117, 128})
+    total, _ = run_protocol(
+        vectors, threshold=spec.threshold_for(30), num_shares=spec.shares_for(30),
+        drop_after_share=dropped,
+    )  # fmt: skip
+    for name in ("a", "b"):
+        expected = sum(v[name] for n, v in vectors.items() if n not in dropped)
+        np.testing.assert_array_equal(total[name], expected)
+
+
 def test_fewer_survivors_than_the_threshold_fails_with_the_reason() -> None:
     with pytest.raises(secagg.SecAggError, match="2 neighbours survive; the threshold is 3"):
         run_protocol(_ints(2, 4), threshold=3, drop_after_share=frozenset({100, 101}))
