@@ -40,6 +40,7 @@ from lhs_federated.apps.secagg_payloads import (
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.data.statistics import ColumnSums
 from lhs_federated.errors import StudyRunError
+from lhs_federated.governance.durability import batched_durability
 from lhs_federated.study import Study
 
 
@@ -74,6 +75,10 @@ class SecureSum:
     replies: list[tuple[str, Message]] = field(default_factory=list)
 
 
+# One durability block for the whole sum (see batched_durability): its four stages
+# are one unit that a resumed run repeats (keys and shares live only in memory), so
+# their ledger records reach the disk with one sync instead of one or more per stage.
+@batched_durability()
 def secure_sum(
     grid: SiteGrid,
     study: Study,
