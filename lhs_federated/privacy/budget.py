@@ -31,7 +31,7 @@ from lhs_federated.privacy.accounting import (
     History,
     epsilon_of,
     merge_history,
-    plan_study,
+    plan_for,
 )
 from lhs_federated.privacy.ledger import LedgerError, PrivacyLedger, RoundSpend
 from lhs_federated.results.writer import utc_now
@@ -178,7 +178,7 @@ class SiteBudget:
                     "below 1/n (e.g. 1e-5).",
                 )
         try:
-            plan = plan_study(study, n_train)
+            plan = plan_for(study, n_train)
         except ValueError as error:
             raise SiteRefusal(
                 site, f"no noise level reaches epsilon {privacy.epsilon:g} ({error})."
