@@ -17,6 +17,7 @@ from lhs_federated.apps.engines import run_inprocess
 from lhs_federated.apps.secagg_payloads import Quantiser, decode_update, encode_update
 from lhs_federated.cli import main
 from lhs_federated.errors import ConfigError
+from lhs_federated.governance.verify import load_entries
 from lhs_federated.learning.training import LocalUpdate
 from lhs_federated.privacy.accounting import DPPlan, epsilon_of
 from lhs_federated.privacy.budget import SitePrivacy
@@ -157,9 +158,17 @@ def test_each_site_accounts_its_epsilon_and_the_run_is_reproducible(dp_study, tm
     assert set(rows.site) == {*privacy["epsilon"], "secure-sum"}
     train = first.metrics[first.metrics.split == "train"]
     assert train.loc[train.metric == "loss", "reason"].str.startswith("withheld").all()
+    # the coordinator's ledger holds each site's epsilon as the site reported it, and matches
+    # every site's own signed ledger
+    coordinator = tmp_path / "first" / "governance" / "coordinator.jsonl"
+    reported = {
+        (e.data["site"], e.data["round"]): e.data["epsilon"]
+        for e in load_entries(coordinator)
+        if e.kind == "site-reply" and e.data["stage"] == records.SECAGG_COLLECT_UPDATE
+    }
+    assert {site: reported[site, 2] for site in privacy["epsilon"]} == privacy["epsilon"]
     for site in privacy["epsilon"]:
         ledger = tmp_path / "first" / "governance" / "sites" / site / "ledger.jsonl"
-        coordinator = tmp_path / "first" / "governance" / "coordinator.jsonl"
         assert main(["audit", "crosscheck", str(coordinator), str(ledger)]) == 0
 
 

@@ -132,12 +132,9 @@ class PrivacyLog:
                 site_noise_std=plan.site_stddev,
                 summed_noise_epsilon=self.latest.get(SUMMED),
                 note="distributed DP: each site clips its update and adds noise of std "
-                "z*C/sqrt(t) before secure aggregation (t = privacy.secagg."
-                "reconstruction_threshold, the fewest sites in a sum), so every sum carries at "
-                "least the noise z*C and no single update is seen; 'epsilon' is each site's "
-                "own ledger (counting on t sites), 'summed_noise_epsilon' that of the noise "
-                "the sums actually carried. Deployed sites draw the noise from the operating "
-                "system's CSPRNG; simulated sites seed it from the study.",
+                "z*C/sqrt(t) before secure aggregation, so every sum (of at least t sites) "
+                "carries the noise z*C and no update is seen alone; epsilon per site is its "
+                "own ledger's, summed_noise_epsilon that of the noise the sums carried.",
             )
         else:
             section.update(
