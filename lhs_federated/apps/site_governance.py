@@ -301,7 +301,7 @@ def _arrays_hash(message: Message) -> str | None:
     arrays = message.content.get(records.ARRAYS)
     if not isinstance(arrays, ArrayRecord):
         return None
-    return records.hash_arrays(records.from_array_record(arrays))
+    return records.hash_array_record(arrays)
 
 
 def _error(message: Message, code: int, reason: str) -> Message:
