@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from test_secure_aggregation import run_protocol
+from test_secure_aggregation_deployed import consortium  # noqa: F401  (fixture: 3 SuperNodes)
 
 from lhs_federated import StudyRunError, load_study, simulate
 from lhs_federated.apps import client_app, records, server_app
@@ -16,6 +17,7 @@ from lhs_federated.apps.egress import guard_reply
 from lhs_federated.apps.engines import run_inprocess
 from lhs_federated.apps.secagg_payloads import Quantiser, decode_update, encode_update
 from lhs_federated.cli import main
+from lhs_federated.deploy import coordinator
 from lhs_federated.errors import ConfigError
 from lhs_federated.governance.verify import load_entries
 from lhs_federated.learning.training import LocalUpdate
@@ -274,3 +276,39 @@ def test_a_ledger_written_before_distributed_dp_still_loads():
     older = {k: v for k, v in plan.to_dict().items() if k != "mechanism"}
     assert DPPlan.from_dict(older) == plan
     assert json.loads(json.dumps(plan.to_dict()))["mechanism"] == "dp-sgd"
+
+
+# --- deployed sites --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_deployed_sites_draw_their_own_noise_and_account_it(consortium, tmp_path):  # noqa: F811
+    """Three SuperNodes on loopback: ledgers in each site's state folder, noise not the seed's."""
+    study = load_study(None).with_overrides(
+        {
+            **DISTRIBUTED,
+            "name": "distributed-deployed",
+            "rounds": 1,
+            "data.source": "folder",
+            "data.path": str(consortium.root.parent / "data"),
+            "privacy.secagg.reconstruction_threshold": 2,
+            "federation.round_timeout": 60.0,
+            "federation.connect_timeout": 60.0,
+            "sites.min_cell_size": 1,  # no column withheld: compare with the simulation
+        }
+    )
+    consortium.approve(study)
+    submitted = coordinator.submit_study(consortium.server, study)
+    coordinator.wait_for_run(consortium.server, submitted, timeout=300)
+    privacy = json.loads((submitted.out_dir / "summary.json").read_text())["privacy"]
+    coordinator_ledger = submitted.out_dir / "governance" / "coordinator.jsonl"
+    for name, site in consortium.sites.items():
+        ledger = PrivacyLedger.load(site.state_dir / "privacy-ledger.json", name)
+        assert privacy["epsilon"][name] == ledger.studies[study.hash].epsilon > 0
+        signed = site.governance_dir / "ledger.jsonl"
+        assert main(["audit", "crosscheck", str(coordinator_ledger), str(signed)]) == 0
+    # The simulation of the same study draws its noise from the seed; the deployed sites did not.
+    config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(tmp_path / "sim")}
+    run_inprocess(config, 3)
+    simulated, deployed = _model(tmp_path / "sim"), _model(submitted.out_dir)
+    assert max(np.abs(deployed[n] - v).max() for n, v in simulated.items()) > 0.05
