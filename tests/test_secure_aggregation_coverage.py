@@ -17,13 +17,16 @@ from scipy import stats
 
 from lhs_federated import load_study, simulate
 from lhs_federated.apps import client_app, records, server_app
-from lhs_federated.apps.client_site import PARTITION_ID
+from lhs_federated.apps.client_site import PARTITION_ID, SITE_CONFIG
 from lhs_federated.apps.engines import run_inprocess
 from lhs_federated.apps.federation import SECURE_SUM_SITE
 from lhs_federated.apps.run_config import LOOP_RESULT_FILE
 from lhs_federated.apps.secagg import HALF, MODULUS
 from lhs_federated.apps.secagg_payloads import PARAM_PREFIX, Quantiser, encode_update
+from lhs_federated.data.sources import raw_sites
+from lhs_federated.deploy.certs import init_certificates
 from lhs_federated.governance.keys import load_private_key, write_key_pair
+from lhs_federated.governance.verify import load_entries
 from lhs_federated.learning.drift import ColumnSummary, summary_from_json
 from lhs_federated.loop.alerts import AlertRules
 from lhs_federated.loop.monitor import monitor_release
@@ -240,3 +243,62 @@ def test_drift_through_secure_aggregation_gives_the_plain_totals_and_alerts(tmp_
     assert [(a.site, a.metric) for a in per_site] == [(a.site, a.metric) for a in expected]
     assert [a.value for a in per_site] == pytest.approx([a.value for a in expected], abs=1e-3)
     assert all("psi:per-site (secure aggregation)" in r["withheld"] for r in secure.rows)
+
+
+# --- each site's own minimum cell size -----------------------------------------------------
+
+
+class DeployedSite:
+    """The real site ClientApp; partition 0 runs as a deployed site from its own site.toml."""
+
+    def __init__(self, site_toml: Path) -> None:
+        self.site_toml = site_toml
+
+    def __call__(self, message, context):
+        if context.node_config.get(PARTITION_ID) == 0:
+            context.node_config[SITE_CONFIG] = str(self.site_toml)
+        return client_app.app(message, context)
+
+
+def _site_toml(folder: Path, study, min_cell_size: int) -> Path:
+    """site-01's own site.toml: its table (the synthetic site's rows) and its minimum cell size."""
+    folder.mkdir(parents=True)
+    raw = next(s for s in raw_sites(study) if s.name == "site-01")
+    raw.table.to_csv(folder / "site-01.csv", index=False)
+    made = init_certificates(folder / "certs", hosts=["127.0.0.1"], sites=["site-01"])
+    path = folder / "site.toml"
+    path.write_text(
+        f'[site]\nname = "site-01"\n[coordinator]\naddress = "127.0.0.1:9092"\n'
+        f'ca_certificate = "{made.ca_certificate}"\n'
+        f'[identity]\nprivate_key = "{made.site_keys["site-01"]}"\n'
+        f'[data]\nfile = "site-01.csv"\n[policy]\nmin_cell_size = {min_cell_size}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize(("site_cell_size", "withheld"), [(10, []), (35, ["diabetes"])])
+def test_a_sites_own_stricter_minimum_cell_size_applies_to_the_totals(
+    small_study, tmp_path, site_cell_size: int, withheld: list[str]
+):
+    """site-01 (deployed, its own site.toml) asks for k = 35; the study says 10.
+
+    Under secure aggregation no site can withhold its own small cells (they
+    are hidden in the sum), so the coordinator applies the largest k of the
+    study and of every site in the sum to the totals: the diabetes column,
+    29 ones across the three sites' training rows, is withheld from the
+    federation's statistics with k = 35 and kept with k = 10 (bp_treated, 39
+    ones, is kept by both), and the ledger says which k each sum used.
+    """
+    study = small_study.with_overrides(SECURE)
+    site_toml = _site_toml(tmp_path / "site-01", study, site_cell_size)
+    config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(tmp_path / "run")}
+    run_inprocess(config, 3, client=DeployedSite(site_toml))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [d["column"] for d in summary["preprocessing"]["departures"]] == withheld
+    sums = [
+        e.data
+        for e in load_entries(tmp_path / "run" / "governance" / "coordinator.jsonl")
+        if e.kind == "secure-aggregation"
+    ]
+    assert [s["min_cell_size"] for s in sums] == [site_cell_size] * len(sums)
