@@ -24,6 +24,7 @@ metric and no gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -192,7 +193,11 @@ def _site_params(config: ConfigRecord, key: str, site: str) -> list[float] | Non
 
 
 def monitor(message: Message, context: Context) -> Message:
-    """Score the release on the site's evaluation rows; summarise its columns."""
+    """Score the release on the site's evaluation rows; summarise its columns.
+
+    Under secure aggregation the summaries go masked, in the study's ``drift``
+    sum (:mod:`lhs_federated.apps.loop_secagg`), never in this reply.
+    """
     config = message.content[records.CONFIG]
     study = records.study_from_config(config)
     site = resolve_site(study, context)
@@ -207,6 +212,8 @@ def monitor(message: Message, context: Context) -> Message:
         min_cell_size=site.min_cell_size,
         site_params=_site_params(config, SITE_PARAMS, site.data.name),
     )
+    if study.privacy.secure:
+        monitoring = dataclasses.replace(monitoring, current=None, reference=None)
     return Message(monitoring_to_record(monitoring), reply_to=message)
 
 
@@ -295,6 +302,10 @@ def _guard_monitor(content: RecordDict, study: Study, site: str, k: int) -> Reco
     problems = metric_problems(MONITOR_KEYS, metrics, what="monitoring metric")
     problems += reason_problems(undefined, MONITOR_KEYS, records.UNDEFINED_REASON_MAX)
     width = n_features(study)
+    if drift and study.privacy.secure:
+        problems.append(
+            Problem("drift histograms in clear under secure aggregation", "they go masked")
+        )
     for key, value in drift.items():
         prefix, _, part = key.partition("-")
         if prefix not in ("current", "reference") or part not in SUMMARY_PARTS:

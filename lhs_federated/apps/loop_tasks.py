@@ -30,12 +30,13 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from lhs_federated.apps import loop_messages, records
+from lhs_federated.apps import loop_messages, loop_secagg, records
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.federation import discover_sites, report_close
 from lhs_federated.apps.preflight import check_out_dir
 from lhs_federated.apps.reply_checks import ReplyRejectedError
 from lhs_federated.apps.run_config import LOOP_RESULT_FILE
+from lhs_federated.apps.secagg_round import secure_sum
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.data.encoding import encoded_columns
 from lhs_federated.data.statistics import Standardizer
@@ -50,6 +51,7 @@ from lhs_federated.learning.recalibration import (
     newton_step,
     read_site_recalibration,
 )
+from lhs_federated.privacy.spec import check_secure_aggregation
 from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, write_study
 
@@ -59,13 +61,19 @@ RESULT_FILE = LOOP_RESULT_FILE
 
 @dataclass
 class TaskOutcome:
-    """What a loop task found: per-site results and failures, and its ledger's close."""
+    """What a loop task found: per-site results and failures, and its ledger's close.
+
+    ``secure_sum`` holds what a secure sum over the sites gave (a monitoring
+    study under secure aggregation: the federation's drift summaries, who is
+    in them and the minimum cell size applied); None without one.
+    """
 
     kind: str
     per_site: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
+    secure_sum: dict[str, Any] | None = None
 
 
 def _config(study: Study, standardizer: Standardizer | None, server_round: int = 1) -> ConfigRecord:
@@ -142,6 +150,7 @@ def _run_task(
                     "finished_at": utc_now(),
                     "result": outcome.result,
                     "failed": outcome.failed,
+                    **({} if outcome.secure_sum is None else {"secure_sum": outcome.secure_sum}),
                 },
                 indent=2,
                 default=_plain,
@@ -188,21 +197,32 @@ def monitor_release(
 
     ``study`` selects each site's rows (its ``evaluate_periods`` are the rows
     monitored); ``with_reference`` also summarises the training rows, to build
-    a release's drift reference.
+    a release's drift reference. Under secure aggregation the summaries are
+    the federation's, from one secure sum (:mod:`lhs_federated.apps.loop_secagg`),
+    and the sites' metrics stay per site.
     """
     edge_counts = [len(e) for e in edges]
+
+    def monitor_config() -> ConfigRecord:
+        config = _config(study, model.standardizer)
+        config.update(loop_messages.edges_to_config(edges))
+        config[loop_messages.WITH_REFERENCE] = with_reference
+        if site_params:
+            config[loop_messages.SITE_PARAMS] = loop_messages.site_params_to_config(site_params)
+        return config
 
     def work(
         site_grid: SiteGrid, audit: CoordinatorAudit, test_rows: dict[str, int | None]
     ) -> TaskOutcome:
+        if study.privacy.secure:  # before any site works: the sum needs enough of them
+            check_secure_aggregation(study, source="the study", n_sites=len(site_grid.sites))
+
         def content(node: int) -> RecordDict:
-            config = _config(study, model.standardizer)
-            config.update(loop_messages.edges_to_config(edges))
-            config[loop_messages.WITH_REFERENCE] = with_reference
-            if site_params:
-                config[loop_messages.SITE_PARAMS] = loop_messages.site_params_to_config(site_params)
             return RecordDict(
-                {records.ARRAYS: records.to_array_record(model.arrays), records.CONFIG: config}
+                {
+                    records.ARRAYS: records.to_array_record(model.arrays),
+                    records.CONFIG: monitor_config(),
+                }
             )
 
         replies, failed = _exchange(site_grid, study, records.MONITOR, content)
@@ -228,12 +248,49 @@ def monitor_release(
             }
             for s, m in per_site.items()
         }
-        return TaskOutcome("monitor", per_site, failed, result)
+        secure = None
+        if study.privacy.secure:
+            secure = _secure_drift(site_grid, study, audit, monitor_config(), edge_counts,
+                                   with_reference=with_reference)  # fmt: skip
+        return TaskOutcome("monitor", per_site, failed, result, secure_sum=secure)
 
     return _run_task(
         grid, study, out_dir, kind="monitor", engine=engine, audit_options=audit_options,
         site_nodes=site_nodes, arrays=model.arrays, work=work,
     )  # fmt: skip
+
+
+def _secure_drift(
+    grid: SiteGrid,
+    study: Study,
+    audit: CoordinatorAudit,
+    config: ConfigRecord,
+    edge_counts: list[int],
+    *,
+    with_reference: bool,
+) -> dict[str, Any]:
+    """The federation's drift summaries from one secure sum, small cells of the totals withheld.
+
+    Raises
+    ------
+    SecureAggregationFailed
+        If fewer sites than the threshold took part.
+    """
+    result = secure_sum(
+        grid, study, list(grid.sites), kind=loop_secagg.DRIFT, config=config,
+        shapes=loop_secagg.drift_shapes(edge_counts, with_reference=with_reference),
+        server_round=int(config[records.ROUND]), audit=audit,
+    )  # fmt: skip
+    summaries = loop_secagg.decode_drift(
+        result.total, edge_counts, with_reference=with_reference,
+        min_cell_size=result.min_cell_size,
+    )  # fmt: skip
+    return {
+        "contributors": result.contributors,
+        "failed": result.failed,
+        "min_cell_size": result.min_cell_size,
+        **{rows: [summary_to_json(c) for c in columns] for rows, columns in summaries.items()},
+    }
 
 
 def gate_challenger(

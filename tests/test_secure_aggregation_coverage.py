@@ -1,0 +1,304 @@
+"""What secure aggregation covers, on real in-process runs.
+
+- The coordinator's view of one site's masked update, captured from a real
+  run, is statistically unrelated to the update (and the same tests reject
+  the unmasked update, so they can fail).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import MessageType
+from scipy import stats
+
+from lhs_federated import load_study, simulate
+from lhs_federated.apps import client_app, records, server_app
+from lhs_federated.apps.client_site import PARTITION_ID, SITE_CONFIG
+from lhs_federated.apps.engines import run_inprocess
+from lhs_federated.apps.federation import SECURE_SUM_SITE
+from lhs_federated.apps.run_config import LOOP_RESULT_FILE
+from lhs_federated.apps.secagg import HALF, MODULUS
+from lhs_federated.apps.secagg_payloads import PARAM_PREFIX, Quantiser, encode_update
+from lhs_federated.data.sources import raw_sites
+from lhs_federated.deploy.certs import init_certificates
+from lhs_federated.governance.keys import load_private_key, write_key_pair
+from lhs_federated.governance.verify import load_entries
+from lhs_federated.learning.drift import ColumnSummary, summary_from_json
+from lhs_federated.loop.alerts import AlertRules
+from lhs_federated.loop.monitor import monitor_release
+from lhs_federated.loop.release import REFERENCE, release_run
+from lhs_federated.registry.store import Registry, ReleaseRef
+
+SECURE = {"privacy.secure_aggregation": "secaggplus"}
+#: p-value below which a test says "related": a masked view fails one of the four
+#: checks by chance about once in 2,500 runs.
+ALPHA = 1e-4
+
+
+class Capture:
+    """The real site ClientApp; keeps what one site was sent and what it replied."""
+
+    def __init__(self, partition: int, message_type: str) -> None:
+        self.partition, self.message_type = partition, message_type
+        self.seen: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
+
+    def __call__(self, message, context):
+        reply = client_app.app(message, context)
+        if (
+            context.node_config[PARTITION_ID] == self.partition
+            and message.metadata.message_type == self.message_type
+            and not reply.has_error()
+        ):
+            sent = records.from_array_record(message.content[records.ARRAYS])
+            record = records.MASKED if records.MASKED in reply.content else records.ARRAYS
+            self.seen.append((sent, records.from_array_record(reply.content[record])))
+        return reply
+
+
+def _run(study, out_dir, capture: Capture) -> None:
+    config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(out_dir)}
+    run_inprocess(config, 3, client=capture)
+
+
+def _related(view: np.ndarray, update: np.ndarray) -> dict[str, float]:
+    """p-values of four ways ``view`` (int64 in [0, 2**62)) could betray ``update``.
+
+    ``uniform``: Kolmogorov-Smirnov of view / 2**62 against U(0, 1);
+    ``high bits``: chi-square of the top four bits (16 equally likely cells);
+    ``rank``: Spearman correlation of the signed reading of view with update;
+    ``joint``: chi-square of independence between view's quarter of the
+    modulus and update's quartile.
+    """
+    fraction = view / MODULUS
+    top = (view >> 58).astype(int)
+    signed = np.where(view >= HALF, view - MODULUS, view).astype(float)
+    quartile = np.searchsorted(np.quantile(update, [0.25, 0.5, 0.75]), update)
+    table = np.zeros((4, 4))
+    np.add.at(table, ((view >> 60).astype(int), quartile), 1)
+    return {
+        "uniform": stats.kstest(fraction, "uniform").pvalue,
+        "high bits": stats.chisquare(np.bincount(top, minlength=16)).pvalue,
+        "rank": stats.spearmanr(signed, update).pvalue,
+        "joint": stats.chi2_contingency(table + 1e-9).pvalue,
+    }
+
+
+def test_the_coordinators_view_of_a_masked_update_is_unrelated_to_it(small_study, tmp_path):
+    """Captured from real runs: site-01's masked update vs its plain update.
+
+    The plain run (same seed, minimum cell size 1 so both standardise alike)
+    gives each round's update of site-01 as the coordinator would see it
+    without secure aggregation; the secure run gives what the coordinator
+    actually received from site-01 instead. The masked view passes every
+    check; the control, the same update in the integer form the site masks
+    (weighted, quantised, mod 2**62) but unmasked, fails every check.
+    """
+    study = small_study.with_overrides(
+        {"sites.min_cell_size": 1, "model.name": "mlp", "model.hidden_layers": [32]}
+    )
+    plain = Capture(0, MessageType.TRAIN)
+    _run(study, tmp_path / "plain", plain)
+    secure = Capture(0, records.SECAGG_COLLECT_UPDATE)
+    _run(study.with_overrides(SECURE), tmp_path / "secure", secure)
+    assert len(plain.seen) == len(secure.seen) == study.rounds
+    spec = study.with_overrides(SECURE).privacy.secagg
+    quantiser = Quantiser(spec.clipping_range, spec.quantization_range)
+    updates, masked, unmasked = [], [], []
+    for (sent, returned), (_, view) in zip(plain.seen, secure.seen, strict=True):
+        delta = {n: returned[n].astype(np.float64) - sent[n].astype(np.float64) for n in sent}
+        plain_vector = encode_update(delta, 200, 0.5, quantiser, np.random.default_rng(0))
+        for name, value in delta.items():
+            updates.append(value.ravel())
+            masked.append(view[PARAM_PREFIX + name].ravel())
+            unmasked.append(np.mod(plain_vector[PARAM_PREFIX + name], MODULUS).ravel())
+    update, view, control = (np.concatenate(x) for x in (updates, masked, unmasked))
+    assert update.size > 800 and np.ptp(update) > 0  # a real, varied update
+    seen = _related(view, update)
+    assert min(seen.values()) > ALPHA, seen
+    # the view is not the update in disguise: correlation within noise of zero
+    bound = 5 / np.sqrt(update.size)
+    assert abs(np.corrcoef(view / MODULUS, update)[0, 1]) < bound
+    refused = _related(control, update)
+    assert max(refused.values()) < ALPHA, refused
+    assert abs(np.corrcoef(control / MODULUS, update)[0, 1]) > bound
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0])
+def test_the_relatedness_checks_reject_an_unmasked_vector_of_any_scale(scale: float) -> None:
+    """The control at both ends: tiny and large updates, unmasked, are seen through."""
+    rng = np.random.default_rng(3)
+    update = rng.normal(0, scale, 2000)
+    quantiser = Quantiser(8.0 * max(scale, 1e-3), 2**24)
+    vector = encode_update({"w": update}, 100, 0.0, quantiser, rng)
+    seen = _related(np.mod(vector[PARAM_PREFIX + "w"], MODULUS), update)
+    assert max(seen.values()) < ALPHA, seen
+
+
+# --- the learning loop's drift histograms -------------------------------------------------
+
+
+#: A pooled PSI rule of 0.1: site-02's assay change (its own PSI near 3.7) moves the
+#: histogram of all three sites' rows by about 0.13, under the default rule of 0.25.
+RULES = AlertRules(psi=0.1)
+
+
+def _drift_study(**overrides):
+    """Three sites over two quarters, site-02's cholesterol assay changed in the second."""
+    return load_study(None).with_overrides(
+        {
+            "name": "drifting",
+            "rounds": 2,
+            "baselines.enabled": False,
+            "data": {
+                "synthetic": {
+                    "sites": 3,
+                    "rows_per_site": 240,
+                    "periods": 2,
+                    "drift": [
+                        {"kind": "assay-change", "site": "site-02", "from_period": 2, "size": 2.0}
+                    ],
+                },
+                "train_periods": ["2020Q1"],
+            },
+            **overrides,
+        }
+    )
+
+
+def _released_and_monitored(study, folder: Path):
+    """Train, release (the drift reference) and monitor 2020Q2: the loop's drift step."""
+    simulate(study, out_dir=folder / "run", report=False)
+    key = folder / "coordinator.key"
+    write_key_pair(key)
+    registry = Registry(folder / "registry")
+    sites = folder / "sites"
+    release_run(folder / "run", "cvd", key_path=key, registry_root=registry.root,
+                simulated_sites=sites)  # fmt: skip
+    ref = ReleaseRef("cvd", "v1")
+    monitored = monitor_release(
+        registry, ref, ["2020Q2"], key=load_private_key(key), key_path=key,
+        out_root=folder / "monitoring", simulated_sites=sites, rules=RULES,
+    )  # fmt: skip
+    reference = json.loads((registry.folder(ref) / REFERENCE).read_text())
+    task = json.loads((folder / "monitoring" / "runs" / "v1-2020Q2" / LOOP_RESULT_FILE).read_text())
+    return monitored, reference, task
+
+
+def _pooled_current(task: dict) -> list[ColumnSummary]:
+    if "secure_sum" in task:
+        return [summary_from_json(s) for s in task["secure_sum"]["current"]]
+    per_site = [[summary_from_json(s) for s in r["current"]] for r in task["result"].values()]
+    return [sum(columns[1:], columns[0]) for columns in zip(*per_site, strict=True)]
+
+
+def _assert_same_summaries(got: list[ColumnSummary], expected: list[ColumnSummary]) -> None:
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a.counts, b.counts)
+        assert a.n == b.n
+        assert a.total == pytest.approx(b.total, abs=3 * 2**-16)  # fixed point, 3 sites
+        assert a.total_squares == pytest.approx(b.total_squares, abs=3 * 2**-16)
+
+
+def test_drift_through_secure_aggregation_gives_the_plain_totals_and_alerts(tmp_path):
+    """The loop's drift step with and without SecAgg+: same totals, same drift, same alerts.
+
+    A minimum cell size of 1 withholds nothing, so the plain run's pooled
+    histograms (the sum of the sites') must equal the secure sum's. The metric
+    alerts stay per site; the PSI alerts are the federation's under SecAgg+,
+    and fire exactly where the plain run's pooled PSI exceeds the rule (a
+    federation's shift, diluted by the sites that did not change: see RULES).
+    """
+    study = _drift_study(**{"sites.min_cell_size": 1})
+    plain, plain_ref, plain_task = _released_and_monitored(study, tmp_path / "plain")
+    secure, secure_ref, secure_task = _released_and_monitored(
+        study.with_overrides(SECURE), tmp_path / "secure"
+    )
+    # nothing per site leaves in the clear: no site's histogram, in the release or the monitoring
+    assert all(not r["current"] and not r["reference"] for r in secure_task["result"].values())
+    assert all(not r["reference"] for r in secure_ref["per_site"].values())
+    assert secure_task["secure_sum"]["contributors"] == ["site-01", "site-02", "site-03"]
+    _assert_same_summaries(
+        [summary_from_json(s) for s in secure_ref["pooled"]],
+        [summary_from_json(s) for s in plain_ref["pooled"]],
+    )
+    _assert_same_summaries(_pooled_current(secure_task), _pooled_current(plain_task))
+    for feature, value in plain.drift["pooled"].items():
+        assert secure.drift["pooled"][feature]["psi"] == pytest.approx(value["psi"], abs=1e-9)
+        if value["smd"] is not None:
+            assert secure.drift["pooled"][feature]["smd"] == pytest.approx(value["smd"], abs=1e-6)
+    assert set(secure.drift) == {"pooled"}  # a site's own drift needs its own histogram
+    expected_psi = sorted(
+        f"psi:{f}" for f, v in plain.drift["pooled"].items() if v["psi"] > RULES.psi
+    )
+    assert expected_psi, "the assay change moves the pooled cholesterol histogram"
+    pooled_alerts = sorted(a.metric for a in secure.alerts if a.site == SECURE_SUM_SITE)
+    assert pooled_alerts == expected_psi
+    # the metric alerts: same sites and metrics, values as close as the two models
+    per_site = [a for a in secure.alerts if a.site != SECURE_SUM_SITE]
+    expected = [a for a in plain.alerts if not a.metric.startswith("psi:")]
+    assert [(a.site, a.metric) for a in per_site] == [(a.site, a.metric) for a in expected]
+    assert [a.value for a in per_site] == pytest.approx([a.value for a in expected], abs=1e-3)
+    assert all("psi:per-site (secure aggregation)" in r["withheld"] for r in secure.rows)
+
+
+# --- each site's own minimum cell size -----------------------------------------------------
+
+
+class DeployedSite:
+    """The real site ClientApp; partition 0 runs as a deployed site from its own site.toml."""
+
+    def __init__(self, site_toml: Path) -> None:
+        self.site_toml = site_toml
+
+    def __call__(self, message, context):
+        if context.node_config.get(PARTITION_ID) == 0:
+            context.node_config[SITE_CONFIG] = str(self.site_toml)
+        return client_app.app(message, context)
+
+
+def _site_toml(folder: Path, study, min_cell_size: int) -> Path:
+    """site-01's own site.toml: its table (the synthetic site's rows) and its minimum cell size."""
+    folder.mkdir(parents=True)
+    raw = next(s for s in raw_sites(study) if s.name == "site-01")
+    raw.table.to_csv(folder / "site-01.csv", index=False)
+    made = init_certificates(folder / "certs", hosts=["127.0.0.1"], sites=["site-01"])
+    path = folder / "site.toml"
+    path.write_text(
+        f'[site]\nname = "site-01"\n[coordinator]\naddress = "127.0.0.1:9092"\n'
+        f'ca_certificate = "{made.ca_certificate}"\n'
+        f'[identity]\nprivate_key = "{made.site_keys["site-01"]}"\n'
+        f'[data]\nfile = "site-01.csv"\n[policy]\nmin_cell_size = {min_cell_size}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize(("site_cell_size", "withheld"), [(10, []), (35, ["diabetes"])])
+def test_a_sites_own_stricter_minimum_cell_size_applies_to_the_totals(
+    small_study, tmp_path, site_cell_size: int, withheld: list[str]
+):
+    """site-01 (deployed, its own site.toml) asks for k = 35; the study says 10.
+
+    Under secure aggregation no site can withhold its own small cells (they
+    are hidden in the sum), so the coordinator applies the largest k of the
+    study and of every site in the sum to the totals: the diabetes column,
+    29 ones across the three sites' training rows, is withheld from the
+    federation's statistics with k = 35 and kept with k = 10 (bp_treated, 39
+    ones, is kept by both), and the ledger says which k each sum used.
+    """
+    study = small_study.with_overrides(SECURE)
+    site_toml = _site_toml(tmp_path / "site-01", study, site_cell_size)
+    config = {server_app.STUDY_KEY: study.to_json(), server_app.OUT_DIR_KEY: str(tmp_path / "run")}
+    run_inprocess(config, 3, client=DeployedSite(site_toml))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [d["column"] for d in summary["preprocessing"]["departures"]] == withheld
+    sums = [
+        e.data
+        for e in load_entries(tmp_path / "run" / "governance" / "coordinator.jsonl")
+        if e.kind == "secure-aggregation"
+    ]
+    assert [s["min_cell_size"] for s in sums] == [site_cell_size] * len(sums)
