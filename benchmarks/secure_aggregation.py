@@ -10,7 +10,9 @@ study with ``privacy.secure_aggregation = "secaggplus"``:
   training stages, as the coordinator's ledger records their sizes),
 - the neighbours each site shares its secrets with (``num_shares``: every site
   up to 21 sites, SecAgg+'s sparse graph beyond),
-- the federation's mean AUROC after the last round;
+- the federation's mean AUROC after the last round,
+- the CPU seconds of the whole run (best of the repeats: steadier than wall time
+  when other jobs share the machine);
 
 then 3 deployed sites on loopback (SuperLink and SuperNodes as real processes),
 plain and secure. Targets (issue 17): at most 2x plain FedAvg's round time at 10
@@ -28,6 +30,7 @@ import json
 import logging
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +70,10 @@ def round_figures(run_dir: Path) -> dict[str, Any]:
 def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the fewest seconds per round, and every run's figure beside it."""
     best = min(runs, key=lambda run: run["seconds_per_round"])
-    return {**best, "seconds_per_round_runs": [run["seconds_per_round"] for run in runs]}
+    figures = {**best, "seconds_per_round_runs": [run["seconds_per_round"] for run in runs]}
+    if "cpu_seconds" in best:  # in-process runs: the whole run's CPU, steadier on a busy machine
+        figures["cpu_seconds"] = min(run["cpu_seconds"] for run in runs)
+    return figures
 
 
 def simulated(n_sites: int, rounds: int, repeats: int, root: Path) -> dict[str, Any]:
@@ -85,8 +91,9 @@ def simulated(n_sites: int, rounds: int, repeats: int, root: Path) -> dict[str, 
         runs = []
         for repeat in range(repeats):
             out = root / f"{label}-{n_sites}-{repeat}"
+            cpu = time.process_time()
             simulate(study.with_overrides(overrides), out_dir=out, report=False)
-            runs.append(round_figures(out))
+            runs.append({**round_figures(out), "cpu_seconds": time.process_time() - cpu})
         figures[label] = best_of(runs)
     figures["time_ratio"] = (
         figures["secure"]["seconds_per_round"] / figures["plain"]["seconds_per_round"]
@@ -165,7 +172,7 @@ def main() -> None:
         print(f"best of {args.repeats} runs; seconds: median over rounds 2..{args.rounds}")
         print(f"{'sites':>6} {'plain s/round':>14} {'secure s/round':>15} {'ratio':>6} "
               f"{'plain B/round':>14} {'secure B/round':>15} {'shares':>7} "
-              f"{'|dAUROC|':>9}")  # fmt: skip
+              f"{'|dAUROC|':>9} {'CPU s/run plain':>16} {'secure':>7}")  # fmt: skip
         for n in args.sites:
             f = simulated(n, args.rounds, args.repeats, root)
             results["simulated"][n] = f
@@ -174,7 +181,8 @@ def main() -> None:
                 f"{f['secure']['seconds_per_round']:>15.3f} {f['time_ratio']:>6.2f} "
                 f"{f['plain']['reply_bytes_per_round']:>14,.0f} "
                 f"{f['secure']['reply_bytes_per_round']:>15,.0f} {f['secure']['num_shares']:>7} "
-                f"{f['auroc_difference']:>9.5f}"
+                f"{f['auroc_difference']:>9.5f} {f['plain']['cpu_seconds']:>16.2f} "
+                f"{f['secure']['cpu_seconds']:>7.2f}"
             )
         quality = default_study_quality(root)
         results["default_study"] = quality
