@@ -7,6 +7,8 @@
   totals, drift and alerts as without it, small cells withheld from the
   totals only; the egress guard knows the masked drift payloads.
 - A site's own minimum cell size (its site.toml) applies to the totals.
+- A pooled recalibration's Newton steps go through the secure sum; a per-site
+  one is refused.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from lhs_federated.apps.run_config import LOOP_RESULT_FILE
 from lhs_federated.apps.secagg import HALF, MODULUS, SiteKeys
 from lhs_federated.apps.secagg_messages import MIN_CELL_SIZE
 from lhs_federated.apps.secagg_payloads import PARAM_PREFIX, Quantiser, encode_update
+from lhs_federated.cli import main
 from lhs_federated.data.encoding import encoded_columns
 from lhs_federated.data.sources import load_sites, raw_sites
 from lhs_federated.deploy.certs import init_certificates
+from lhs_federated.errors import ConfigError
 from lhs_federated.governance.keys import load_private_key, write_key_pair
 from lhs_federated.governance.verify import load_entries
 from lhs_federated.learning.drift import (
@@ -47,6 +51,7 @@ from lhs_federated.learning.site import n_features
 from lhs_federated.loop.alerts import AlertRules
 from lhs_federated.loop.monitor import monitor_release, monitoring_study
 from lhs_federated.loop.release import REFERENCE, release_run
+from lhs_federated.loop.tasks import run_task
 from lhs_federated.privacy.egress import EgressBlocked
 from lhs_federated.registry.store import Registry, ReleaseRef
 
@@ -402,3 +407,43 @@ def test_the_setup_reply_declares_the_sites_own_minimum_cell_size(small_study):
     guard_reply(records.SECAGG_SETUP, setup(25), secure, "site-01", 25)
     with pytest.raises(EgressBlocked, match="not the site's minimum cell size"):
         guard_reply(records.SECAGG_SETUP, setup(10), secure, "site-01", 25)
+
+
+# --- the learning loop's pooled recalibration --------------------------------------------------
+
+
+def test_a_pooled_recalibration_through_secure_aggregation_fits_the_plain_parameters(
+    small_study, tmp_path
+):
+    """Each Newton step's score and information as one secure sum: the same fit as plain."""
+    study = small_study.with_overrides({"rounds": 4})
+    simulate(study, out_dir=tmp_path / "run", report=False)
+    task = {"kind": "recalibrate", "model": str(tmp_path / "run"), "method": "logistic"}
+    plain = run_task(study, tmp_path / "plain", task)
+    secure = run_task(study.with_overrides(SECURE), tmp_path / "secure", task)
+    assert secure["result"]["newton_rounds"] == plain["result"]["newton_rounds"]
+    np.testing.assert_allclose(
+        secure["result"]["params"]["pooled"], plain["result"]["params"]["pooled"], atol=1e-6
+    )
+    sums = [
+        e.data
+        for e in load_entries(tmp_path / "secure" / "governance" / "coordinator.jsonl")
+        if e.kind == "secure-aggregation"
+    ]
+    assert [s["kind"] for s in sums] == ["recalibration"] * secure["result"]["newton_rounds"]
+    with pytest.raises(ConfigError, match="per-site recalibration fits each site's own"):
+        run_task(study.with_overrides(SECURE), tmp_path / "per-site", {**task, "per_site": True})
+    assert [p.name for p in (tmp_path / "per-site").iterdir()] == ["failure.json"]
+
+
+def test_a_loop_of_per_site_updates_under_secure_aggregation_is_refused(tmp_path, capsys):
+    loop = tmp_path / "loop.toml"
+    loop.write_text(
+        '[loop]\nupdate = "per-site"\ninitial_periods = 1\n'
+        '[study]\nname = "l"\n[study.data.synthetic]\nsites = 3\nperiods = 2\n'
+        '[study.privacy]\nsecure_aggregation = "secaggplus"\n',
+        encoding="utf-8",
+    )
+    assert main(["loop", str(loop), "--out", str(tmp_path / "out")]) == 2
+    assert "loop.update = 'per-site' fits each site's own recalibration" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
