@@ -105,7 +105,9 @@ def secure_sum(
     timeout = study.federation.round_timeout
     threshold = spec.threshold_for(len(nodes))
     order = sorted(nodes, key=grid.sites.__getitem__)
-    random.Random(f"{study.seed}:{kind}:{server_round}").shuffle(order)
+    # A sparse graph drawn from the OS, fresh each sum: colluders chosen from the
+    # study's seed could otherwise be a target's neighbours (the sum is the same).
+    random.SystemRandom().shuffle(order)
     graph = neighbours(order, spec.shares_for(len(nodes)))
     failed: dict[int, str] = {}
 

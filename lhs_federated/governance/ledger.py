@@ -174,6 +174,11 @@ def jsonable(value: Any) -> Any:
     paths become strings and non-finite floats become ``null`` (JSON has no
     NaN; a metric that is undefined is recorded with its reason elsewhere).
     """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:  # most of a record
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
         return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
