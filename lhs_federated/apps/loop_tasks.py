@@ -214,8 +214,7 @@ def monitor_release(
     def work(
         site_grid: SiteGrid, audit: CoordinatorAudit, test_rows: dict[str, int | None]
     ) -> TaskOutcome:
-        if study.privacy.secure:  # before any site works: the sum needs enough of them
-            check_secure_aggregation(study, source="the study", n_sites=len(site_grid.sites))
+        _check_secure(study, site_grid)
 
         def content(node: int) -> RecordDict:
             return RecordDict(
@@ -258,6 +257,12 @@ def monitor_release(
         grid, study, out_dir, kind="monitor", engine=engine, audit_options=audit_options,
         site_nodes=site_nodes, arrays=model.arrays, work=work,
     )  # fmt: skip
+
+
+def _check_secure(study: Study, grid: SiteGrid) -> None:
+    """Before any site works: secure sums need enough sites for the study's threshold."""
+    if study.privacy.secure:
+        check_secure_aggregation(study, source="the study", n_sites=len(grid.sites))
 
 
 def _secure_drift(
@@ -386,6 +391,7 @@ def recalibrate_release(
         )
 
     def work(site_grid: SiteGrid, audit: CoordinatorAudit, _rows: dict) -> TaskOutcome:
+        _check_secure(study, site_grid)
         names = sorted(site_grid.sites.values())
         current = {name: identity(method) for name in (names if per_site else ["pooled"])}
         failed: dict[str, str] = {}
