@@ -3,34 +3,56 @@
 - The coordinator's view of one site's masked update, captured from a real
   run, is statistically unrelated to the update (and the same tests reject
   the unmasked update, so they can fail).
+- The learning loop's drift histograms go through the secure sum: the same
+  totals, drift and alerts as without it, small cells withheld from the
+  totals only; the egress guard knows the masked drift payloads.
+- A site's own minimum cell size (its site.toml) applies to the totals.
+- A pooled recalibration's Newton steps go through the secure sum; a per-site
+  one is refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import MessageType
+from flwr.app import ConfigRecord, MessageType, MetricRecord, RecordDict
 from scipy import stats
 
-from lhs_federated import load_study, simulate
+from lhs_federated import Study, load_study, simulate
 from lhs_federated.apps import client_app, records, server_app
 from lhs_federated.apps.client_site import PARTITION_ID, SITE_CONFIG
+from lhs_federated.apps.egress import guard_reply
 from lhs_federated.apps.engines import run_inprocess
 from lhs_federated.apps.federation import SECURE_SUM_SITE
+from lhs_federated.apps.loop_secagg import encode_drift
 from lhs_federated.apps.run_config import LOOP_RESULT_FILE
-from lhs_federated.apps.secagg import HALF, MODULUS
+from lhs_federated.apps.secagg import HALF, MODULUS, SiteKeys
+from lhs_federated.apps.secagg_messages import MIN_CELL_SIZE
 from lhs_federated.apps.secagg_payloads import PARAM_PREFIX, Quantiser, encode_update
-from lhs_federated.data.sources import raw_sites
+from lhs_federated.cli import main
+from lhs_federated.data.encoding import encoded_columns
+from lhs_federated.data.sources import load_sites, raw_sites
 from lhs_federated.deploy.certs import init_certificates
+from lhs_federated.errors import ConfigError
 from lhs_federated.governance.keys import load_private_key, write_key_pair
 from lhs_federated.governance.verify import load_entries
-from lhs_federated.learning.drift import ColumnSummary, summary_from_json
+from lhs_federated.learning.drift import (
+    NUMERIC_BINS,
+    ColumnSummary,
+    summarise_columns,
+    summary_from_json,
+)
+from lhs_federated.learning.monitoring import MONITOR_KEYS, withhold_small_cells
+from lhs_federated.learning.site import n_features
 from lhs_federated.loop.alerts import AlertRules
-from lhs_federated.loop.monitor import monitor_release
+from lhs_federated.loop.monitor import monitor_release, monitoring_study
 from lhs_federated.loop.release import REFERENCE, release_run
+from lhs_federated.loop.tasks import run_task
+from lhs_federated.privacy.egress import EgressBlocked
 from lhs_federated.registry.store import Registry, ReleaseRef
 
 SECURE = {"privacy.secure_aggregation": "secaggplus"}
@@ -195,12 +217,12 @@ def _pooled_current(task: dict) -> list[ColumnSummary]:
     return [sum(columns[1:], columns[0]) for columns in zip(*per_site, strict=True)]
 
 
-def _assert_same_summaries(got: list[ColumnSummary], expected: list[ColumnSummary]) -> None:
+def _same(got: list[ColumnSummary], expected: list[ColumnSummary]) -> None:
+    """Equal summaries: counts exactly (withheld alike), moments within the fixed point."""
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a.counts, b.counts)
-        assert a.n == b.n
-        assert a.total == pytest.approx(b.total, abs=3 * 2**-16)  # fixed point, 3 sites
-        assert a.total_squares == pytest.approx(b.total_squares, abs=3 * 2**-16)
+        for x, y in ((a.n, b.n), (a.total, b.total), (a.total_squares, b.total_squares)):
+            assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, abs=3 * 2**-16)
 
 
 def test_drift_through_secure_aggregation_gives_the_plain_totals_and_alerts(tmp_path):
@@ -221,11 +243,11 @@ def test_drift_through_secure_aggregation_gives_the_plain_totals_and_alerts(tmp_
     assert all(not r["current"] and not r["reference"] for r in secure_task["result"].values())
     assert all(not r["reference"] for r in secure_ref["per_site"].values())
     assert secure_task["secure_sum"]["contributors"] == ["site-01", "site-02", "site-03"]
-    _assert_same_summaries(
+    _same(
         [summary_from_json(s) for s in secure_ref["pooled"]],
         [summary_from_json(s) for s in plain_ref["pooled"]],
     )
-    _assert_same_summaries(_pooled_current(secure_task), _pooled_current(plain_task))
+    _same(_pooled_current(secure_task), _pooled_current(plain_task))
     for feature, value in plain.drift["pooled"].items():
         assert secure.drift["pooled"][feature]["psi"] == pytest.approx(value["psi"], abs=1e-9)
         if value["smd"] is not None:
@@ -302,3 +324,126 @@ def test_a_sites_own_stricter_minimum_cell_size_applies_to_the_totals(
         if e.kind == "secure-aggregation"
     ]
     assert [s["min_cell_size"] for s in sums] == [site_cell_size] * len(sums)
+
+
+def test_secure_drift_withholds_small_cells_of_the_totals_only(tmp_path):
+    """A minimum cell size of 40 on sites of about 120 rows a quarter (messy tails).
+
+    Plain monitoring withholds each site's small bins (the tails), so its
+    pooled histogram undercounts them; the secure sum's totals are the pooled
+    rows' own histogram with only the bins of fewer than 40 rows across all
+    sites withheld, both for the release's reference and the monitored quarter.
+    """
+    study = _drift_study(**{"sites.min_cell_size": 40})
+    _, _, plain_task = _released_and_monitored(study, tmp_path / "plain")
+    secure_study = study.with_overrides(SECURE)
+    _, reference, task = _released_and_monitored(secure_study, tmp_path / "secure")
+    edges = [np.asarray(e) for e in reference["edges"]]
+
+    def pooled_rows(of: Study, rows: str) -> list[ColumnSummary]:
+        features = np.vstack([getattr(s, rows).features for s in load_sites(of)])
+        return withhold_small_cells(summarise_columns(features, edges), 40)
+
+    _same([summary_from_json(s) for s in reference["pooled"]], pooled_rows(secure_study, "train"))
+    monitored = monitoring_study(secure_study, ["2020Q2"], name="cvd-monitor")
+    oracle = pooled_rows(monitored, "test")
+    _same([summary_from_json(s) for s in task["secure_sum"]["current"]], oracle)
+    assert task["secure_sum"]["min_cell_size"] == 40
+    # the plain pooled histogram lost the sites' small tails: it holds fewer rows
+    plain_rows = sum(np.nansum(c.counts) for c in _pooled_current(plain_task))
+    assert plain_rows < sum(np.nansum(c.counts) for c in oracle)
+
+
+def _monitor_reply(drift: dict[str, list[float]]) -> RecordDict:
+    metrics = MetricRecord(dict.fromkeys(MONITOR_KEYS, 0.5) | {"n": 100.0})
+    return RecordDict(
+        {
+            records.METRICS: metrics,
+            records.UNDEFINED: ConfigRecord({}),
+            records.DRIFT: MetricRecord(drift),
+        }
+    )
+
+
+def _drift_vector(study: Study, bins: int = NUMERIC_BINS) -> dict[str, np.ndarray]:
+    """A well-formed drift vector of the study's columns (numeric ones with ``bins`` bins)."""
+    columns = encoded_columns(study.contract, study.preprocessing.one_hot)
+    edges = [np.linspace(0, 1, 1 if c.indicator else bins - 1) for c in columns]
+    features = np.random.default_rng(0).random((50, len(columns)))
+    return encode_drift({"current": summarise_columns(features, edges)})
+
+
+def test_the_egress_guard_knows_the_drift_payloads(small_study):
+    """Under SecAgg+ no histogram leaves in clear; a masked one only of the declared shapes."""
+    secure = small_study.with_overrides(SECURE)
+    histogram = {"current-counts": [5.0, 20.0], "current-n": [25.0] * n_features(secure)}
+    guard_reply(records.MONITOR, _monitor_reply(histogram), small_study, "site-01", 10)
+    with pytest.raises(EgressBlocked, match="drift histograms in clear under secure aggregation"):
+        guard_reply(records.MONITOR, _monitor_reply(histogram), secure, "site-01", 10)
+    guard_reply(records.MONITOR, _monitor_reply({}), secure, "site-01", 10)
+
+    def collect(vector: dict[str, np.ndarray]) -> RecordDict:
+        return RecordDict({records.MASKED: records.to_array_record(vector)})
+
+    for bins in (2, NUMERIC_BINS):  # a numeric column has ten bins, or two without a range
+        guard_reply(records.SECAGG_COLLECT_STATISTICS, collect(_drift_vector(secure, bins)),
+                    secure, "site-01", 10)  # fmt: skip
+    odd = _drift_vector(secure, 5)
+    with pytest.raises(EgressBlocked, match="1 x masked vector of undeclared names"):
+        guard_reply(records.SECAGG_COLLECT_STATISTICS, collect(odd), secure, "site-01", 10)
+    extra = {**_drift_vector(secure), "drift-current-rows": np.arange(50, dtype=np.int64)}
+    with pytest.raises(EgressBlocked, match="masked vector of undeclared names"):
+        guard_reply(records.SECAGG_COLLECT_STATISTICS, collect(extra), secure, "site-01", 10)
+
+
+def test_the_setup_reply_declares_the_sites_own_minimum_cell_size(small_study):
+    secure = small_study.with_overrides(SECURE)
+    keys = SiteKeys.generate()
+
+    def setup(k: int) -> RecordDict:
+        values = {"pk1": keys.pk1, "pk2": keys.pk2, MIN_CELL_SIZE: k}
+        return RecordDict({records.SECAGG: ConfigRecord(values)})
+
+    guard_reply(records.SECAGG_SETUP, setup(25), secure, "site-01", 25)
+    with pytest.raises(EgressBlocked, match="not the site's minimum cell size"):
+        guard_reply(records.SECAGG_SETUP, setup(10), secure, "site-01", 25)
+
+
+# --- the learning loop's pooled recalibration --------------------------------------------------
+
+
+def test_a_pooled_recalibration_through_secure_aggregation_fits_the_plain_parameters(
+    small_study, tmp_path
+):
+    """Each Newton step's score and information as one secure sum: the same fit as plain."""
+    study = small_study.with_overrides({"rounds": 4})
+    simulate(study, out_dir=tmp_path / "run", report=False)
+    task = {"kind": "recalibrate", "model": str(tmp_path / "run"), "method": "logistic"}
+    plain = run_task(study, tmp_path / "plain", task)
+    secure = run_task(study.with_overrides(SECURE), tmp_path / "secure", task)
+    assert secure["result"]["newton_rounds"] == plain["result"]["newton_rounds"]
+    np.testing.assert_allclose(
+        secure["result"]["params"]["pooled"], plain["result"]["params"]["pooled"], atol=1e-6
+    )
+    sums = [
+        e.data
+        for e in load_entries(tmp_path / "secure" / "governance" / "coordinator.jsonl")
+        if e.kind == "secure-aggregation"
+    ]
+    assert [s["kind"] for s in sums] == ["recalibration"] * secure["result"]["newton_rounds"]
+    with pytest.raises(ConfigError, match="per-site recalibration fits each site's own"):
+        run_task(study.with_overrides(SECURE), tmp_path / "per-site", {**task, "per_site": True})
+    assert [p.name for p in (tmp_path / "per-site").iterdir()] == ["failure.json"]
+
+
+def test_a_loop_of_per_site_updates_under_secure_aggregation_is_refused(tmp_path, capsys):
+    loop = tmp_path / "loop.toml"
+    loop.write_text(
+        '[loop]\nupdate = "per-site"\ninitial_periods = 1\n'
+        '[study]\nname = "l"\n[study.data.synthetic]\nsites = 3\nperiods = 2\n'
+        '[study.privacy]\nsecure_aggregation = "secaggplus"\n',
+        encoding="utf-8",
+    )
+    assert main(["loop", str(loop), "--out", str(tmp_path / "out")]) == 2
+    assert "loop.update = 'per-site' fits each site's own recalibration" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

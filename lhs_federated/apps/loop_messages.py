@@ -252,8 +252,15 @@ def gate(message: Message, context: Context) -> Message:
     )
 
 
-def recalibrate(message: Message, context: Context) -> Message:
-    """Score and information of the site's training rows at the current parameters."""
+def site_recalibration_terms(
+    message: Message, context: Context
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Score, information and rows of the site's training rows; and its minimum cell size.
+
+    Read from a recalibration message (the release's arrays, the method, the
+    current parameters): a ``train.recalibrate`` message, or the collect
+    stage of a secure sum of them (:mod:`lhs_federated.apps.loop_secagg`).
+    """
     config = message.content[records.CONFIG]
     study = records.study_from_config(config)
     site = resolve_site(study, context)
@@ -267,7 +274,13 @@ def recalibrate(message: Message, context: Context) -> Message:
         standardizer=_standardizer(study, site, config, records.PREP_MEAN, records.PREP_SCALE),
         site_params=_site_params(config, SITE_PARAMS, site.data.name),
     )
-    if n < site.min_cell_size:  # nothing computed on fewer rows leaves the site
+    return gradient, information, n, site.min_cell_size
+
+
+def recalibrate(message: Message, context: Context) -> Message:
+    """Score and information of the site's training rows at the current parameters."""
+    gradient, information, n, min_cell_size = site_recalibration_terms(message, context)
+    if n < min_cell_size:  # nothing computed on fewer rows leaves the site
         gradient, information = np.full_like(gradient, np.nan), np.full_like(information, np.nan)
     metrics = MetricRecord(
         {

@@ -1,4 +1,4 @@
-"""The learning loop's drift histograms under SecAgg+: one masked sum per monitoring study.
+"""The learning loop's sums under SecAgg+: drift histograms, recalibration terms.
 
 With ``privacy.secure_aggregation = "secaggplus"`` a monitoring study's sites
 send their evaluation metrics in the clear as before (they stay per site and
@@ -16,6 +16,12 @@ A site's vector, per summarised row set (``current``, ``reference``): each
 column's bin counts (one int64 array per column, named by its index) and the
 columns' counts, sums and sums of squares in the federated statistics'
 fixed point (:func:`~lhs_federated.apps.secagg_payloads.encode_statistics`).
+
+A pooled recalibration (``train.recalibrate`` without ``per_site``) sums the
+sites' score and information into each Newton step; under SecAgg+ each step
+is one ``recalibration`` sum of them (fixed point, ``2**24`` steps per unit)
+and of the rows, so the fit is still the pooled rows' and no site's terms are
+seen. A per-site recalibration needs each site's own terms: it is refused.
 """
 
 from __future__ import annotations
@@ -23,25 +29,38 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, Context, Message
 
-from lhs_federated.apps.loop_messages import WITH_REFERENCE, edges_from_config
-from lhs_federated.apps.secagg import Vector
+from lhs_federated.apps import records
+from lhs_federated.apps.client_site import resolve_site
+from lhs_federated.apps.loop_messages import (
+    WITH_REFERENCE,
+    edges_from_config,
+    site_recalibration_terms,
+)
+from lhs_federated.apps.secagg import HALF, SecAggError, Vector
 from lhs_federated.apps.secagg_payloads import (
     decode_statistics,
     encode_statistics,
     statistics_shapes,
 )
 from lhs_federated.data.encoding import encoded_columns
-from lhs_federated.data.sources import SiteData
 from lhs_federated.data.statistics import ColumnSums
 from lhs_federated.learning.drift import NUMERIC_BINS, ColumnSummary, summarise_columns
 from lhs_federated.learning.monitoring import withhold_small_cells
 from lhs_federated.study import Study
 
-DRIFT = "drift"  # the secure sum's kind (the site's state and the ledger name it)
+DRIFT = "drift"  # the secure sums' kinds (the site's state and the ledger name them)
+RECALIBRATION = "recalibration"
 ROW_SETS = ("current", "reference")
 _PREFIX = "drift-"
+GRADIENT, INFORMATION, ROWS = (
+    "recalibration-gradient",
+    "recalibration-information",
+    "recalibration-rows",
+)
+#: Fixed-point steps per unit of a score or information term.
+RECALIBRATION_SCALE = 2**24
 
 
 def _row_sets(with_reference: bool) -> tuple[str, ...]:
@@ -96,12 +115,14 @@ def decode_drift(
     return out
 
 
-def site_drift_vector(site: SiteData, config: ConfigRecord) -> Vector:
+def site_drift_vector(message: Message, context: Context) -> Vector:
     """A site's drift vector for the monitoring study's config (bins, whether with reference).
 
     Nothing is withheld here: the site's values are hidden in the sum, and
     the coordinator applies the minimum cell size to the totals.
     """
+    config = message.content[records.CONFIG]
+    site = resolve_site(records.study_from_config(config), context).data
     edges = edges_from_config(config)
     summaries = {"current": summarise_columns(site.test.features, edges)}
     if bool(config.get(WITH_REFERENCE, False)):
@@ -109,9 +130,53 @@ def site_drift_vector(site: SiteData, config: ConfigRecord) -> Vector:
     return encode_drift(summaries)
 
 
-def is_drift_vector(masked: ArrayRecord) -> bool:
-    """Whether a masked vector is the loop's drift histograms (not the column sums)."""
-    return any(name.startswith(_PREFIX) for name in masked)
+def recalibration_shapes(size: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a site's recalibration vector of ``size`` parameters."""
+    return {GRADIENT: (size,), INFORMATION: (size * size,), ROWS: (1,)}
+
+
+def site_recalibration_vector(message: Message, context: Context) -> Vector:
+    """A site's score, information and rows at the step's parameters, in fixed point.
+
+    Raises
+    ------
+    SecAggError
+        If a term is not finite or too large to sum securely.
+    """
+    gradient, information, n, _ = site_recalibration_terms(message, context)
+    terms = np.concatenate([gradient, information.ravel()])
+    largest = float(np.abs(terms).max(initial=0.0))
+    if not math.isfinite(largest) or largest * RECALIBRATION_SCALE >= HALF // 1024:
+        raise SecAggError(f"the site's recalibration terms reach {largest:.3g}, too large to sum")
+    fixed = np.rint(terms * RECALIBRATION_SCALE).astype(np.int64)
+    size = len(gradient)
+    return {GRADIENT: fixed[:size], INFORMATION: fixed[size:], ROWS: np.array([n], np.int64)}
+
+
+def decode_recalibration(total: Vector, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The federation's score, information (``size`` x ``size``) and rows."""
+    return (
+        total[GRADIENT].astype(float) / RECALIBRATION_SCALE,
+        total[INFORMATION].astype(float).reshape(size, size) / RECALIBRATION_SCALE,
+        int(total[ROWS][0]),
+    )
+
+
+def is_loop_vector(masked: ArrayRecord) -> bool:
+    """Whether a masked vector is one of the loop's sums (not the column sums)."""
+    return any(name.startswith((_PREFIX, "recalibration-")) for name in masked)
+
+
+def declared_loop_shapes(masked: ArrayRecord, study: Study) -> dict[str, tuple[int, ...]]:
+    """The shapes the study allows that a loop vector's names claim ({} if none)."""
+    if GRADIENT in masked:
+        size = math.prod(masked[GRADIENT].shape)
+        return recalibration_shapes(size) if size in (1, 2) else {}
+    return declared_drift_shapes(masked, study)
+
+
+#: What a site puts in each of the loop's sums, from the collect stage's message.
+SITE_VECTORS = {DRIFT: site_drift_vector, RECALIBRATION: site_recalibration_vector}
 
 
 def declared_drift_shapes(masked: ArrayRecord, study: Study) -> dict[str, tuple[int, ...]]:

@@ -34,12 +34,7 @@ from flwr.clientapp import ClientApp
 
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import SITE_CONFIG, resolve_site
-from lhs_federated.apps.loop_secagg import (
-    DRIFT,
-    declared_drift_shapes,
-    is_drift_vector,
-    site_drift_vector,
-)
+from lhs_federated.apps.loop_secagg import SITE_VECTORS, declared_loop_shapes, is_loop_vector
 from lhs_federated.apps.secagg import (
     MODULUS,
     SecAggError,
@@ -328,21 +323,24 @@ def make_collect_update(local_round: LocalRound) -> Callable[[Message, Context],
 
 
 def collect_statistics(message: Message, context: Context) -> Message:
-    """Stage 3 of a sum of statistics: the column sums, or the loop's drift histograms.
+    """Stage 3 of a sum of statistics: the column sums, or one of the learning loop's sums.
 
     The masked column counts, sums and sums of squares (the statistics round),
-    or a monitoring study's bin counts and moments (a ``drift`` sum). The site
-    withholds no small cell: its values are hidden in the sum, and the
-    coordinator applies the minimum cell size to the total.
+    or a monitoring study's bin counts and moments (a ``drift`` sum), or a
+    pooled recalibration's score and information (see
+    :mod:`lhs_federated.apps.loop_secagg`). The site withholds no small cell:
+    its values are hidden in the sum, and the coordinator applies the minimum
+    cell size to the total.
     """
     state, site, study, inputs, node = _stage(message, context, "collect")
     _receive(state, site, study, inputs, node)
-    data = resolve_site(study, context).data
     try:
-        if state.kind == DRIFT:
-            vector = site_drift_vector(data, message.content[records.CONFIG])
+        if state.kind in SITE_VECTORS:
+            vector = SITE_VECTORS[state.kind](message, context)
         else:
-            vector = encode_statistics(ColumnSums.of(data.train.features))
+            vector = encode_statistics(
+                ColumnSums.of(resolve_site(study, context).data.train.features)
+            )
     except SecAggError as error:
         raise SiteRefusal(site, f"secure aggregation: {error}") from error
     masked = _masked(context, state, node, vector)
@@ -467,8 +465,8 @@ def _guard_collect_update(content: RecordDict, study: Study, site: str, k: int) 
 def _guard_collect_statistics(content: RecordDict, study: Study, site: str, k: int) -> RecordDict:
     shapes = statistics_shapes(n_features(study))
     masked = content.get(records.MASKED)
-    if isinstance(masked, ArrayRecord) and is_drift_vector(masked):
-        shapes = declared_drift_shapes(masked, study)
+    if isinstance(masked, ArrayRecord) and is_loop_vector(masked):
+        shapes = declared_loop_shapes(masked, study)
     problems = _guard_masked(content, shapes)
     if problems:
         raise EgressBlocked(site, "secure aggregation statistics", problems)

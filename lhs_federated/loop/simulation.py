@@ -129,6 +129,13 @@ def load_loop(path: str | Path, *, deployed: bool = False) -> LoopFile:
     study = finalise_study(table["study"], source=f"{path} [study]", base_dir=path.parent)
     if study.contract.index_date is None:
         raise ConfigError(f"{path}: the loop's study needs dated data (a contract index_date).")
+    if spec.update == "per-site" and study.privacy.secure:
+        raise ConfigError(
+            f"{path}: loop.update = 'per-site' fits each site's own recalibration from its own "
+            "score and information, which secure aggregation (study.privacy.secure_aggregation "
+            "= 'secaggplus') hides from the coordinator; use loop.update = 'in-the-large', "
+            "'logistic' or 'refit', or no secure aggregation."
+        )
     if deployed and spec.periods is None:
         raise ConfigError(
             f"{path}: a loop in deployment needs loop.periods (the periods, in order: the "
