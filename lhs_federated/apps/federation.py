@@ -21,6 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import FederatedStatistics, Standardizer
 from lhs_federated.errors import StudyRunError
+from lhs_federated.governance.durability import batched_durability
 from lhs_federated.learning.export import save_model
 from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, federation_means
 from lhs_federated.learning.models import build_model
@@ -171,20 +173,24 @@ def run_study(
             refused_nodes=refused,
         )
         writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
+        simulated = engine != DEPLOYMENT
         for server_round in range(done + 1, study.rounds + 1):
-            arrays, final_reports = _run_round(
-                site_grid,
-                strategy,
-                study,
-                arrays,
-                standardizer,
-                server_round,
-                writer,
-                audit,
-                privacy,
-                checks,
-                simulated=engine != DEPLOYMENT,
-            )
+            # A simulation's ledgers reach the disk once a round, before its checkpoint:
+            # a crash loses at most the round in progress, which resume repeats.
+            with batched_durability() if simulated else nullcontext():
+                arrays, final_reports = _run_round(
+                    site_grid,
+                    strategy,
+                    study,
+                    arrays,
+                    standardizer,
+                    server_round,
+                    writer,
+                    audit,
+                    privacy,
+                    checks,
+                    simulated=simulated,
+                )
             save_checkpoint(
                 out_dir,
                 Checkpoint(
