@@ -93,14 +93,14 @@ def run_ray(
     *,
     write_results: Callable[[Path], None] | None = None,
     address: str | None = None,
-    actors_per_core: float = ACTORS_PER_CORE,
+    actors_per_core: float | None = None,
 ) -> None:
     """Run the ServerApp here and ``n_sites`` ClientApps in Ray actors (:class:`RayGrid`).
 
     Ray runs where :func:`ray_cluster` says: a cluster named by ``address`` or
     ``RAY_ADDRESS``, one this process is already connected to, or else a
     private Ray instance on this machine with every core. Each CPU of the
-    cluster runs ``actors_per_core`` actors.
+    cluster runs ``actors_per_core`` actors (default :data:`ACTORS_PER_CORE`).
     """
     import ray
 
@@ -108,6 +108,7 @@ def run_ray(
 
     study = Study.from_json(run_config[server_app.STUDY_KEY], source="the run config")
     run_id = _enter_run()
+    actors_per_core = actors_per_core or ACTORS_PER_CORE
     with ray_cluster(address) as cpus:
         n_actors = max(1, round(cpus * actors_per_core))
         grid = RayGrid(
