@@ -17,7 +17,7 @@ from flwr.app import Context
 
 from lhs_federated.data.io import read_table
 from lhs_federated.data.omop.snapshot import read_snapshot
-from lhs_federated.data.sources import RawSite, SiteData, load_sites, prepare_site
+from lhs_federated.data.sources import RawSite, SiteData, loaded_sites, prepare_site
 from lhs_federated.errors import ConfigError, DataError
 from lhs_federated.governance.approval import check_snapshot_binding
 from lhs_federated.governance.site_folder import SiteFolder
@@ -76,7 +76,11 @@ def resolve_site(study: Study, context: Context) -> SiteRuntime:
             f"node {context.node_id} has neither {SITE_CONFIG!r} (a deployed site's config) "
             f"nor {PARTITION_ID!r} (a simulated site) in its node config."
         )
-    sites = load_sites(study)
+    key = (partition, context.node_config.get(NUM_PARTITIONS))
+    known = _SIMULATED.setdefault(study.hash, {}).get(key)
+    if known is not None:  # every mod of every message asks; the answer stays the same
+        return known
+    sites = loaded_sites(study)
     n_nodes = int(context.node_config.get(NUM_PARTITIONS, len(sites)))
     if n_nodes != len(sites) or not 0 <= int(partition) < len(sites):
         raise ConfigError(
@@ -85,9 +89,14 @@ def resolve_site(study: Study, context: Context) -> SiteRuntime:
             f"{len(sites)} nodes (flwr: options.num-supernodes = {len(sites)})."
         )
     data = sites[int(partition)]
-    return SiteRuntime(
+    runtime = SiteRuntime(
         data, study.sites.min_cell_size, threads=1, privacy=simulated_privacy(study, data.name)
     )
+    if len(_SIMULATED) > _SIMULATED_STUDIES:  # as many studies as load_sites keeps
+        _SIMULATED.clear()
+        _SIMULATED[study.hash] = {}
+    _SIMULATED[study.hash][key] = runtime
+    return runtime
 
 
 def simulated_privacy(study: Study, site: str) -> SitePrivacy:
@@ -174,3 +183,7 @@ def _snapshot_site(config: SiteConfig, study: Study) -> tuple[tuple[str, int, st
 
 
 _PREPARED: dict[tuple[str, int, str, str], SiteData] = {}
+#: Simulated sites resolved in this process: study hash -> (partition, nodes) -> site.
+#: A site's data and settings follow from the study (its hash) and its partition alone.
+_SIMULATED: dict[str, dict[tuple[object, object], SiteRuntime]] = {}
+_SIMULATED_STUDIES = 4

@@ -21,6 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.apps.strategies import build_strategy
 from lhs_federated.data.statistics import FederatedStatistics, Standardizer
 from lhs_federated.errors import StudyRunError
+from lhs_federated.governance.durability import batched_durability
 from lhs_federated.learning.export import save_model
 from lhs_federated.learning.metrics import METRIC_NAMES, MetricReport, federation_means
 from lhs_federated.learning.models import build_model
@@ -57,6 +59,7 @@ from lhs_federated.learning.site import (
     min_test_cases,
     n_features,
 )
+from lhs_federated.privacy.distributed import noise_plan
 from lhs_federated.privacy.spec import check_secure_aggregation
 from lhs_federated.registry.warm_start import load_warm_start
 from lhs_federated.results.notes import convergence, departures_line, preprocessing_summary
@@ -170,20 +173,24 @@ def run_study(
             refused_nodes=refused,
         )
         writer.write_sites([_site_row(s, study.sites.min_cell_size) for s in summaries.values()])
+        simulated = engine != DEPLOYMENT
         for server_round in range(done + 1, study.rounds + 1):
-            arrays, final_reports = _run_round(
-                site_grid,
-                strategy,
-                study,
-                arrays,
-                standardizer,
-                server_round,
-                writer,
-                audit,
-                privacy,
-                checks,
-                simulated=engine != DEPLOYMENT,
-            )
+            # A simulation's ledgers reach the disk once a round, before its checkpoint:
+            # a crash loses at most the round in progress, which resume repeats.
+            with batched_durability() if simulated else nullcontext():
+                arrays, final_reports = _run_round(
+                    site_grid,
+                    strategy,
+                    study,
+                    arrays,
+                    standardizer,
+                    server_round,
+                    writer,
+                    audit,
+                    privacy,
+                    checks,
+                    simulated=simulated,
+                )
             save_checkpoint(
                 out_dir,
                 Checkpoint(
@@ -467,7 +474,11 @@ def _run_round(
         rows.append((server_round, site, "train", "n", float(metrics[records.NUM_EXAMPLES]), ""))
         loss = float(metrics[records.TRAIN_LOSS])
         withheld = (
-            "withheld: outside the sample-level DP guarantee" if study.privacy.sample_dp else ""
+            "withheld: outside the sample-level DP guarantee"
+            if study.privacy.sample_dp
+            else "withheld: outside the distributed DP guarantee"
+            if study.privacy.distributed_dp
+            else ""
         )
         rows.append((server_round, site, "train", "loss", math.nan if withheld else loss, withheld))
     rows += privacy.round_rows(server_round, trained.ok)
@@ -569,14 +580,21 @@ def _secure_train(
     writer: RunWriter,
     started: float,
 ) -> tuple[RoundOutcome, int, Any, Any]:
-    """A training round through SecAgg+; a failure is written to rounds.csv, then ends the run."""
+    """A training round through SecAgg+; a failure is written to rounds.csv, then ends the run.
+
+    Under distributed-dp the round's config carries the noise plan, which each
+    site checks against the study it approved.
+    """
+    config = _round_config(study, standardizer)
+    if study.privacy.distributed_dp:
+        config.update(noise_plan(study).to_config())
     try:
         result, new_arrays, metrics = secure_training(
             grid,
             strategy,
             study,
             arrays,
-            _round_config(study, standardizer),
+            config,
             server_round,
             train_rows=sum(n for n in checks.train_rows.values() if n is not None),
             audit=audit,

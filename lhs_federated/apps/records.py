@@ -166,12 +166,22 @@ def study_from_config(config: ConfigRecord) -> Study:
     if STUDY not in config or STUDY_HASH not in config:
         raise ValueError(f"the message carries no study (keys: {sorted(config)})")
     text = str(config[STUDY])
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    digest = _sha256_of(text)
     if digest != config[STUDY_HASH]:
         raise ValueError(
             f"the study in the message hashes to {digest}, not the stated {config[STUDY_HASH]}"
         )
     return _study_of(digest, text)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(text: str) -> str:
+    """SHA-256 of a study's text, once per text: every mod of every message checks it.
+
+    Keyed on the text itself (equal strings, not merely the same object), so a
+    changed study is hashed anew.
+    """
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @functools.lru_cache(maxsize=8)
@@ -310,6 +320,32 @@ def report_from_record(record: RecordDict) -> MetricReport:
     return MetricReport(
         {name: float(metrics[name]) for name in METRIC_NAMES if name in metrics}, undefined
     )
+
+
+def hash_array_record(record: ArrayRecord) -> str:
+    """:func:`hash_arrays` of an ArrayRecord's arrays, computed once per content.
+
+    Every simulated site hashes the global model its message brought, the same
+    arrays for all of them. The hash follows from each array's name, dtype,
+    shape, serialisation type and bytes, which key the memo, so a record with
+    any other content is hashed anew.
+    """
+    key = tuple(
+        (name, array.dtype, tuple(array.shape), array.stype, array.data)
+        for name, array in record.items()
+    )
+    known = _RECORD_HASHES.get(key)
+    if known is None:
+        if len(_RECORD_HASHES) >= _RECORD_HASHES_MAX:
+            _RECORD_HASHES.clear()
+        known = _RECORD_HASHES[key] = hash_arrays(from_array_record(record))
+    return known
+
+
+#: Hashes of ArrayRecords already hashed in this process (see hash_array_record); few,
+#: since the key holds the arrays' bytes.
+_RECORD_HASHES: dict[tuple, str] = {}
+_RECORD_HASHES_MAX = 64
 
 
 def hash_arrays(arrays: dict[str, np.ndarray]) -> str:

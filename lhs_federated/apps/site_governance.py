@@ -147,10 +147,11 @@ def check_private_round(folder: SiteFolder, study: Study, privacy_ledger: Path |
     Raises
     ------
     SiteRefusal
-        If the study trains with sample-level DP and the site's privacy ledger
-        is missing, shorter or inconsistent with its signed ledger.
+        If the study's sites account its epsilon (sample-dp, distributed-dp)
+        and the site's privacy ledger is missing, shorter or inconsistent with
+        its signed ledger.
     """
-    if study.privacy.sample_dp:
+    if study.privacy.site_accounted:
         check_privacy_ledger(folder.site, folder.folder, folder.public_key, privacy_ledger)
 
 
@@ -300,7 +301,7 @@ def _arrays_hash(message: Message) -> str | None:
     arrays = message.content.get(records.ARRAYS)
     if not isinstance(arrays, ArrayRecord):
         return None
-    return records.hash_arrays(records.from_array_record(arrays))
+    return records.hash_array_record(arrays)
 
 
 def _error(message: Message, code: int, reason: str) -> Message:

@@ -168,10 +168,19 @@ def load_sites(study: Study) -> list[SiteData]:
         If any site's table breaks the contract; the message names the site
         and file, and lists every problem found.
     """
+    return list(loaded_sites(study))
+
+
+def loaded_sites(study: Study) -> tuple[SiteData, ...]:
+    """:func:`load_sites` as the cached tuple itself, not a copy.
+
+    For a simulated site that looks itself up with every message: copying a
+    thousand sites' list to take one is most of the lookup.
+    """
     adopted = _ADOPTED.get(study.hash)
     if adopted is not None:
-        return list(adopted)
-    return list(_load_sites_cached(study.hash, study.to_json()))
+        return adopted
+    return _load_sites_cached(study.hash, study.to_json())
 
 
 def adopt_prepared_sites(study_hash: str, sites: Sequence[SiteData]) -> None:

@@ -21,6 +21,7 @@ act on.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lhs_federated.errors import ConfigError, SiteRefusal
-from lhs_federated.governance.keys import fingerprint
 from lhs_federated.governance.ledger import Entry, Ledger
 from lhs_federated.governance.verify import verify_ledger
 
@@ -37,8 +37,13 @@ APPROVAL = "approval"
 REVOCATION = "revocation"
 ROLE = "approvals"
 
-# Registries verified by this process: path -> (file identity, state); see _replay.
-_VERIFIED: dict[str, tuple[tuple, dict, frozenset[str], dict[str, Any] | None]] = {}
+# Registries verified by this process: (public key, site, SHA-256 of the file's bytes)
+# -> (state, record hashes, ledger head); see _replay.
+_VERIFIED: dict[
+    tuple[bytes, str, bytes],
+    tuple[dict[tuple[str, str], Any], frozenset[str], dict[str, Any] | None],
+] = {}
+_VERIFIED_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,15 @@ class ApprovalRegistry:
         self._replay()
         return self._head
 
+    @property
+    def checked_head(self) -> dict[str, Any] | None:
+        """:meth:`site_ledger_head` of the registry as the last :meth:`check` read it.
+
+        A site's check reads the registry once and tests both its approval and
+        its anchor of the site ledger against that one reading.
+        """
+        return self._head
+
     def approvals(self) -> list[Approval]:
         """The approvals in force, oldest first."""
         return [value for value in self._replay().values() if isinstance(value, Approval)]
@@ -319,30 +333,29 @@ class ApprovalRegistry:
         ConfigError
             If the registry does not exist or does not verify.
         """
-        if not self.path.is_file():
+        try:
+            content = self.path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ConfigError(
                 f"no study is approved at site {self.site!r} yet: there is no approvals "
                 f"registry at {str(self.path)!r}"
-            )
-        # A state verified earlier in this process is reused while the file is unchanged
-        # (same inode, size and mtime). Approving or revoking appends, which changes the
-        # size; any other change forces a new verification. A reused state was verified,
-        # so the cache can never grant what the file does not.
-        info = self.path.stat()
-        identity = (
-            fingerprint(self.public_key),
-            info.st_dev,
-            info.st_ino,
-            info.st_size,
-            info.st_mtime_ns,
-        )
-        cached = _VERIFIED.get(str(self.path.resolve()))
-        if cached is not None and cached[0] == identity:
-            self._hashes, self._head = cached[2], cached[3]
-            return dict(cached[1])
-        state = self._verified_state()
-        _VERIFIED[str(self.path.resolve())] = (identity, dict(state), self._hashes, self._head)
-        return state
+            ) from None
+        # A state verified earlier in this process is reused for the same bytes (by
+        # their SHA-256), the same site and the same public key: verification depends
+        # on nothing else, so the cache can never grant what the file does not. Any
+        # change to the file (an approval, a revocation, a restored copy) is a new
+        # verification.
+        key = (self.public_key.public_bytes_raw(), self.site, hashlib.sha256(content).digest())
+        cached = _VERIFIED.get(key)
+        if cached is None:
+            state = self._verified_state()
+            if self.path.read_bytes() != content:  # changed while verifying: verified, not kept
+                return state
+            if len(_VERIFIED) >= _VERIFIED_MAX:
+                _VERIFIED.clear()
+            cached = _VERIFIED[key] = (dict(state), self._hashes, self._head)
+        self._hashes, self._head = cached[1], cached[2]
+        return dict(cached[0])
 
     def _verified_state(self) -> dict[tuple[str, str], Approval | Revocation]:
         verification = verify_ledger(self.path, self.public_key)

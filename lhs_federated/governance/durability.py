@@ -7,7 +7,9 @@ inside :func:`batched_durability` the writes still happen at once (other
 processes and readers see them), but the flush waits for the block's end and is
 one ``syncfs`` per file system instead of one ``fsync`` per file. The in-process
 engine wraps each stage of a round (one round's training or evaluation at every
-site) in one block.
+site) in one block, and a simulation's coordinator each whole round (its own
+ledger's records of the round with the sites'), which ends before the round's
+checkpoint is written.
 
 This module has no dependency on the rest of the package, so the key and ledger
 modules can both use it.
@@ -78,6 +80,21 @@ def batched_durability() -> Iterator[None]:
     finally:
         paths, _batch.pending = _batch.pending, None
         sync_paths(paths)
+
+
+@contextmanager
+def immediate_durability() -> Iterator[None]:
+    """Make every flush inside the block happen at once, even inside a batched block.
+
+    For a caller that must sync each record as it is written whatever its
+    caller batches (the in-process engine's ``batch_durability=False``).
+    """
+    pending = getattr(_batch, "pending", None)
+    _batch.pending = None
+    try:
+        yield
+    finally:
+        _batch.pending = pending
 
 
 def sync_paths(paths: set[Path]) -> None:

@@ -174,6 +174,11 @@ def jsonable(value: Any) -> Any:
     paths become strings and non-finite floats become ``null`` (JSON has no
     NaN; a metric that is undefined is recorded with its reason elsewhere).
     """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:  # most of a record
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
         return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -219,7 +224,7 @@ def _seal(
     body = "{" + ",".join(f'"{name}":{value}' for name, value in fields.items()) + "}"
     digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
     signature = base64.b64encode(key.sign(_digest(digest))).decode("ascii")
-    _remember((key.public_key().public_bytes_raw(), digest, signature))
+    _remember((_public_bytes(key), digest, signature))
     stored = {**fields, "hash": _json(digest), "signature": _json(signature)}
     line = "{" + ",".join(f'"{name}":{stored[name]}' for name in sorted(stored)) + "}\n"
     return Entry(seq, time, kind, data, prev_hash, digest, signature), line.encode("utf-8")
@@ -227,10 +232,27 @@ def _seal(
 
 def _json(value: Any) -> str:
     """One field's canonical JSON (as :func:`canonical_json`, as text)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _ENCODER.encode(value)
 
+
+#: What ``json.dumps`` builds from canonical_json's options on every call, built once.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def _public_bytes(key: Ed25519PrivateKey) -> bytes:
+    """The raw public key of ``key``, derived once per key object (every record needs it)."""
+    known = _PUBLIC_BYTES.get(key)
+    if known is None:
+        if len(_PUBLIC_BYTES) >= _GOOD_SIGNATURES_MAX:
+            _PUBLIC_BYTES.clear()
+        known = _PUBLIC_BYTES[key] = key.public_key().public_bytes_raw()
+    return known
+
+
+#: Raw public keys of the private keys that signed in this process, by key object.
+_PUBLIC_BYTES: dict[Ed25519PrivateKey, bytes] = {}
 
 #: Signatures known to verify in this process: (raw public key, record hash, signature).
 #: Only good ones are kept, so a signature is never accepted that would not verify.

@@ -22,13 +22,14 @@ this imports Flower. In a site's launcher, for example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from lhs_federated.errors import ConfigError, SiteRefusal
 from lhs_federated.governance.approval import (
@@ -124,6 +125,9 @@ class SentMessage:
     detail: str | None = None
     coordinator_key: str | None = None
     received_arrays_hash: str | None = None
+
+
+_SENT_FIELDS = fields(SentMessage)
 
 
 def error_digest(code: int, reason: str) -> tuple[str, int]:
@@ -310,7 +314,7 @@ class SiteFolder:
             approval = self.registry.check(
                 study_hash, code_hash, anchor=self._registry_anchor(lines)
             )
-            self._check_ledger_head(lines)
+            self._check_ledger_head(lines, self.registry.checked_head)
             _check_coordinator_key(self.site, approval, context)
             return approval
         except SiteRefusal as refusal:
@@ -327,8 +331,10 @@ class SiteFolder:
         last = self.ledger.last()
         return {"seq": last.seq, "hash": last.hash}
 
-    def _check_ledger_head(self, lines: list[bytes]) -> None:
+    def _check_ledger_head(self, lines: list[bytes], head: Mapping[str, Any] | None) -> None:
         """The site ledger (its ``lines``) must hold the record the registry's latest change names.
+
+        ``head`` is that record (``seq`` and ``hash``) as the registry just checked names it.
 
         Raises
         ------
@@ -336,17 +342,11 @@ class SiteFolder:
             If the ledger is shorter, or holds another record there: it was
             rolled back to an older copy.
         """
-        head = self.registry.site_ledger_head()
         if head is None:
             return
         seq, digest = int(head["seq"]), str(head["hash"])
         path = self.folder / LEDGER_FILE
-        found = None
-        if seq < len(lines):
-            try:
-                found = parse_line(lines[seq], seq + 1).hash
-            except ValueError:
-                found = None
+        found = _stored_hash(lines[seq]) if seq < len(lines) else None
         if found != digest:
             raise SiteRefusal(
                 self.site,
@@ -364,18 +364,13 @@ class SiteFolder:
         registry it names must be at least that recent. Only lines of those
         two kinds are parsed, and the one used must carry the site's signature.
         """
-        path = self.folder / LEDGER_FILE
-        marks = (f'"kind":"{APPROVAL}"'.encode(), f'"kind":"{REVOCATION}"'.encode())
+        public_key = self.public_key.public_bytes_raw()
         for raw in reversed(lines):
-            if not any(mark in raw for mark in marks):
+            if _APPROVAL_MARK not in raw and _REVOCATION_MARK not in raw:
                 continue
-            try:
-                entry = parse_line(raw, 0)
-            except ValueError:
-                continue
-            if entry.content_matches_hash() and entry.signed_by(self.public_key):
-                record = entry.data.get("registry_record")
-                return (str(record), str(path)) if record else None
+            found, record = _signed_registry_record(raw, public_key)
+            if found:
+                return (record, str(self.folder / LEDGER_FILE)) if record else None
         return None
 
     def record_refusal(
@@ -411,7 +406,9 @@ class SiteFolder:
 
     def record_sent(self, sent: SentMessage) -> Entry:
         """Record a reply the site sent."""
-        return self.ledger.append(MESSAGE_SENT, asdict(sent))
+        # Its fields are plain values: a shallow dict is asdict's without its deep copies.
+        data = {field.name: getattr(sent, field.name) for field in _SENT_FIELDS}
+        return self.ledger.append(MESSAGE_SENT, data)
 
     def record_closed(
         self,
@@ -460,6 +457,41 @@ def _check_coordinator_key(
             f"{approval.coordinator_key}, and this message names {named or 'none'}: another "
             "coordinator, or one that changed its key (approve the study again with its new key)",
         )
+
+
+_APPROVAL_MARK = f'"kind":"{APPROVAL}"'.encode()
+_REVOCATION_MARK = f'"kind":"{REVOCATION}"'.encode()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _stored_hash(raw: bytes) -> str | None:
+    """The ``hash`` field of one stored ledger line (None if it is not a record).
+
+    Once per line's bytes: a site checks the same record of its ledger with
+    every message.
+    """
+    try:
+        return parse_line(raw, 0).hash
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=65_536)
+def _signed_registry_record(raw: bytes, public_key: bytes) -> tuple[bool, str | None]:
+    """Whether a stored line is a record signed by ``public_key``, and the registry record it names.
+
+    A pure function of the line's bytes and the key, so each line is parsed and
+    checked once per process however many messages check it.
+    """
+    try:
+        entry = parse_line(raw, 0)
+    except ValueError:
+        return False, None
+    key = Ed25519PublicKey.from_public_bytes(public_key)
+    if not (entry.content_matches_hash() and entry.signed_by(key)):
+        return False, None
+    record = entry.data.get("registry_record")
+    return True, str(record) if record else None
 
 
 def _approval_data(approval: Approval) -> dict[str, Any]:
