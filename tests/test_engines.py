@@ -138,3 +138,15 @@ def test_a_ray_address_needs_the_ray_backend(tmp_path):
     with pytest.raises(ConfigError, match=r"ray_address='127.0.0.1:6379' names a Ray cluster"):
         simulate(None, out_dir=tmp_path / "run", ray_address="127.0.0.1:6379")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_malformed_ray_address_is_a_clear_error_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"'no-port-here' named by ray_address .* cannot be"):
+        simulate(None, backend="ray", out_dir=tmp_path / "run", ray_address="no-port-here")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_refuses_a_ray_address_without_the_ray_backend(capsys):
+    assert main(["simulate", "--ray-address", "127.0.0.1:6379"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--ray-address '127.0.0.1:6379' names a Ray cluster, which only --backend ray" in err

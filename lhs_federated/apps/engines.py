@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 from lhs_federated.apps import client_app, server_app
 from lhs_federated.apps.inprocess import InProcessGrid
 from lhs_federated.data.sources import load_sites
+from lhs_federated.errors import ConfigError
 from lhs_federated.study import Study
 
 _log = logging.getLogger(__name__)
@@ -143,6 +144,11 @@ def ray_cluster(address: str | None = None) -> Iterator[float]:
     on this machine, whoever started it. A Ray this process had already
     connected to (``ray.init`` called first) is used as it is and left
     connected; any other is shut down when the block ends.
+
+    Raises
+    ------
+    ConfigError
+        If the named cluster's address is malformed or nothing answers there.
     """
     import ray
 
@@ -150,7 +156,15 @@ def ray_cluster(address: str | None = None) -> Iterator[float]:
     if started:
         named = address or os.environ.get("RAY_ADDRESS")
         if named:
-            ray.init(address=named)
+            try:
+                ray.init(address=named)
+            except (ConnectionError, ValueError) as failure:
+                setting = "ray_address (--ray-address)" if address else "RAY_ADDRESS"
+                raise ConfigError(
+                    f"the Ray cluster {named!r} named by {setting} cannot be reached: "
+                    f"{failure}. Name its head node as host:port (`ray start --head` "
+                    "prints it) or ray://host:10001, or unset it to run Ray on this machine."
+                ) from failure
         else:
             ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
     try:
