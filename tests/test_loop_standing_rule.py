@@ -75,7 +75,9 @@ def monitoring(study, fab, named: dict, kind: str, sent: dict | None = None):
 def test_the_rule_covers_monitoring_of_a_model_the_site_evaluated_under_approval(site):
     study, folder, fab = site
     gate = SiteGate(folder, monitoring_rule=True)
-    for kind, sent in (("query", None), (records.MONITOR, MODEL)):
+    secure_drift_sum = [(stage, None) for stage in (records.SECAGG_SETUP, records.SECAGG_SHARE,
+                        records.SECAGG_COLLECT_STATISTICS, records.SECAGG_UNMASK)]  # fmt: skip
+    for kind, sent in (("query", None), (records.MONITOR, MODEL), *secure_drift_sum):
         decision = gate.decide(*monitoring(study, fab, MODEL, kind, sent), fab)
         assert decision.allowed, decision.refusal
         assert decision.approval.approved_by == "standing rule monitoring_of_approved_releases"
@@ -91,6 +93,7 @@ def test_the_rule_covers_monitoring_of_a_model_the_site_evaluated_under_approval
         (FORGED, records.MONITOR, FORGED, "not a model this site evaluated"),
         (MODEL, records.MONITOR, FORGED, "brings model"),
         (MODEL, "train", MODEL, "covers monitoring messages"),
+        (MODEL, records.SECAGG_COLLECT_UPDATE, MODEL, "covers monitoring messages"),
     ],
 )
 def test_the_rule_refuses_what_the_site_never_approved(site, named, kind, sent, why):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -86,6 +88,22 @@ def test_a_site_that_drops_after_key_sharing_is_recovered_from_shares() -> None:
     total, _ = run_protocol(vectors, threshold=3, drop_after_share=frozenset({102}))
     expected = sum(v["a"] for n, v in vectors.items() if n != 102)
     np.testing.assert_array_equal(total["a"], expected)
+
+
+def test_the_default_sparse_graph_sums_30_sites_with_3_dropped_after_sharing() -> None:
+    """30 sites: 21 neighbours each (the default rule), masks cancel, dropouts recovered."""
+    from lhs_federated.privacy.spec import SecAggSpec
+
+    spec = SecAggSpec()
+    vectors = _ints(30, 30)
+    dropped = frozenset({103, 117, 128})
+    total, _ = run_protocol(
+        vectors, threshold=spec.threshold_for(30), num_shares=spec.shares_for(30),
+        drop_after_share=dropped,
+    )  # fmt: skip
+    for name in ("a", "b"):
+        expected = sum(v[name] for n, v in vectors.items() if n not in dropped)
+        np.testing.assert_array_equal(total[name], expected)
 
 
 def test_fewer_survivors_than_the_threshold_fails_with_the_reason() -> None:
@@ -181,12 +199,105 @@ def test_one_masked_vector_is_unrelated_to_the_site_values() -> None:
     assert abs(correlation) < 0.35
 
 
-def test_shares_keep_flowers_layout() -> None:
-    """Our sequential Shamir shares combine with Flower's own function, and back."""
+@pytest.mark.parametrize(
+    ("threshold", "num", "length"), [(2, 3, 0), (3, 5, 32), (6, 10, 17), (11, 21, 32), (13, 25, 48)]
+)
+def test_shares_keep_flowers_layout(threshold: int, num: int, length: int) -> None:
+    """Our Shamir shares combine with Flower's own function from any holders, and back."""
     from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 
+    rng = np.random.default_rng(num)
+    secret = rng.bytes(length)
+    ours = secagg.create_shares(secret, threshold, num)
+    assert [int.from_bytes(s[:4], "little") for s in ours] == list(range(1, num + 1))
+    for _ in range(3):
+        holders = [ours[i] for i in rng.choice(num, threshold, replace=False)]
+        assert combine_shares(holders) == secret
+        assert secagg.combine_shares(holders) == secret
+    assert secagg.combine_shares(create_shares(secret, threshold, num)[-threshold:]) == secret
+    assert secagg.create_shares(secret, threshold, num) != ours  # fresh coefficients
+
+
+def test_shares_refuse_what_cannot_rebuild_a_secret() -> None:
+    """Too few, repeated, ragged or zeroed shares give an error (or never the secret)."""
     secret = bytes(range(32))
-    assert combine_shares(secagg.create_shares(secret, 3, 5)[1:4]) == secret
-    assert secagg.combine_shares(create_shares(secret, 3, 5)[:3]) == secret
+    shares = secagg.create_shares(secret, 4, 7)
+    with contextlib.suppress(secagg.SecAggError):  # usually: the padding is wrong
+        assert secagg.combine_shares(shares[:3]) != secret
+    with pytest.raises(secagg.SecAggError, match="repeat"):
+        secagg.combine_shares([shares[0], shares[0], shares[1], shares[2]])
+    with pytest.raises(secagg.SecAggError, match="one length"):
+        secagg.combine_shares([shares[0], shares[1][:-16], shares[2], shares[3]])
     with pytest.raises(secagg.SecAggError, match="do not combine"):
         secagg.combine_shares([b"\x01\x00\x00\x00" + bytes(32), b"\x02\x00\x00\x00" + bytes(32)])
+
+
+def test_field_arithmetic_is_a_field() -> None:
+    """GF(2^128) products: commutative, distributive, with inverses (the window path too)."""
+    from lhs_federated.apps.secagg_shamir import inverse, multiply
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        a, b, c = (int.from_bytes(rng.bytes(16), "big") | 1 for _ in range(3))
+        assert multiply(a, b) == multiply(b, a) < 2**128
+        assert multiply(a, b ^ c) == multiply(a, b) ^ multiply(a, c)
+        assert multiply(multiply(a, b), c) == multiply(a, multiply(b, c))
+        assert multiply(a, inverse(a)) == 1
+        assert multiply(a, 3) == multiply(a, 2) ^ a
+
+
+@pytest.mark.parametrize(
+    ("sites", "threshold", "shares"),
+    [(3, 0, 3), (10, 0, 10), (21, 0, 21), (22, 0, 21), (50, 0, 21), (129, 0, 25), (1000, 0, 31),
+     (40, 36, 37), (50, 22, 23)],
+)  # fmt: skip
+def test_many_sites_share_with_a_sparse_graph_by_default(sites, threshold, shares) -> None:
+    """num_shares = 0: every site up to 21, then max(21, 3 ceil(log2 n)), odd, >= the threshold."""
+    from lhs_federated.privacy.spec import SecAggSpec
+
+    spec = SecAggSpec(reconstruction_threshold=threshold)
+    assert spec.shares_for(sites) == shares
+    assert spec.threshold_for(sites) == (threshold or shares // 2 + 1)
+    order = list(np.random.default_rng(sites).permutation(np.arange(100, 100 + sites)))
+    graph = secagg.neighbours([int(n) for n in order], shares)
+    assert {len(members) for members in graph.values()} == {shares}
+    assert all(node in graph[other] for node in graph for other in graph[node])  # symmetric
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (
+            {"privacy.secagg.reconstruction_threshold": 5},
+            r"threshold = 5 is not more than half of the 21 shares each site makes "
+            r"\(privacy.secagg.num_shares = 0, so 21 at 50 sites\)",
+        ),
+        (
+            {"privacy.secagg.reconstruction_threshold": 51},
+            r"reconstruction_threshold = 51 is larger than the 50 sites in the study",
+        ),
+        (
+            {"privacy.secagg.num_shares": 7, "privacy.secagg.reconstruction_threshold": 9},
+            r"reconstruction_threshold = 9 is larger than privacy.secagg.num_shares = 7",
+        ),
+        (
+            {"privacy.secagg.num_shares": 7, "privacy.secagg.reconstruction_threshold": 3},
+            r"threshold = 3 is not more than half of the 7 shares",
+        ),
+    ],
+)
+def test_a_threshold_the_graph_cannot_meet_is_refused_with_exit_2(
+    overrides, match, tmp_path, capsys
+):
+    from lhs_federated.cli import main
+    from lhs_federated.errors import ConfigError
+    from lhs_federated.study import load_study
+
+    many = {"privacy.secure_aggregation": "secaggplus", "data.synthetic.sites": 50, **overrides}
+    with pytest.raises(ConfigError, match=match):
+        load_study(None).with_overrides(many)
+    out = tmp_path / "run"
+    args = [a for key, value in many.items() for a in ("--set", f"{key}={value}")]
+    assert main(["simulate", *args, "--out", str(out)]) == 2
+    assert "privacy.secagg" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,20 +1,29 @@
 """SecAgg+ on real processes: a SuperLink and three SuperNodes on loopback, one site killed.
 
 The site is killed once the coordinator holds its encrypted key shares of
-round 1 (and before it can send its masked update): the other two sites'
+round 1 and before it can send its masked update: the other two sites'
 shares rebuild its mask key, the round's sum is theirs, and the model is the
 one a simulation gives when that site fails the same stage, within the
 quantisation bound.
+
+"Before it can send its masked update" is made certain, not left to the
+SuperNode's poll gap: a site sends nothing its ledger does not hold, and every
+append takes the ledger's ``flock``. The test takes that lock as soon as the
+site's ledger holds its share-stage reply, so the site's next reply (the masked
+update) waits on it until the site is killed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +81,31 @@ def _wait_for_reply(run_dir: Path, site: str, stage: str, server_round: int) -> 
     raise AssertionError(f"{ledger} has no {stage} reply of {site} in round {server_round}")
 
 
+@contextmanager
+def _ledger_held_after(ledger: Path, message_type: str, server_round: int) -> Iterator[None]:
+    """Hold a site ledger's lock from the moment it records its reply of a stage.
+
+    Reads the ledger only under the lock, so once the reply is seen there the
+    site can record (hence send) nothing more until the block ends.
+    """
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        fd = os.open(ledger, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            sent = [
+                (e.data.get("message_type"), e.data.get("server_round"), e.data.get("status"))
+                for e in load_entries(ledger)
+            ]
+            if (message_type, server_round, "ok") in sent:
+                yield
+                return
+        finally:
+            os.close(fd)  # releases the lock
+        time.sleep(0.02)
+    raise AssertionError(f"{ledger} records no {message_type} reply of round {server_round}")
+
+
 def test_a_deployed_site_killed_after_key_sharing_is_recovered(consortium, tmp_path):
     study = load_study(None).with_overrides(
         {
@@ -88,9 +122,11 @@ def test_a_deployed_site_killed_after_key_sharing_is_recovered(consortium, tmp_p
     )
     consortium.approve(study)
     submitted = coordinator.submit_study(consortium.server, study)
-    _wait_for_reply(submitted.out_dir, "site-03", records.SECAGG_SHARE, 1)
     site = consortium.sites["site-03"]
-    os.killpg(processes.read_pid_file(site_node.SitePaths(site.state_dir).pid), signal.SIGKILL)
+    with _ledger_held_after(site.governance_dir / "ledger.jsonl", records.SECAGG_SHARE, 1):
+        _wait_for_reply(submitted.out_dir, "site-03", records.SECAGG_SHARE, 1)
+        pid = processes.read_pid_file(site_node.SitePaths(site.state_dir).pid)
+        os.killpg(pid, signal.SIGKILL)
     site_node.SitePaths(site.state_dir).pid.unlink(missing_ok=True)
     consortium.running.remove("site-03")
     coordinator.wait_for_run(consortium.server, submitted, timeout=300)

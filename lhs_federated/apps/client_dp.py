@@ -46,6 +46,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import resolve_site
 from lhs_federated.errors import ConfigError, SiteRefusal
+from lhs_federated.privacy.distributed import check_distributed_dp
 from lhs_federated.study import Study
 
 _MAX_NOISE = 1e4
@@ -125,7 +126,7 @@ def client_noise_multiplier(study: Study) -> float:
 
 
 def check_client_dp(study: Study, *, source: str) -> None:
-    """Study-load checks of client-level DP that need Flower's accountant.
+    """Study-load checks of client-level DP that need an accountant (central or distributed).
 
     Raises
     ------
@@ -133,6 +134,7 @@ def check_client_dp(study: Study, *, source: str) -> None:
         If the noise does not fit the epsilon, or adaptive clipping's count
         noise is too small for Flower's split of the noise.
     """
+    check_distributed_dp(study, source=source)
     if not study.privacy.client_dp:
         return
     client = study.privacy.client

@@ -154,6 +154,8 @@ def _guard_train(content: RecordDict, study: Study, site: str, k: int) -> Record
     arrays = content.get(records.ARRAYS)
     metrics = content.get(records.METRICS)
     problems = []
+    if study.privacy.secure:  # only the masked vector of train.secagg_collect may leave
+        problems.append(Problem("plain update under secure aggregation", "train reply"))
     if arrays is None or metrics is None:
         problems.append(Problem("missing record", "a train reply needs arrays and metrics"))
     else:

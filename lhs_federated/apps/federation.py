@@ -59,6 +59,7 @@ from lhs_federated.learning.site import (
     min_test_cases,
     n_features,
 )
+from lhs_federated.privacy.distributed import noise_plan
 from lhs_federated.privacy.spec import check_secure_aggregation
 from lhs_federated.registry.warm_start import load_warm_start
 from lhs_federated.results.notes import convergence, departures_line, preprocessing_summary
@@ -473,7 +474,11 @@ def _run_round(
         rows.append((server_round, site, "train", "n", float(metrics[records.NUM_EXAMPLES]), ""))
         loss = float(metrics[records.TRAIN_LOSS])
         withheld = (
-            "withheld: outside the sample-level DP guarantee" if study.privacy.sample_dp else ""
+            "withheld: outside the sample-level DP guarantee"
+            if study.privacy.sample_dp
+            else "withheld: outside the distributed DP guarantee"
+            if study.privacy.distributed_dp
+            else ""
         )
         rows.append((server_round, site, "train", "loss", math.nan if withheld else loss, withheld))
     rows += privacy.round_rows(server_round, trained.ok)
@@ -575,14 +580,21 @@ def _secure_train(
     writer: RunWriter,
     started: float,
 ) -> tuple[RoundOutcome, int, Any, Any]:
-    """A training round through SecAgg+; a failure is written to rounds.csv, then ends the run."""
+    """A training round through SecAgg+; a failure is written to rounds.csv, then ends the run.
+
+    Under distributed-dp the round's config carries the noise plan, which each
+    site checks against the study it approved.
+    """
+    config = _round_config(study, standardizer)
+    if study.privacy.distributed_dp:
+        config.update(noise_plan(study).to_config())
     try:
         result, new_arrays, metrics = secure_training(
             grid,
             strategy,
             study,
             arrays,
-            _round_config(study, standardizer),
+            config,
             server_round,
             train_rows=sum(n for n in checks.train_rows.values() if n is not None),
             audit=audit,

@@ -103,7 +103,11 @@ class InProcessGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        """Run the ClientApp on each queued message and return the replies.
+        """Run the ClientApp on each queued message and return the replies."""
+        return self.deliver_all([self._pending.pop(i) for i in message_ids if i in self._pending])
+
+    def deliver_all(self, messages: list[Message]) -> list[Message]:
+        """The ClientApp's replies to ``messages`` (pushed already), in their order.
 
         The simulated sites' ledger records of one stage (one round's training
         or evaluation) are made durable together when the stage ends (see
@@ -112,7 +116,7 @@ class InProcessGrid(Grid):
         at most the stage in progress, which a resumed run repeats.
         """
         with batched_durability() if self._batch_durability else immediate_durability():
-            return [self._deliver(self._pending.pop(i)) for i in message_ids if i in self._pending]
+            return [self._deliver(message) for message in messages]
 
     def send_and_receive(  # noqa: D102
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -24,6 +24,7 @@ metric and no gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -192,7 +193,11 @@ def _site_params(config: ConfigRecord, key: str, site: str) -> list[float] | Non
 
 
 def monitor(message: Message, context: Context) -> Message:
-    """Score the release on the site's evaluation rows; summarise its columns."""
+    """Score the release on the site's evaluation rows; summarise its columns.
+
+    Under secure aggregation the summaries go masked, in the study's ``drift``
+    sum (:mod:`lhs_federated.apps.loop_secagg`), never in this reply.
+    """
     config = message.content[records.CONFIG]
     study = records.study_from_config(config)
     site = resolve_site(study, context)
@@ -207,6 +212,8 @@ def monitor(message: Message, context: Context) -> Message:
         min_cell_size=site.min_cell_size,
         site_params=_site_params(config, SITE_PARAMS, site.data.name),
     )
+    if study.privacy.secure:
+        monitoring = dataclasses.replace(monitoring, current=None, reference=None)
     return Message(monitoring_to_record(monitoring), reply_to=message)
 
 
@@ -245,8 +252,15 @@ def gate(message: Message, context: Context) -> Message:
     )
 
 
-def recalibrate(message: Message, context: Context) -> Message:
-    """Score and information of the site's training rows at the current parameters."""
+def site_recalibration_terms(
+    message: Message, context: Context
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Score, information and rows of the site's training rows; and its minimum cell size.
+
+    Read from a recalibration message (the release's arrays, the method, the
+    current parameters): a ``train.recalibrate`` message, or the collect
+    stage of a secure sum of them (:mod:`lhs_federated.apps.loop_secagg`).
+    """
     config = message.content[records.CONFIG]
     study = records.study_from_config(config)
     site = resolve_site(study, context)
@@ -260,7 +274,13 @@ def recalibrate(message: Message, context: Context) -> Message:
         standardizer=_standardizer(study, site, config, records.PREP_MEAN, records.PREP_SCALE),
         site_params=_site_params(config, SITE_PARAMS, site.data.name),
     )
-    if n < site.min_cell_size:  # nothing computed on fewer rows leaves the site
+    return gradient, information, n, site.min_cell_size
+
+
+def recalibrate(message: Message, context: Context) -> Message:
+    """Score and information of the site's training rows at the current parameters."""
+    gradient, information, n, min_cell_size = site_recalibration_terms(message, context)
+    if n < min_cell_size:  # nothing computed on fewer rows leaves the site
         gradient, information = np.full_like(gradient, np.nan), np.full_like(information, np.nan)
     metrics = MetricRecord(
         {
@@ -295,6 +315,10 @@ def _guard_monitor(content: RecordDict, study: Study, site: str, k: int) -> Reco
     problems = metric_problems(MONITOR_KEYS, metrics, what="monitoring metric")
     problems += reason_problems(undefined, MONITOR_KEYS, records.UNDEFINED_REASON_MAX)
     width = n_features(study)
+    if drift and study.privacy.secure:
+        problems.append(
+            Problem("drift histograms in clear under secure aggregation", "they go masked")
+        )
     for key, value in drift.items():
         prefix, _, part = key.partition("-")
         if prefix not in ("current", "reference") or part not in SUMMARY_PARTS:

@@ -27,19 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from lhs_federated.apps import loop_messages, records
+from lhs_federated.apps import loop_messages, loop_secagg, records
 from lhs_federated.apps.coordinator_audit import AuditOptions, CoordinatorAudit
 from lhs_federated.apps.federation import discover_sites, report_close
 from lhs_federated.apps.preflight import check_out_dir
 from lhs_federated.apps.reply_checks import ReplyRejectedError
 from lhs_federated.apps.run_config import LOOP_RESULT_FILE
+from lhs_federated.apps.secagg_round import secure_sum
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.data.encoding import encoded_columns
 from lhs_federated.data.statistics import Standardizer
-from lhs_federated.errors import StudyRunError
+from lhs_federated.errors import ConfigError, StudyRunError
 from lhs_federated.learning.drift import reference_edges, summary_to_json
 from lhs_federated.learning.export import ReleasedModel
 from lhs_federated.learning.metrics import MetricReport
@@ -50,6 +51,7 @@ from lhs_federated.learning.recalibration import (
     newton_step,
     read_site_recalibration,
 )
+from lhs_federated.privacy.spec import check_secure_aggregation
 from lhs_federated.results.writer import utc_now
 from lhs_federated.study import Study, write_study
 
@@ -59,13 +61,19 @@ RESULT_FILE = LOOP_RESULT_FILE
 
 @dataclass
 class TaskOutcome:
-    """What a loop task found: per-site results and failures, and its ledger's close."""
+    """What a loop task found: per-site results and failures, and its ledger's close.
+
+    ``secure_sum`` holds what a secure sum over the sites gave (a monitoring
+    study under secure aggregation: the federation's drift summaries, who is
+    in them and the minimum cell size applied); None without one.
+    """
 
     kind: str
     per_site: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     result: dict[str, Any] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
+    secure_sum: dict[str, Any] | None = None
 
 
 def _config(study: Study, standardizer: Standardizer | None, server_round: int = 1) -> ConfigRecord:
@@ -142,6 +150,7 @@ def _run_task(
                     "finished_at": utc_now(),
                     "result": outcome.result,
                     "failed": outcome.failed,
+                    **({} if outcome.secure_sum is None else {"secure_sum": outcome.secure_sum}),
                 },
                 indent=2,
                 default=_plain,
@@ -188,21 +197,31 @@ def monitor_release(
 
     ``study`` selects each site's rows (its ``evaluate_periods`` are the rows
     monitored); ``with_reference`` also summarises the training rows, to build
-    a release's drift reference.
+    a release's drift reference. Under secure aggregation the summaries are
+    the federation's, from one secure sum (:mod:`lhs_federated.apps.loop_secagg`),
+    and the sites' metrics stay per site.
     """
     edge_counts = [len(e) for e in edges]
+
+    def monitor_config() -> ConfigRecord:
+        config = _config(study, model.standardizer)
+        config.update(loop_messages.edges_to_config(edges))
+        config[loop_messages.WITH_REFERENCE] = with_reference
+        if site_params:
+            config[loop_messages.SITE_PARAMS] = loop_messages.site_params_to_config(site_params)
+        return config
 
     def work(
         site_grid: SiteGrid, audit: CoordinatorAudit, test_rows: dict[str, int | None]
     ) -> TaskOutcome:
+        _check_secure(study, site_grid)
+
         def content(node: int) -> RecordDict:
-            config = _config(study, model.standardizer)
-            config.update(loop_messages.edges_to_config(edges))
-            config[loop_messages.WITH_REFERENCE] = with_reference
-            if site_params:
-                config[loop_messages.SITE_PARAMS] = loop_messages.site_params_to_config(site_params)
             return RecordDict(
-                {records.ARRAYS: records.to_array_record(model.arrays), records.CONFIG: config}
+                {
+                    records.ARRAYS: records.to_array_record(model.arrays),
+                    records.CONFIG: monitor_config(),
+                }
             )
 
         replies, failed = _exchange(site_grid, study, records.MONITOR, content)
@@ -228,12 +247,55 @@ def monitor_release(
             }
             for s, m in per_site.items()
         }
-        return TaskOutcome("monitor", per_site, failed, result)
+        secure = None
+        if study.privacy.secure:
+            secure = _secure_drift(site_grid, study, audit, monitor_config(), edge_counts,
+                                   with_reference=with_reference)  # fmt: skip
+        return TaskOutcome("monitor", per_site, failed, result, secure_sum=secure)
 
     return _run_task(
         grid, study, out_dir, kind="monitor", engine=engine, audit_options=audit_options,
         site_nodes=site_nodes, arrays=model.arrays, work=work,
     )  # fmt: skip
+
+
+def _check_secure(study: Study, grid: SiteGrid) -> None:
+    """Before any site works: secure sums need enough sites for the study's threshold."""
+    if study.privacy.secure:
+        check_secure_aggregation(study, source="the study", n_sites=len(grid.sites))
+
+
+def _secure_drift(
+    grid: SiteGrid,
+    study: Study,
+    audit: CoordinatorAudit,
+    config: ConfigRecord,
+    edge_counts: list[int],
+    *,
+    with_reference: bool,
+) -> dict[str, Any]:
+    """The federation's drift summaries from one secure sum, small cells of the totals withheld.
+
+    Raises
+    ------
+    SecureAggregationFailed
+        If fewer sites than the threshold took part.
+    """
+    result = secure_sum(
+        grid, study, list(grid.sites), kind=loop_secagg.DRIFT, config=config,
+        shapes=loop_secagg.drift_shapes(edge_counts, with_reference=with_reference),
+        server_round=int(config[records.ROUND]), audit=audit,
+    )  # fmt: skip
+    summaries = loop_secagg.decode_drift(
+        result.total, edge_counts, with_reference=with_reference,
+        min_cell_size=result.min_cell_size,
+    )  # fmt: skip
+    return {
+        "contributors": result.contributors,
+        "failed": result.failed,
+        "min_cell_size": result.min_cell_size,
+        **{rows: [summary_to_json(c) for c in columns] for rows, columns in summaries.items()},
+    }
 
 
 def gate_challenger(
@@ -310,18 +372,36 @@ def recalibrate_release(
     with the site's recalibration in the release, ``site_params``). Sites
     below their minimum cell size send no terms and are left out (named in
     ``failed``). Each Newton step is one of the study's rounds (at most
-    ``rounds``; it stops once a step moves no parameter by 1e-9).
+    ``rounds``; it stops once a step moves no parameter by 1e-9). Under secure
+    aggregation each step is one secure sum of the terms (no site's are seen;
+    the total's rows must reach the minimum cell size), and ``per_site`` is
+    refused: it needs each site's own terms.
+
+    Raises
+    ------
+    ConfigError
+        If ``per_site`` is asked under secure aggregation (nothing written).
     """
+    if per_site and study.privacy.secure:
+        raise ConfigError(
+            "a per-site recalibration fits each site's own score and information, which "
+            "secure aggregation (privacy.secure_aggregation = 'secaggplus') hides from the "
+            "coordinator: recalibrate pooled (loop.update = 'in-the-large' or 'logistic'), "
+            "refit, or run without secure aggregation."
+        )
 
     def work(site_grid: SiteGrid, audit: CoordinatorAudit, _rows: dict) -> TaskOutcome:
+        _check_secure(study, site_grid)
         names = sorted(site_grid.sites.values())
         current = {name: identity(method) for name in (names if per_site else ["pooled"])}
         failed: dict[str, str] = {}
+        size = len(identity(method))
+        arrays = records.to_array_record(model.arrays)
         rounds = 0
         while rounds < study.rounds:
             rounds += 1
 
-            def content(node: int, step: int = rounds) -> RecordDict:
+            def step_config(node: int, step: int = rounds) -> ConfigRecord:
                 key = site_grid.sites[node] if per_site else "pooled"
                 config = _config(study, model.standardizer, step)
                 config[loop_messages.METHOD] = method
@@ -332,26 +412,19 @@ def recalibrate_release(
                     config[loop_messages.SITE_PARAMS] = loop_messages.site_params_to_config(
                         site_params
                     )
-                arrays = records.to_array_record(model.arrays)
-                return RecordDict({records.ARRAYS: arrays, records.CONFIG: config})
+                return config
 
-            replies, failed = _exchange(site_grid, study, records.RECALIBRATE, content)
-            size = len(identity(method))
-            sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            for site, reply in replies.items():
-                metrics = reply.content[records.METRICS]
-                g = np.asarray(metrics[loop_messages.GRADIENT], float)
-                h = np.asarray(metrics[loop_messages.INFORMATION], float)
-                if (
-                    g.shape != (size,)
-                    or h.shape != (size * size,)
-                    or not np.isfinite([*g, *h]).all()
-                ):
-                    failed[site] = "no usable recalibration terms (withheld or malformed)"
-                    continue
-                key = site if per_site else "pooled"
-                g0, h0 = sums.get(key, (np.zeros(size), np.zeros((size, size))))
-                sums[key] = (g0 + g, h0 + h.reshape(size, size))
+            if study.privacy.secure:  # pooled: the same config for every site
+                sums, failed = _secure_recalibration(
+                    site_grid, study, audit, step_config(min(site_grid.sites)), arrays, size
+                )
+            else:
+
+                def content(node: int, config_of=step_config) -> RecordDict:
+                    return RecordDict({records.ARRAYS: arrays, records.CONFIG: config_of(node)})
+
+                replies, failed = _exchange(site_grid, study, records.RECALIBRATE, content)
+                sums = _recalibration_sums(replies, failed, size, per_site=per_site)
             if not sums:
                 raise StudyRunError("no site sent recalibration terms; nothing to fit.")
             step = 0.0
@@ -369,6 +442,53 @@ def recalibrate_release(
         grid, study, out_dir, kind="recalibrate", engine=engine, audit_options=audit_options,
         site_nodes=site_nodes, arrays=model.arrays, work=work,
     )  # fmt: skip
+
+
+def _recalibration_sums(
+    replies: dict[str, Message], failed: dict[str, str], size: int, *, per_site: bool
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The sites' score and information, summed (pooled) or by site; unusable ones failed."""
+    sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for site, reply in replies.items():
+        metrics = reply.content[records.METRICS]
+        g = np.asarray(metrics[loop_messages.GRADIENT], float)
+        h = np.asarray(metrics[loop_messages.INFORMATION], float)
+        if g.shape != (size,) or h.shape != (size * size,) or not np.isfinite([*g, *h]).all():
+            failed[site] = "no usable recalibration terms (withheld or malformed)"
+            continue
+        key = site if per_site else "pooled"
+        g0, h0 = sums.get(key, (np.zeros(size), np.zeros((size, size))))
+        sums[key] = (g0 + g, h0 + h.reshape(size, size))
+    return sums
+
+
+def _secure_recalibration(
+    grid: SiteGrid,
+    study: Study,
+    audit: CoordinatorAudit,
+    config: ConfigRecord,
+    arrays: ArrayRecord,
+    size: int,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """One Newton step's pooled score and information from a secure sum; who failed.
+
+    Raises
+    ------
+    StudyRunError
+        If the sum covers fewer rows than its minimum cell size (or too few sites).
+    """
+    result = secure_sum(
+        grid, study, list(grid.sites), kind=loop_secagg.RECALIBRATION, config=config,
+        shapes=loop_secagg.recalibration_shapes(size), server_round=int(config[records.ROUND]),
+        collect_content={node: {records.ARRAYS: arrays} for node in grid.sites}, audit=audit,
+    )  # fmt: skip
+    gradient, information, rows = loop_secagg.decode_recalibration(result.total, size)
+    if rows < result.min_cell_size:
+        raise StudyRunError(
+            f"the secure sum of recalibration terms covers {rows} training rows, fewer than "
+            f"the minimum cell size {result.min_cell_size}; nothing to fit."
+        )
+    return {"pooled": (gradient, information)}, dict(result.failed)
 
 
 def model_edges(model: ReleasedModel) -> list[np.ndarray]:

@@ -19,17 +19,21 @@ or the statistics round):
    rebuilds the survivors' self masks and the dropped sites' pairwise masks
    and removes them. A site never gives both shares of one node.
 
-Flower's primitives do the cryptography (key pairs, ECDH + HKDF, Fernet, the
-share plaintext layout, ndarray arithmetic; Shamir over GF(2^128) in Flower's
-share layout, without its per-call thread pool). Some parts are our own, on
-purpose: masks come from AES-256-CTR keyed with the full
-256-bit seed (Flower's ``pseudo_rand_gen`` folds its seed into a 32-bit
-``RandomState`` seed, which a coordinator could search), and the modulus is
-2**62 with signed fixed-point encoding, so weighted sums of many sites cannot
-wrap and negative values need no offset (and ``sk1`` is derived from a shared
-32-byte secret, see :func:`mask_private_key`). Security holds against a
-semi-honest coordinator and any minority of sites colluding with it; a site
-whose values are not hidden by at least ``threshold`` others is never summed.
+Flower's primitives do the cryptography (ECDH + HKDF, Fernet, PEM keys, the
+share plaintext layout, ndarray arithmetic). Some parts are our own, on
+purpose: masks come from AES-256-CTR keyed with the full 256-bit seed
+(Flower's ``pseudo_rand_gen`` folds its seed into a 32-bit ``RandomState``
+seed, which a coordinator could search); the modulus is 2**62 with signed
+fixed-point encoding, so weighted sums of many sites cannot wrap and negative
+values need no offset; ``sk1`` is derived from a shared 32-byte secret (see
+:func:`mask_key`); the key pairs are on P-256 (Flower's are on P-384, whose
+ECDH cost nine times as much: 128-bit security, as Bonawitz et al.'s
+implementation and TLS); and Shamir sharing is
+:mod:`~lhs_federated.apps.secagg_shamir` (Flower's field and share layout, a
+hundred times faster to combine). Security holds against a semi-honest
+coordinator colluding with fewer than ``threshold`` of any site's neighbours
+(with every site a neighbour, any minority of sites); a site whose values are
+not hidden by at least ``threshold`` others is never summed.
 """
 
 from __future__ import annotations
@@ -41,8 +45,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from Crypto.Protocol.SecretSharing import Shamir
-from Crypto.Util.Padding import pad, unpad
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
@@ -62,10 +64,11 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
 from flwr.supercore.primitives.asymmetric import (
     bytes_to_private_key,
     bytes_to_public_key,
-    generate_key_pairs,
     private_key_to_bytes,
     public_key_to_bytes,
 )
+
+from lhs_federated.apps import secagg_shamir
 
 #: Every masked value lives modulo 2**62: int64 sums of two never overflow.
 MODULUS = 2**62
@@ -79,60 +82,41 @@ class SecAggError(ValueError):
     """A step of the protocol cannot go on; the message says which and why."""
 
 
-#: Order of the P-384 group (Flower's key pairs are on SECP384R1).
-_P384_ORDER = int(
-    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
-    16,
-)
+#: The curve of both key pairs: NIST P-256, as Bonawitz et al.'s SecAgg
+#: implementation (128-bit security; ECDH on it costs a ninth of Flower's P-384).
+CURVE = ec.SECP256R1()
+#: Order of the P-256 group.
+_P256_ORDER = int("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551", 16)
 
 
 def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
-    """Flower's ``create_shares`` (same share layout), one chunk after another.
-
-    Flower's starts a thread pool for every call; a round makes two calls per
-    site and one recombination per survivor, and on a small machine starting
-    those threads cost more than the arithmetic (a quarter of a second per
-    round at 10 sites). Shares are ``<4-byte index><16 bytes per chunk>``, the
-    secret padded to 16-byte chunks, so Flower's ``combine_shares`` reads them.
-    """
-    padded = pad(secret, 16)
-    shares = [bytearray(index.to_bytes(4, "little")) for index in range(1, num + 1)]
-    for start in range(0, len(padded), 16):
-        for index, share in Shamir.split(threshold, num, padded[start : start + 16], ssss=False):
-            shares[index - 1] += share
-    return [bytes(share) for share in shares]
+    """Shamir shares of ``secret`` in Flower's layout (:mod:`~lhs_federated.apps.secagg_shamir`)."""
+    return secagg_shamir.create_shares(secret, threshold, num)
 
 
 def combine_shares(shares: list[bytes]) -> bytes:
-    """Flower's ``combine_shares``, one chunk after another (see :func:`create_shares`).
+    """The secret a threshold of shares rebuild.
 
     Raises
     ------
     SecAggError
         If the shares do not combine into a padded secret (altered or too few).
     """
-    chunks = (len(shares[0]) - 4) // 16
-    secret = bytearray()
-    for chunk in range(chunks):
-        start = 4 + 16 * chunk
-        parts = [(int.from_bytes(s[:4], "little"), s[start : start + 16]) for s in shares]
-        secret += Shamir.combine(parts, ssss=False)
     try:
-        return unpad(bytes(secret), 16)
-    except ValueError as exc:
-        raise SecAggError("the shares do not combine into a secret") from exc
+        return secagg_shamir.combine_shares(shares)
+    except secagg_shamir.ShareError as exc:
+        raise SecAggError(str(exc)) from exc
 
 
-def mask_private_key(secret: bytes) -> bytes:
-    """The mask key pair's private half (PEM), derived from a 32-byte secret.
+def mask_key(secret: bytes) -> ec.EllipticCurvePrivateKey:
+    """The mask key pair's private half, derived from a 32-byte secret.
 
-    Sharing the 32-byte secret instead of the PEM key (306 bytes) makes its
-    Shamir shares and their recombination about 8 times cheaper; the key is as
-    strong (a 256-bit secret hashed into the group).
+    Sharing the 32-byte secret instead of the PEM key (about 240 bytes) makes
+    its Shamir shares and their recombination several times cheaper; the key is
+    as strong (a 256-bit secret hashed into the group).
     """
     scalar = int.from_bytes(hashlib.sha512(b"lhs-secagg-sk1" + secret).digest(), "big")
-    key = ec.derive_private_key(scalar % (_P384_ORDER - 1) + 1, ec.SECP384R1())
-    return private_key_to_bytes(key)
+    return ec.derive_private_key(scalar % (_P256_ORDER - 1) + 1, CURVE)
 
 
 @dataclass(frozen=True)
@@ -148,13 +132,12 @@ class SiteKeys:
     def generate(cls) -> SiteKeys:
         """Fresh key pairs: one for masks (from a shareable secret), one for encrypting shares."""
         secret1 = os.urandom(32)
-        sk1 = bytes_to_private_key(mask_private_key(secret1))
-        sk2, pk2 = generate_key_pairs()
+        sk2 = ec.generate_private_key(CURVE)
         return cls(
             secret1,
-            public_key_to_bytes(sk1.public_key()),
+            public_key_to_bytes(mask_key(secret1).public_key()),
             private_key_to_bytes(sk2),
-            public_key_to_bytes(pk2),
+            public_key_to_bytes(sk2.public_key()),
         )
 
 
@@ -249,7 +232,7 @@ def share_keys(
     ordered = sorted(public_keys)
     b_shares = create_shares(seed, threshold, len(ordered))
     sk_shares = create_shares(keys.secret1, threshold, len(ordered))
-    sk1 = bytes_to_private_key(mask_private_key(keys.secret1))
+    sk1 = mask_key(keys.secret1)
     sk2 = bytes_to_private_key(keys.sk2)
     ciphertexts, channel, pairwise = {}, {}, {}
     for index, other in enumerate(ordered):
@@ -384,7 +367,7 @@ def unmask_sum(
         if node in survivors:
             total = _apply(total, mask_stream(secret, shapes), -1)
             continue
-        sk1 = bytes_to_private_key(mask_private_key(secret))
+        sk1 = mask_key(secret)
         for other in neighbourhood[node]:
             if other == node or other not in survivors:
                 continue

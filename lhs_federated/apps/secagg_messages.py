@@ -26,7 +26,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -34,6 +34,7 @@ from flwr.clientapp import ClientApp
 
 from lhs_federated.apps import records
 from lhs_federated.apps.client_site import SITE_CONFIG, resolve_site
+from lhs_federated.apps.loop_secagg import SITE_VECTORS, declared_loop_shapes, is_loop_vector
 from lhs_federated.apps.secagg import (
     MODULUS,
     SecAggError,
@@ -54,16 +55,20 @@ from lhs_federated.apps.secagg_payloads import (
 from lhs_federated.data.statistics import ColumnSums
 from lhs_federated.errors import SiteRefusal
 from lhs_federated.learning.site import n_features
+from lhs_federated.learning.training import LocalUpdate
+from lhs_federated.privacy.distributed import plan_problem
 from lhs_federated.privacy.egress import (
     EgressBlocked,
     Problem,
     metric_problems,
     model_array_specs,
 )
-from lhs_federated.privacy.site_round import SiteRound
+from lhs_federated.privacy.site_round import SiteRound, noised_round
 from lhs_federated.study import Study
 
 STATE_KEY = "lhs-secagg"
+#: The setup reply's key for the site's own minimum cell size, applied to the sums' totals.
+MIN_CELL_SIZE = "min-cell-size"
 STAGES = ("setup", "share", "collect", "unmask")
 MODEL, STATISTICS = "model", "statistics"
 #: Upper bounds on what one stage may carry per item (PEM keys, Fernet tokens, shares).
@@ -98,7 +103,8 @@ class SiteState:
 
     def save(self, context: Context) -> None:
         """Write the state back into the node's context."""
-        context.state.config_records[STATE_KEY] = ConfigRecord(asdict(self))
+        # A shallow copy: asdict's deep copy of the held shares cost milliseconds per stage.
+        context.state.config_records[STATE_KEY] = ConfigRecord(dict(vars(self)))
 
     @property
     def site_keys(self) -> SiteKeys:
@@ -165,15 +171,31 @@ def _stage(
 
 
 def setup(message: Message, context: Context) -> Message:
-    """Stage 1: fresh key pairs; reply with the public halves."""
-    state, _, _, _, _ = _stage(message, context, "setup")
+    """Stage 1: fresh key pairs; reply with the public halves and the site's minimum cell size.
+
+    The coordinator applies the largest minimum cell size of the study and of
+    every site in a sum to its totals (a site's own stricter rule cannot be
+    applied to its hidden values).
+    """
+    state, _, study, _, _ = _stage(message, context, "setup")
     keys = SiteKeys.generate()
     state.keys = [keys.secret1, keys.pk1, keys.sk2, keys.pk2]
     state.nodes, state.others, state.channel, state.pairwise = [], [], [], []
     state.held, state.held_b, state.held_sk = [], [], []
     state.save(context)
     return _reply(
-        message, RecordDict({records.SECAGG: ConfigRecord({"pk1": keys.pk1, "pk2": keys.pk2})})
+        message,
+        RecordDict(
+            {
+                records.SECAGG: ConfigRecord(
+                    {
+                        "pk1": keys.pk1,
+                        "pk2": keys.pk2,
+                        MIN_CELL_SIZE: resolve_site(study, context).min_cell_size,
+                    }
+                )
+            }
+        ),
     )
 
 
@@ -243,36 +265,57 @@ def _receive(state: SiteState, site: str, study: Study, inputs: ConfigRecord, no
 
 
 def make_collect_update(local_round: LocalRound) -> Callable[[Message, Context], Message]:
-    """Stage 3 of a training round: train, then reply with the masked weighted update."""
+    """Stage 3 of a training round: train, then reply with the masked weighted update.
+
+    Under distributed-dp the site first checks the round's noise plan against
+    the approved study, then sends its clipped change plus its share of the
+    noise, with a unit weight (the noise is calibrated to a sum of clipped
+    updates, each counted once) and no training loss (outside the guarantee).
+    """
+
+    def change_of(
+        message: Message, context: Context, study: Study, sent: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], LocalUpdate, float | None]:
+        if not study.privacy.distributed_dp:
+            result = local_round(message, context, sent)
+            arrays = result.update.arrays
+            delta = {n: arrays[n].astype(np.float64) - sent[n].astype(np.float64) for n in sent}
+            return delta, result.update, result.epsilon
+        runtime = resolve_site(study, context)
+        noised = noised_round(
+            study,
+            runtime.privacy,
+            n_train=len(runtime.data.train.outcome),
+            server_round=int(message.content[records.CONFIG][records.ROUND]),
+            start=sent,
+            train=lambda: local_round(message, context, sent),
+        )
+        return noised.change, noised.update, noised.epsilon
 
     def collect_update(message: Message, context: Context) -> Message:
         state, site, study, inputs, node = _stage(message, context, "collect")
+        if study.privacy.distributed_dp:
+            problem = plan_problem(study, message.content[records.CONFIG])
+            if problem:
+                raise SiteRefusal(site, problem)
         _receive(state, site, study, inputs, node)
         sent = records.from_array_record(message.content[records.ARRAYS])
-        result = local_round(message, context, sent)
-        update = result.update
+        delta, update, epsilon = change_of(message, context, study, sent)
         if update.n_examples < resolve_site(study, context).min_cell_size:
             raise SiteRefusal(
                 site, "its update would come from fewer rows than its minimum cell size"
             )
-        delta = {n: update.arrays[n].astype(np.float64) - sent[n].astype(np.float64) for n in sent}
-        loss = math.nan if study.privacy.sample_dp else float(update.loss)
-        quantiser = Quantiser(
-            study.privacy.secagg.clipping_range, study.privacy.secagg.quantization_range
-        )
+        privacy = study.privacy
+        loss = math.nan if privacy.site_accounted else float(update.loss)
+        weight = 1 if privacy.distributed_dp else int(update.n_examples)
+        quantiser = Quantiser(privacy.secagg.clipping_range, privacy.secagg.quantization_range)
         try:
             vector = encode_update(
-                delta,
-                int(update.n_examples),
-                loss,
-                quantiser,
-                _rounding(study, context, site, state.round),
+                delta, weight, loss, quantiser, _rounding(study, context, site, state.round)
             )
         except SecAggError as error:
             raise SiteRefusal(site, f"secure aggregation: {error}") from error
-        metrics = MetricRecord(
-            {} if result.epsilon is None else {records.DP_EPSILON: result.epsilon}
-        )
+        metrics = MetricRecord({} if epsilon is None else {records.DP_EPSILON: epsilon})
         masked = _masked(context, state, node, vector)
         return _reply(message, RecordDict({records.MASKED: masked, records.METRICS: metrics}))
 
@@ -280,16 +323,24 @@ def make_collect_update(local_round: LocalRound) -> Callable[[Message, Context],
 
 
 def collect_statistics(message: Message, context: Context) -> Message:
-    """Stage 3 of the statistics round: the masked column counts, sums and sums of squares.
+    """Stage 3 of a sum of statistics: the column sums, or one of the learning loop's sums.
 
-    The site withholds no small column: its values are hidden in the sum, and
-    the coordinator applies the minimum cell size to the total.
+    The masked column counts, sums and sums of squares (the statistics round),
+    or a monitoring study's bin counts and moments (a ``drift`` sum), or a
+    pooled recalibration's score and information (see
+    :mod:`lhs_federated.apps.loop_secagg`). The site withholds no small cell:
+    its values are hidden in the sum, and the coordinator applies the minimum
+    cell size to the total.
     """
     state, site, study, inputs, node = _stage(message, context, "collect")
     _receive(state, site, study, inputs, node)
-    features = resolve_site(study, context).data.train.features
     try:
-        vector = encode_statistics(ColumnSums.of(features))
+        if state.kind in SITE_VECTORS:
+            vector = SITE_VECTORS[state.kind](message, context)
+        else:
+            vector = encode_statistics(
+                ColumnSums.of(resolve_site(study, context).data.train.features)
+            )
     except SecAggError as error:
         raise SiteRefusal(site, f"secure aggregation: {error}") from error
     masked = _masked(context, state, node, vector)
@@ -352,7 +403,13 @@ def _int_list(values: object) -> bool:
 
 def _guard_setup(content: RecordDict, study: Study, site: str, k: int) -> RecordDict:
     record = content[records.SECAGG]
-    _exact(record, ("pk1", "pk2"), "secure aggregation setup reply", site)
+    _exact(record, ("pk1", "pk2", MIN_CELL_SIZE), "secure aggregation setup reply", site)
+    if record[MIN_CELL_SIZE] != k:
+        raise EgressBlocked(
+            site,
+            "secure aggregation setup reply",
+            [Problem("not the site's minimum cell size", f"{record[MIN_CELL_SIZE]!r}, not {k}")],
+        )
     if not _byte_list([record["pk1"], record["pk2"]], MAX_KEY_BYTES) or not all(
         bytes(record[key]).startswith(b"-----BEGIN PUBLIC KEY-----") for key in ("pk1", "pk2")
     ):
@@ -396,7 +453,7 @@ def _guard_masked(content: RecordDict, shapes: dict[str, tuple[int, ...]]) -> li
 def _guard_collect_update(content: RecordDict, study: Study, site: str, k: int) -> RecordDict:
     shapes = update_shapes({name: spec[0] for name, spec in model_array_specs(study).items()})
     problems = _guard_masked(content, shapes)
-    allowed = {records.DP_EPSILON} if study.privacy.sample_dp else set()
+    allowed = {records.DP_EPSILON} if study.privacy.site_accounted else set()
     problems += metric_problems(
         allowed, content.get(records.METRICS, {}), what="secure aggregation metric"
     )
@@ -406,7 +463,11 @@ def _guard_collect_update(content: RecordDict, study: Study, site: str, k: int) 
 
 
 def _guard_collect_statistics(content: RecordDict, study: Study, site: str, k: int) -> RecordDict:
-    problems = _guard_masked(content, statistics_shapes(n_features(study)))
+    shapes = statistics_shapes(n_features(study))
+    masked = content.get(records.MASKED)
+    if isinstance(masked, ArrayRecord) and is_loop_vector(masked):
+        shapes = declared_loop_shapes(masked, study)
+    problems = _guard_masked(content, shapes)
     if problems:
         raise EgressBlocked(site, "secure aggregation statistics", problems)
     return content

@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import Strategy
 from lhs_federated.apps import records
 from lhs_federated.apps.coordinator_audit import CoordinatorAudit
 from lhs_federated.apps.secagg import MODULUS, SecAggError, neighbours, sum_masked, unmask_sum
-from lhs_federated.apps.secagg_messages import MODEL, STATISTICS
+from lhs_federated.apps.secagg_messages import MIN_CELL_SIZE, MODEL, STATISTICS
 from lhs_federated.apps.secagg_payloads import (
     Quantiser,
     decode_statistics,
@@ -40,6 +40,7 @@ from lhs_federated.apps.secagg_payloads import (
 from lhs_federated.apps.site_grid import SiteGrid
 from lhs_federated.data.statistics import ColumnSums
 from lhs_federated.errors import StudyRunError
+from lhs_federated.governance.durability import batched_durability
 from lhs_federated.study import Study
 
 
@@ -66,14 +67,22 @@ class SecureSum:
     replies : list of (str, Message)
         The contributors' masked-vector replies (their other records, such
         as a sample-dp epsilon, are read from these).
+    min_cell_size : int
+        The largest minimum cell size of the study and of the contributors
+        (each declares its own at setup): the rule for the sum's totals.
     """
 
     total: dict[str, np.ndarray]
     contributors: list[str]
     failed: dict[str, str] = field(default_factory=dict)
     replies: list[tuple[str, Message]] = field(default_factory=list)
+    min_cell_size: int = 1
 
 
+# One durability block for the whole sum (see batched_durability): its four stages
+# are one unit that a resumed run repeats (keys and shares live only in memory), so
+# their ledger records reach the disk with one sync instead of one or more per stage.
+@batched_durability()
 def secure_sum(
     grid: SiteGrid,
     study: Study,
@@ -101,7 +110,9 @@ def secure_sum(
     timeout = study.federation.round_timeout
     threshold = spec.threshold_for(len(nodes))
     order = sorted(nodes, key=grid.sites.__getitem__)
-    random.Random(f"{study.seed}:{kind}:{server_round}").shuffle(order)
+    # A sparse graph drawn from the OS, fresh each sum: colluders chosen from the
+    # study's seed could otherwise be a target's neighbours (the sum is the same).
+    random.SystemRandom().shuffle(order)
     graph = neighbours(order, spec.shares_for(len(nodes)))
     failed: dict[int, str] = {}
 
@@ -131,10 +142,11 @@ def secure_sum(
             raise _failure(grid, stage, len(ok), threshold, failed)
         return ok
 
-    keys = {}
+    keys, cell_sizes = {}, {}
     for node, reply in exchange("setup", records.SECAGG_SETUP, {n: {} for n in order}).items():
         record = reply.content[records.SECAGG]
         keys[node] = (bytes(record["pk1"]), bytes(record["pk2"]))
+        cell_sizes[node] = int(record.get(MIN_CELL_SIZE, 0))
     shown = {n: [m for m in graph[n] if m in keys] for n in keys}
     share_inputs = {
         n: {
@@ -207,6 +219,7 @@ def secure_sum(
         sorted(grid.sites[n] for n in survivors),
         {grid.sites[n]: why for n, why in failed.items()},
         sorted(replies, key=lambda item: item[0]),
+        max(study.sites.min_cell_size, *(cell_sizes[n] for n in survivors)),
     )
     if audit is not None:
         audit.record(
@@ -221,6 +234,7 @@ def secure_sum(
                 "contributors": result.contributors,
                 "recovered_after_dropout": sorted(grid.sites[n] for n in dropped),
                 "failed": result.failed,
+                "min_cell_size": result.min_cell_size,
             },
         )
     return result
@@ -328,15 +342,15 @@ def secure_statistics(
 ) -> tuple[ColumnSums, SecureSum]:
     """The federation's column sums through SecAgg+, small cells withheld from the total.
 
-    The minimum cell size (the study's) applies to the total over sites: a
-    column observed in fewer people, or an indicator with fewer ones or zeros,
-    across all sites is withheld, and no site's own small column biases the
-    statistics.
+    The minimum cell size (the largest of the study's and the sites' own)
+    applies to the total over sites: a column observed in fewer people, or an
+    indicator with fewer ones or zeros, across all sites is withheld, and no
+    site's own small column biases the statistics.
     """
     config = records.study_config(study)
     result = secure_sum(
         grid, study, list(grid.sites), kind=STATISTICS, config=config,
         shapes=statistics_shapes(width), server_round=0, audit=audit,
     )  # fmt: skip
-    total = decode_statistics(result.total).suppress_small_cells(study.sites.min_cell_size)
+    total = decode_statistics(result.total).suppress_small_cells(result.min_cell_size)
     return total, result

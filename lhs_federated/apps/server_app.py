@@ -78,12 +78,12 @@ def default_out_dir(study: Study) -> Path:
 def with_site_state(study: Study, out_dir: Path) -> Study:
     """The study with its simulated sites' ledger folder made explicit.
 
-    A sample-dp study without ``sites.state_dir`` keeps the sites' privacy
+    A sample-dp or distributed-dp study without ``sites.state_dir`` keeps the sites' privacy
     ledgers in ``<out_dir>/site-state``: budgets then hold within the run
     only. The folder becomes part of the resolved study (and so of its hash),
     which is what the sites receive and what the run folder records.
     """
-    if not study.privacy.sample_dp or study.sites.state_dir is not None:
+    if not study.privacy.site_accounted or study.sites.state_dir is not None:
         return study
     state_dir = str((out_dir / "site-state").resolve())
     return dataclasses.replace(study, sites=dataclasses.replace(study.sites, state_dir=state_dir))

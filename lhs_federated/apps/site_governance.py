@@ -147,10 +147,11 @@ def check_private_round(folder: SiteFolder, study: Study, privacy_ledger: Path |
     Raises
     ------
     SiteRefusal
-        If the study trains with sample-level DP and the site's privacy ledger
-        is missing, shorter or inconsistent with its signed ledger.
+        If the study's sites account its epsilon (sample-dp, distributed-dp)
+        and the site's privacy ledger is missing, shorter or inconsistent with
+        its signed ledger.
     """
-    if study.privacy.sample_dp:
+    if study.privacy.site_accounted:
         check_privacy_ledger(folder.site, folder.folder, folder.public_key, privacy_ledger)
 
 

@@ -154,10 +154,23 @@ def simulate_command(
             help="Private key signing the run's ledger (default: a key for this run only).",
         ),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --backend ray: the Ray cluster's head (host:port or ray://host:10001; "
+            "default: RAY_ADDRESS, else Ray on this machine).",
+        ),
+    ] = None,
 ) -> None:
     """Run a study on its simulated sites and print the per-site results."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
+    if ray_address is not None and backend != "ray":
+        raise ConfigError(
+            f"--ray-address {ray_address!r} names a Ray cluster, which only --backend ray "
+            f"uses; got --backend {backend!r}."
+        )
     from lhs_federated.research.simulation import (
         simulate,  # PyTorch and Flower: only to run a study
     )
@@ -170,6 +183,7 @@ def simulate_command(
             backend=backend,  # type: ignore[arg-type]
             out_dir=out,
             coordinator_key=coordinator_key,
+            ray_address=ray_address,
         )
     if json_lines:
         print_result(

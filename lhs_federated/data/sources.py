@@ -7,7 +7,7 @@ common path then validates each against the contract, encodes it and splits it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -177,7 +177,25 @@ def loaded_sites(study: Study) -> tuple[SiteData, ...]:
     For a simulated site that looks itself up with every message: copying a
     thousand sites' list to take one is most of the lookup.
     """
+    adopted = _ADOPTED.get(study.hash)
+    if adopted is not None:
+        return adopted
     return _load_sites_cached(study.hash, study.to_json())
+
+
+def adopt_prepared_sites(study_hash: str, sites: Sequence[SiteData]) -> None:
+    """Make :func:`load_sites` of the study ``study_hash`` return ``sites`` in this process.
+
+    A simulation engine's worker processes (Ray actors) take the sites that
+    the coordinator's process prepared for that study, instead of each one
+    generating, validating and encoding every site again (seconds per worker
+    at 1000 sites). Only the latest study's sites are kept.
+    """
+    _ADOPTED.clear()
+    _ADOPTED[study_hash] = tuple(sites)
+
+
+_ADOPTED: dict[str, tuple[SiteData, ...]] = {}
 
 
 @lru_cache(maxsize=4)

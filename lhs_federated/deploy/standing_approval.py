@@ -63,8 +63,16 @@ STANDING_APPROVAL = "standing-approval"
 MODELS_EVALUATED = "models-evaluated"
 #: Messages that carry a model the site evaluates (the reply's metrics are of it).
 EVALUATING = (MessageType.EVALUATE, records.MONITOR)
-#: Messages a monitoring study sends.
-MONITORING = (MessageType.QUERY, records.MONITOR, records.LEDGER_CLOSE)
+#: Messages a monitoring study sends (under secure aggregation, the drift sum's stages too).
+MONITORING = (
+    MessageType.QUERY,
+    records.MONITOR,
+    records.LEDGER_CLOSE,
+    records.SECAGG_SETUP,
+    records.SECAGG_SHARE,
+    records.SECAGG_COLLECT_STATISTICS,
+    records.SECAGG_UNMASK,
+)
 
 
 @dataclass(frozen=True)

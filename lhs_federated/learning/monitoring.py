@@ -90,7 +90,7 @@ def score_with_intervals(y: np.ndarray, p: np.ndarray, *, min_cell_size: int) ->
     return SiteMonitoring(values, undefined)
 
 
-def _suppressed(summaries: list[ColumnSummary], k: int) -> list[ColumnSummary]:
+def withhold_small_cells(summaries: list[ColumnSummary], k: int) -> list[ColumnSummary]:
     """Bin counts of 1 to k - 1 withheld (NaN); a column on fewer than k rows withheld whole."""
     out = []
     for s in summaries:
@@ -127,10 +127,12 @@ def monitor_at_site(
             predict_at_site(study, arrays, site.test.features, standardizer), site_params
         )
     scored = score_with_intervals(y, p, min_cell_size=min_cell_size)
-    current = _suppressed(summarise_columns(site.test.features, edges), min_cell_size)
+    current = withhold_small_cells(summarise_columns(site.test.features, edges), min_cell_size)
     reference = None
     if with_reference:
-        reference = _suppressed(summarise_columns(site.train.features, edges), min_cell_size)
+        reference = withhold_small_cells(
+            summarise_columns(site.train.features, edges), min_cell_size
+        )
     return SiteMonitoring(scored.values, scored.undefined, current, reference)
 
 

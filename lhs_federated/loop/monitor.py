@@ -10,7 +10,15 @@ prevalence shift. Each site is compared with its own training rows' summaries
 (with the pooled reference where it has none). A bin below the site's
 minimum cell size never leaves the site; it counts as empty in the PSI and
 the timeline says so; a site below its minimum cell size has no PSI (withheld,
-with the reason). Results are appended
+with the reason).
+
+Under secure aggregation (``privacy.secure_aggregation = "secaggplus"``) the
+coordinator holds only the federation's histograms (one secure sum, small
+cells withheld from the totals, :mod:`lhs_federated.apps.loop_secagg`): drift
+is the pooled rows' against the pooled reference, its PSI alerts are the
+federation's (site ``secure-sum``), and the per-site rows keep their metrics
+and metric alerts but no PSI or SMD (``withheld``: ``psi:per-site (secure
+aggregation)``). Results are appended
 to the release's monitoring timeline (``timeline.csv``), alerts
 (:mod:`lhs_federated.loop.alerts`) to ``alerts.csv``, and both into the
 registry ledger, signed.
@@ -29,6 +37,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lhs_federated.apps.federation import SECURE_SUM_SITE
 from lhs_federated.apps.records import hash_arrays
 from lhs_federated.learning.drift import (
     ColumnSummary,
@@ -159,22 +168,16 @@ def monitor_release(
     columns = reference["columns"]
     pooled_ref = [summary_from_json(s) for s in reference["pooled"]]
     result = MonitoringResult(str(ref), label, failed=found["failed"])
+    secure = found.get("secure_sum")
     pooled_current: list[ColumnSummary] | None = None
     for site, site_result in found["result"].items():
         values = site_result["values"]
-        current = [summary_from_json(s) for s in site_result["current"]]
-        drift = site_drift(current, _reference_of(reference, site, pooled_ref), columns)
-        result.drift[site] = drift
-        clean = [
-            ColumnSummary(np.nan_to_num(c.counts), *(0.0 if math.isnan(v) else v
-                          for v in (c.n, c.total, c.total_squares)))
-            for c in current
-        ]  # fmt: skip
-        pooled_current = (
-            clean
-            if pooled_current is None
-            else [a + b for a, b in zip(pooled_current, clean, strict=True)]
-        )
+        drift: dict[str, dict[str, float | None]] = {}
+        if secure is None:
+            current = [summary_from_json(s) for s in site_result["current"]]
+            drift = site_drift(current, _reference_of(reference, site, pooled_ref), columns)
+            result.drift[site] = drift
+            pooled_current = _add(pooled_current, current)
         ref_values = reference["per_site"].get(site, {}).get("values", {})
         alerts = site_alerts(
             rules, release=str(ref), period=label, site=site, values=values,
@@ -187,6 +190,7 @@ def monitor_release(
         withheld = sorted(
             {
                 *site_result["undefined"],
+                *(["psi:per-site (secure aggregation)"] if secure is not None else []),
                 *(f"psi:{k}" for k, v in drift.items() if v["psi"] is None),
                 *(f"psi:{k}(small cells as 0)" for k, v in drift.items() if v["small"]),
             }
@@ -201,7 +205,15 @@ def monitor_release(
                 "withheld": ";".join(withheld), "alerts": len(alerts),
             }
         )  # fmt: skip
-    if pooled_current is not None:
+    if secure is not None:
+        result.drift["pooled"] = site_drift(
+            [summary_from_json(s) for s in secure["current"]], pooled_ref, columns
+        )
+        result.alerts += site_alerts(
+            rules, release=str(ref), period=label, site=SECURE_SUM_SITE, values={},
+            reference_auroc=None, psi={k: v["psi"] for k, v in result.drift["pooled"].items()},
+        )  # fmt: skip
+    elif pooled_current is not None:
         result.drift["pooled"] = site_drift(pooled_current, pooled_ref, columns)
     _append(out_root / "timeline.csv", result.rows)
     append_alerts(out_root / "alerts.csv", result.alerts)
@@ -219,6 +231,16 @@ def monitor_release(
     )  # fmt: skip
     result.ledger_hash = entry.hash
     return result
+
+
+def _add(pooled: list[ColumnSummary] | None, site: list[ColumnSummary]) -> list[ColumnSummary]:
+    """The pooled summaries with one site's added (its withheld values as 0)."""
+    clean = [
+        ColumnSummary(np.nan_to_num(c.counts), *(0.0 if math.isnan(v) else v
+                      for v in (c.n, c.total, c.total_squares)))
+        for c in site
+    ]  # fmt: skip
+    return clean if pooled is None else [a + b for a, b in zip(pooled, clean, strict=True)]
 
 
 def _append(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -135,7 +135,11 @@ def release_run(
         {"kind": "monitor", "model": str(run_dir.resolve()), "with_reference": True,
          "edges": [e.tolist() for e in edges]},
     )  # fmt: skip
-    pooled, partial = pooled_reference(found["result"])
+    secure = found.get("secure_sum")
+    if secure is None:
+        pooled, partial = pooled_reference(found["result"])
+    else:  # the federation's reference is one secure sum; no site withheld a part of it
+        pooled, partial = [summary_from_json(s) for s in secure["reference"]], []
     reference = {
         "columns": json.loads((run_dir / "model" / "model.json").read_text())["features"],
         "edges": [e.tolist() for e in edges],

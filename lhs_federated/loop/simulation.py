@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lhs_federated.apps.study_checks  # noqa: F401  (registers the study's checks)
+from lhs_federated.apps.federation import SECURE_SUM_SITE
 from lhs_federated.config import build, read_toml, setting
 from lhs_federated.data.periods import period_labels
 from lhs_federated.data.sources import raw_sites
@@ -128,6 +129,13 @@ def load_loop(path: str | Path, *, deployed: bool = False) -> LoopFile:
     study = finalise_study(table["study"], source=f"{path} [study]", base_dir=path.parent)
     if study.contract.index_date is None:
         raise ConfigError(f"{path}: the loop's study needs dated data (a contract index_date).")
+    if spec.update == "per-site" and study.privacy.secure:
+        raise ConfigError(
+            f"{path}: loop.update = 'per-site' fits each site's own recalibration from its own "
+            "score and information, which secure aggregation (study.privacy.secure_aggregation "
+            "= 'secaggplus') hides from the coordinator; use loop.update = 'in-the-large', "
+            "'logistic' or 'refit', or no secure aggregation."
+        )
     if deployed and spec.periods is None:
         raise ConfigError(
             f"{path}: a loop in deployment needs loop.periods (the periods, in order: the "
@@ -257,7 +265,8 @@ def run_loop(
         if done < len(todo) and (monitored.alerts or spec.update_on == "every-period"):
             window = periods[max(0, periods.index(period) - spec.update_periods + 1) :]
             window = window[: window.index(period) + 1]
-            alerting = {a.site for a in monitored.alerts}
+            # a federation's alert (secure aggregation: drift of the pooled rows) names no site
+            alerting = {a.site for a in monitored.alerts} - {SECURE_SUM_SITE}
             champion, decision = _update_and_gate(
                 spec, at(base, window), window, registry, champion, folder=folder, engine=engine,
                 only_sites=alerting if spec.update_sites == "alerting" and alerting else None,

@@ -1,9 +1,11 @@
-"""Privacy at the sites: DP-SGD with a budget that is never exceeded, and what may leave.
+"""Privacy at the sites: DP noise with a budget that is never exceeded, and what may leave.
 
 - :mod:`~lhs_federated.privacy.spec`: the study's ``[privacy]`` section;
 - :mod:`~lhs_federated.privacy.accounting`: the noise plan of a study at a site
   (calibrated once for the whole plan) and epsilon of accountant histories;
 - :mod:`~lhs_federated.privacy.dp_sgd`: one round of local training with Opacus;
+- :mod:`~lhs_federated.privacy.distributed`: a site's share of client-level
+  noise under secure aggregation (distributed-dp), and its plan;
 - :mod:`~lhs_federated.privacy.ledger`: the site's privacy ledger on disk;
 - :mod:`~lhs_federated.privacy.budget`: the site's budget check before each
   round, and the record of what each round spent;

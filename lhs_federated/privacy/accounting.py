@@ -1,5 +1,11 @@
 """The noise plan of a study at a site, and epsilon of accountant histories.
 
+Two mechanisms are planned here. DP-SGD (sample-dp) and the site's share of
+client-level noise under secure aggregation (distributed-dp, one Gaussian
+release per round: noise multiplier ``z`` on a sum of updates clipped to norm
+``C``, no sampling, so an accountant history of ``(z, 1.0, 1)`` per round).
+Both compose in the same ledger, so a site's total budget counts them together.
+
 DP-SGD's guarantee covers the whole study only if the noise multiplier is
 chosen once, for every step the site will ever take in it (rounds x local
 steps), and then kept fixed: calibrating each round for the full target would
@@ -66,6 +72,9 @@ class DPPlan:
         The study's guarantee at this site.
     n_train : int
         Training rows the plan was made for.
+    mechanism : str
+        ``dp-sgd`` (sample-dp) or ``distributed-gaussian`` (distributed-dp:
+        one release per round, ``max_grad_norm`` is the update's clipping norm).
     """
 
     noise_multiplier: float
@@ -77,6 +86,7 @@ class DPPlan:
     target_epsilon: float
     target_delta: float
     n_train: int
+    mechanism: str = "dp-sgd"
 
     def round_history(self) -> History:
         """The accountant history one round adds."""
@@ -96,10 +106,11 @@ class DPPlan:
             If a field is missing, unknown or of the wrong type.
         """
         fields = set(cls.__dataclass_fields__)
-        if set(data) != fields:
+        # Ledgers written before distributed-dp hold DP-SGD plans without a mechanism.
+        if set(data) not in (fields, fields - {"mechanism"}):
             raise ValueError(f"plan keys {sorted(data)} differ from the expected {sorted(fields)}")
         ints = {"steps_per_round", "rounds", "n_train"}
-        strings = {"accountant"}
+        strings = {"accountant", "mechanism"}
         for key, value in data.items():
             if key in strings:
                 ok = isinstance(value, str)
@@ -147,6 +158,62 @@ def plan_study(study: Study, n_train: int) -> DPPlan:
         target_delta=privacy.delta,
         n_train=n_train,
     )
+
+
+#: Mechanism names of :attr:`DPPlan.mechanism`.
+DP_SGD, DISTRIBUTED_GAUSSIAN = "dp-sgd", "distributed-gaussian"
+
+
+def distributed_noise_multiplier(study: Study) -> float:
+    """The noise multiplier z of a distributed-dp study: given, or calibrated to epsilon.
+
+    One Gaussian release per round (sensitivity: the clipping norm), composed
+    over the study's rounds with the site's own accountant (Opacus RDP), so the
+    ledger's epsilon after the last round is at most the target.
+
+    Raises
+    ------
+    ValueError
+        If the given multiplier spends more than ``privacy.epsilon``, or the
+        epsilon cannot be reached.
+    """
+    privacy = study.privacy
+    target = float(privacy.epsilon or 0.0)
+    given = privacy.client.noise_multiplier
+    if given is None:
+        return calibrate_noise(target, privacy.delta, 1.0, study.rounds, SITE_ACCOUNTANT)
+    spent = epsilon_of(((float(given), 1.0, study.rounds),), privacy.delta, SITE_ACCOUNTANT)
+    if spent > target:
+        raise ValueError(
+            f"privacy.client.noise_multiplier = {given:g} spends epsilon {spent:.3f} over the "
+            f"study's {study.rounds} rounds, more than privacy.epsilon = {target:g}; raise the "
+            "multiplier, lower the rounds, or remove the multiplier to have it calibrated"
+        )
+    return float(given)
+
+
+def plan_distributed(study: Study, n_train: int) -> DPPlan:
+    """The ledger plan of a distributed-dp study: one release of noise ``z`` per round."""
+    privacy = study.privacy
+    return DPPlan(
+        noise_multiplier=distributed_noise_multiplier(study),
+        sample_rate=1.0,
+        steps_per_round=1,
+        rounds=study.rounds,
+        max_grad_norm=privacy.client.clipping_norm,
+        accountant=SITE_ACCOUNTANT,
+        target_epsilon=float(privacy.epsilon or 0.0),
+        target_delta=privacy.delta,
+        n_train=n_train,
+        mechanism=DISTRIBUTED_GAUSSIAN,
+    )
+
+
+def plan_for(study: Study, n_train: int) -> DPPlan:
+    """The plan of a study its sites account for (sample-dp or distributed-dp)."""
+    if study.privacy.distributed_dp:
+        return plan_distributed(study, n_train)
+    return plan_study(study, n_train)
 
 
 @lru_cache(maxsize=256)

@@ -1,9 +1,10 @@
 """The site's privacy budget: checked before every round, recorded after it.
 
-Before a site trains a round of a sample-dp study it projects what epsilon
-would be after the round, both for the study (at the study's delta, against
-the study's target) and for the site (all studies ever run there, composed
-with RDP at the site's own delta, against the site's total budget). If
+Before a site trains a round of a sample-dp or distributed-dp study it
+projects what epsilon would be after the round, both for the study (at the
+study's delta, against the study's target) and for the site (all studies ever
+run there, composed with RDP at the site's own delta, against the site's total
+budget; DP-SGD and distributed-dp rounds compose in one history). If
 either would pass its limit the site refuses the round with the figures, and
 the refusal travels to the coordinator as an error reply.
 
@@ -31,7 +32,7 @@ from lhs_federated.privacy.accounting import (
     History,
     epsilon_of,
     merge_history,
-    plan_study,
+    plan_for,
 )
 from lhs_federated.privacy.ledger import LedgerError, PrivacyLedger, RoundSpend
 from lhs_federated.results.writer import utc_now
@@ -125,7 +126,8 @@ class SiteBudget:
         if path is None:
             raise SiteRefusal(
                 self.privacy.site,
-                "the study asks for sample-level DP, but the site keeps no privacy ledger "
+                "the study asks for differential privacy accounted at the site (sample-dp "
+                "or distributed-dp), but the site keeps no privacy ledger "
                 "(set its ledger folder in the site config, or sites.state_dir in simulation).",
             )
         self._path = path
@@ -178,7 +180,7 @@ class SiteBudget:
                     "below 1/n (e.g. 1e-5).",
                 )
         try:
-            plan = plan_study(study, n_train)
+            plan = plan_for(study, n_train)
         except ValueError as error:
             raise SiteRefusal(
                 site, f"no noise level reaches epsilon {privacy.epsilon:g} ({error})."

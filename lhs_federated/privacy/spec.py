@@ -1,13 +1,17 @@
 """The study's ``[privacy]`` section: which guarantee, and its parameters.
 
-Three modes:
+Four modes:
 
 - ``none``: no differential privacy (the egress guard and minimum sizes still apply);
 - ``sample-dp``: every site trains with DP-SGD (Opacus) so that each patient
   record is protected at ``(epsilon, delta)`` for the whole study, and each site
   also keeps its own budget across studies;
 - ``client-dp``: Flower's central DP wrappers clip each site's update and add
-  noise to the aggregate, protecting a whole site's contribution.
+  noise to the aggregate, protecting a whole site's contribution;
+- ``distributed-dp``: the same client-level guarantee without trusting the
+  coordinator: under secure aggregation each site clips its update and adds its
+  share of the noise before masking, so the sum carries the study's noise and
+  no single update is ever seen (:mod:`lhs_federated.privacy.distributed`).
 
 Settings are checked once, when the study is loaded; what cannot be known
 then (a site's number of rows, its remaining budget) is checked at the site.
@@ -86,6 +90,10 @@ class ClientDPSpec:
     )
 
 
+#: With ``num_shares = 0``, every site neighbours every other up to this many
+#: sites (plain SecAgg); beyond, each has this many neighbours or more (SecAgg+).
+ALL_PAIRS_UP_TO = 21
+
 #: Largest quantisation range of secure aggregation: a thousand sites' sums of
 #: millions of rows must stay below 2**61 (see lhs_federated.apps.secagg_payloads).
 MAX_QUANTIZATION_RANGE = 2**32
@@ -97,8 +105,9 @@ class SecAggSpec:
 
     num_shares: int = setting(
         0,
-        doc="neighbours each site shares its secrets with, itself included (0: every site; "
-        "fewer: SecAgg+'s sparse graph, at least 3)",
+        doc="neighbours each site shares its secrets with, itself included, odd (0: every "
+        "site up to 21 sites, beyond max(21, 3 * ceil(log2 sites)); fewer: SecAgg+'s sparse "
+        "graph, at least 3)",
         ge=0,
         le=10000,
     )
@@ -124,8 +133,20 @@ class SecAggSpec:
     )
 
     def shares_for(self, n_sites: int) -> int:
-        """Neighbours per site among ``n_sites`` (the setting, or every site)."""
-        return n_sites if self.num_shares == 0 or self.num_shares >= n_sites else self.num_shares
+        """Neighbours per site among ``n_sites``, itself included.
+
+        The setting if given; else (``num_shares = 0``) every site up to
+        :data:`ALL_PAIRS_UP_TO` sites, and beyond that SecAgg+'s sparse graph
+        (Bell et al. 2020) of ``max(21, 3 * ceil(log2 n))`` sites, made odd and
+        at least an explicit threshold: so a site's secrets need at least 11
+        colluding neighbours, its work grows with ``log n`` instead of ``n``,
+        and 50 sites cost a round 21 neighbours each instead of 50.
+        """
+        if self.num_shares == 0:
+            sparse = max(ALL_PAIRS_UP_TO, 3 * math.ceil(math.log2(max(n_sites, 2))))
+            sparse = max(sparse, self.reconstruction_threshold)
+            return min(n_sites, sparse | 1)
+        return min(n_sites, self.num_shares)
 
     def threshold_for(self, n_sites: int) -> int:
         """Shares that rebuild a secret among ``n_sites`` (the setting, or a majority)."""
@@ -137,15 +158,17 @@ class SecAggSpec:
 class PrivacySpec:
     """Differential privacy of the study (``[privacy]``)."""
 
-    mode: Literal["none", "sample-dp", "client-dp"] = setting(
+    mode: Literal["none", "sample-dp", "client-dp", "distributed-dp"] = setting(
         "none",
-        doc="none, sample-dp (DP-SGD at every site, Opacus) or client-dp (Flower's "
-        "central DP wrappers)",
+        doc="none, sample-dp (DP-SGD at every site, Opacus), client-dp (Flower's "
+        "central DP wrappers) or distributed-dp (client-level DP, each site adds its "
+        "share of the noise under secure aggregation)",
     )
     epsilon: float | None = setting(
         None,
         doc="sample-dp: each site's target epsilon for the whole study; client-dp: "
-        "the most the federation may spend (fixed clipping)",
+        "the most the federation may spend (fixed clipping); distributed-dp: each "
+        "site's target for the whole study",
     )
     delta: float = setting(
         1e-5, doc="delta of the guarantee; sample-dp needs it below 1/n at every site"
@@ -158,7 +181,8 @@ class PrivacySpec:
     )
     min_train_rows: int = setting(20, doc="a site with fewer training rows refuses to train", ge=1)
     client: ClientDPSpec = setting(
-        default_factory=ClientDPSpec, doc="client-dp: clipping and noise ([privacy.client])"
+        default_factory=ClientDPSpec,
+        doc="client-dp and distributed-dp: clipping and noise ([privacy.client])",
     )
     secure_aggregation: Literal["none", "secaggplus"] = setting(
         "none",
@@ -209,6 +233,16 @@ class PrivacySpec:
         """Whether the server applies client-level DP."""
         return self.mode == "client-dp"
 
+    @property
+    def distributed_dp(self) -> bool:
+        """Whether each site adds its share of client-level noise before secure aggregation."""
+        return self.mode == "distributed-dp"
+
+    @property
+    def site_accounted(self) -> bool:
+        """Whether each site accounts the study's epsilon in its own privacy ledger."""
+        return self.mode in ("sample-dp", "distributed-dp")
+
 
 def check_privacy(study: Any, *, source: str) -> None:
     """Cross-field checks of ``[privacy]`` against the rest of the study.
@@ -224,7 +258,7 @@ def check_privacy(study: Any, *, source: str) -> None:
         raise ConfigError(
             f"{source}: privacy.epsilon = {privacy.epsilon:g} is set but privacy.mode is "
             "'none', so the study would run without any privacy guarantee. Set privacy.mode "
-            "= 'sample-dp' (or 'client-dp'), or remove privacy.epsilon."
+            "= 'sample-dp' (or 'client-dp' or 'distributed-dp'), or remove privacy.epsilon."
         )
     if privacy.sample_dp and study.strategy.name == "qfedavg":
         raise ConfigError(
@@ -237,6 +271,8 @@ def check_privacy(study: Any, *, source: str) -> None:
             f"{source}: privacy.mode = 'sample-dp' needs privacy.epsilon, each site's target "
             "for the whole study (for example 1.0)."
         )
+    if privacy.distributed_dp:
+        check_distributed_settings(study, source=source)
     if privacy.secure:
         check_secure_aggregation(study, source=source)
     if not privacy.client_dp:
@@ -284,6 +320,49 @@ def check_privacy(study: Any, *, source: str) -> None:
         )
 
 
+def check_distributed_settings(study: Any, *, source: str) -> None:
+    """Settings distributed DP needs: secure aggregation, a target, a fixed norm, a threshold.
+
+    The noise calibration and its room in the quantisation range are checked
+    with the accountant (:func:`lhs_federated.privacy.distributed.check_distributed_dp`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the setting that is missing or conflicts.
+    """
+    privacy: PrivacySpec = study.privacy
+    if not privacy.secure:
+        raise ConfigError(
+            f"{source}: privacy.mode = 'distributed-dp' needs privacy.secure_aggregation = "
+            f"'secaggplus' (got {privacy.secure_aggregation!r}): each site's update carries only "
+            "its share of the noise, which is safe only inside a secure sum. Set "
+            "privacy.secure_aggregation = 'secaggplus', or use privacy.mode = 'client-dp'."
+        )
+    if privacy.epsilon is None:
+        raise ConfigError(
+            f"{source}: privacy.mode = 'distributed-dp' needs privacy.epsilon, each site's "
+            "target for the whole study (for example 3.0)."
+        )
+    if privacy.client.clipping.endswith("adaptive"):
+        raise ConfigError(
+            f"{source}: privacy.mode = 'distributed-dp' clips each update at the site with the "
+            f"fixed norm privacy.client.clipping_norm; privacy.client.clipping = "
+            f"{privacy.client.clipping!r} adapts the norm from individual updates, which no one "
+            "sees under secure aggregation. Use 'client-fixed'."
+        )
+    if privacy.secagg.reconstruction_threshold == 0:
+        sites = known_site_count(study)
+        example = privacy.secagg.threshold_for(sites) if sites else 3
+        raise ConfigError(
+            f"{source}: privacy.mode = 'distributed-dp' needs privacy.secagg."
+            "reconstruction_threshold set explicitly (for example "
+            f"{example}{f' of the {sites} sites' if sites else ''}): it is the fewest sites "
+            "any secure sum covers, so each site adds 1/threshold of the noise variance and "
+            "every sum carries at least the study's noise."
+        )
+
+
 def known_site_count(study: Any) -> int | None:
     """Sites the study will have, when its own settings tell (synthetic data, a site list)."""
     if study.data.sites is not None:
@@ -318,8 +397,9 @@ def check_secure_aggregation(study: Any, *, source: str, n_sites: int | None = N
         raise ConfigError(
             f"{source}: privacy.secure_aggregation = 'secaggplus' cannot run with "
             "privacy.mode = 'client-dp': Flower's DP wrappers clip and weigh each site's update "
-            "at the coordinator, which secure aggregation hides. Use privacy.mode = 'sample-dp' "
-            "or 'none' with secure aggregation."
+            "at the coordinator, which secure aggregation hides. Use privacy.mode = "
+            "'distributed-dp' (the sites add the noise before masking), 'sample-dp' or 'none' "
+            "with secure aggregation."
         )
     spec: SecAggSpec = study.privacy.secagg
     if spec.num_shares and spec.num_shares < 3:
@@ -356,6 +436,8 @@ def check_secure_aggregation(study: Any, *, source: str, n_sites: int | None = N
     if threshold <= shares // 2 or threshold < 2:
         raise ConfigError(
             f"{source}: privacy.secagg.reconstruction_threshold = {threshold} is not more than "
-            f"half of the {shares} shares: a coordinator could rebuild both secrets of one site "
-            f"and read its update. Use at least {shares // 2 + 1} (0: that majority)."
+            f"half of the {shares} shares each site makes (privacy.secagg.num_shares = "
+            f"{spec.num_shares or f'0, so {shares} at {sites} sites'}): a coordinator could "
+            "rebuild both secrets of one site and read its update. Use at least "
+            f"{shares // 2 + 1} (0: that majority)."
         )

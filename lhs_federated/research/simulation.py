@@ -7,8 +7,8 @@ then it runs the real ServerApp and ClientApp on one of two engines:
 
 - ``inprocess`` (default): :class:`~lhs_federated.apps.inprocess.InProcessGrid`,
   no Ray start-up, one process;
-- ``ray``: Flower's simulation engine, the way to a Ray cluster when one
-  machine is not enough.
+- ``ray``: the sites' ClientApps in Ray actors, on this machine's cores or on
+  a Ray cluster when one machine is not enough.
 
 The same seed gives identical results on both.
 """
@@ -41,6 +41,7 @@ def simulate(
     out_dir: str | Path | None = None,
     coordinator_key: str | Path | None = None,
     report: bool = True,
+    ray_address: str | None = None,
 ) -> RunResults:
     """Run a study on its simulated sites and return its results.
 
@@ -64,6 +65,11 @@ def simulate(
         is written into the results, the private key is never stored).
     report : bool
         Write the HTML report (sweeps skip it per run and report the sweep).
+    ray_address : str, optional
+        With ``backend="ray"``: the Ray cluster to run the sites on
+        (``host:port`` of its head node, or ``ray://host:10001``); default:
+        ``RAY_ADDRESS`` if set, else a Ray instance on this machine. The
+        results folder must then be on storage every node shares.
 
     Returns
     -------
@@ -82,6 +88,11 @@ def simulate(
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}.")
+    if ray_address is not None and backend != "ray":
+        raise ConfigError(
+            f"ray_address={ray_address!r} names a Ray cluster, which only the ray backend "
+            f"uses; got backend={backend!r}: pass backend='ray' or drop ray_address."
+        )
     if not isinstance(study, Study):
         study = load_study(study)
     out = Path(out_dir) if out_dir is not None else server_app.default_out_dir(study)
@@ -123,5 +134,5 @@ def simulate(
         if backend == "inprocess":
             run_inprocess(run_config, n_sites, write_results=write_results)
         else:
-            run_ray(run_config, n_sites, write_results=write_results)
+            run_ray(run_config, n_sites, write_results=write_results, address=ray_address)
     return read_results(out)
