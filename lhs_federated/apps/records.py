@@ -374,10 +374,10 @@ def hash_array_record(record: ArrayRecord) -> str:
     return known
 
 
-#: Hashes of ArrayRecords already hashed in this process (see hash_array_record); few,
-#: since the key holds the arrays' bytes.
+#: Hashes of ArrayRecords already hashed in this process (see hash_array_record): a
+#: round or two of global models, since the key holds the arrays' bytes.
 _RECORD_HASHES: dict[tuple, str] = {}
-_RECORD_HASHES_MAX = 64
+_RECORD_HASHES_MAX = 8
 
 
 def hash_arrays(arrays: dict[str, np.ndarray]) -> str:
