@@ -292,3 +292,103 @@ def recorddict_size(content):
     from flwr.common.serde import recorddict_to_proto
 
     return recorddict_to_proto(content).ByteSize()
+
+
+def test_delivered_copies_equal_deep_copies_and_share_nothing_mutable():
+    import copy
+
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from lhs_federated.apps import records
+    from lhs_federated.apps.inprocess import copy_message
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.float64)}
+    content = RecordDict(
+        {
+            records.ARRAYS: records.to_array_record(arrays),
+            records.CONFIG: ConfigRecord({"mean": [0.5, -1.0], "study": "x", "blob": b"\x00"}),
+            records.METRICS: MetricRecord({"n": 40, "loss": float("nan"), "hist": [1, 2]}),
+        }
+    )
+    message = Message(content, 1001, "train", group_id="3")
+    message.metadata.__dict__["_message_id"] = "m-1"
+
+    def plain(value):  # every attribute, recursively, for comparison
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(plain(v) for v in value)
+        if isinstance(value, float) and np.isnan(value):
+            return "nan"
+        if hasattr(value, "__dict__") and not callable(value):
+            return (type(value), plain(vars(value)))
+        return value
+
+    copied = copy_message(message)
+    assert plain(copied) == plain(copy.deepcopy(message))
+    before = reply_digest_of(message)
+    copied.content[records.CONFIG]["mean"].append(9.0)
+    copied.content[records.METRICS]["hist"].append(3)
+    copied.content[records.ARRAYS]["w"].shape = (3, 2)
+    copied.content[records.ARRAYS]["w"].data = b""
+    copied.metadata.__dict__["_message_id"] = "changed"
+    assert reply_digest_of(message) == before and message.metadata.message_id == "m-1"
+    assert plain(message) == plain(copy.deepcopy(message))
+
+
+def reply_digest_of(message):
+    from lhs_federated.apps.reply_digest import content_hash
+
+    return content_hash(message.content)
+
+
+def test_arrays_made_with_cached_headers_are_flowers_byte_for_byte():
+    from flwr.app import Array
+
+    from lhs_federated.apps.records import numpy_to_array
+
+    rng = np.random.default_rng(1)
+    values = [
+        rng.random((3, 4)).astype(np.float32),
+        np.asfortranarray(rng.random((3, 4))),
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+        np.ones((), dtype=np.float32),
+        np.zeros((0, 5)),
+        np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),  # structured: np.save itself
+    ]
+    for value in values:
+        for _ in range(2):  # the second uses the cached header
+            made, flowers = numpy_to_array(value), Array(value)
+            assert (made.dtype, made.shape, made.stype, made.data) == (
+                flowers.dtype,
+                flowers.shape,
+                flowers.stype,
+                flowers.data,
+            )
+
+
+def test_an_approval_check_sees_a_registry_changed_in_place_with_its_size_and_time(tmp_path):
+    import os
+
+    from lhs_federated.errors import SiteRefusal
+    from lhs_federated.governance.site_folder import APPROVALS_FILE, SiteFolder
+
+    study, code = "a" * 64, "b" * 64
+    folder = SiteFolder.init(tmp_path / "site-01", "site-01")
+    folder.approve(study, code, study_name="s", by="steward", reason="IRB-1")
+    assert folder.check(study, code).study_hash == study  # verified, and remembered
+    assert folder.check(study, code).study_hash == study
+    registry = folder.folder / APPROVALS_FILE
+    info = registry.stat()
+    tampered = registry.read_bytes().replace(b"IRB-1", b"IRB-2")  # same size
+    with registry.open("r+b") as handle:  # same file, same size, same modification time
+        handle.write(tampered)
+    os.utime(registry, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert (registry.stat().st_size, registry.stat().st_mtime_ns) == (
+        info.st_size,
+        info.st_mtime_ns,
+    )
+    with pytest.raises(SiteRefusal, match=r"approvals registry .* failed verification"):
+        folder.check(study, code)

@@ -75,6 +75,8 @@ def egress_guard_mod(message: Message, context: Context, call_next) -> Message:
                 problem.detail,
             )
         return Message(Error(code=records.EGRESS_BLOCKED, reason=blocked.message), reply_to=message)
+    if content is reply.content:  # nothing to withhold: the reply leaves as it is
+        return reply
     return Message(content, reply_to=message)
 
 
@@ -169,6 +171,8 @@ def _guard_train(content: RecordDict, study: Study, site: str, k: int) -> Record
             )
     if problems:
         raise EgressBlocked(site, "train reply", problems)
+    if list(content) == [records.ARRAYS, records.METRICS]:
+        return content  # exactly the declared records, each checked: nothing to rebuild
     return RecordDict({records.ARRAYS: arrays, records.METRICS: metrics})
 
 

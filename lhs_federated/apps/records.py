@@ -192,7 +192,39 @@ def _study_of(digest: str, text: str) -> Study:
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """Named numpy arrays as an ArrayRecord (order kept)."""
-    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+    return ArrayRecord(
+        {name: numpy_to_array(np.ascontiguousarray(value)) for name, value in arrays.items()}
+    )
+
+
+def numpy_to_array(value: np.ndarray) -> Array:
+    """``Array(value)``, byte for byte, without ``np.save`` writing the same header again.
+
+    Flower serialises an array with ``np.save``: a ``.npy`` header that follows
+    from the dtype, shape and memory order alone, then the raw bytes. The first
+    array of each layout is made by Flower and its header kept; later ones are
+    that header and their bytes (plain dtypes only: object and structured
+    dtypes always go through ``np.save``).
+    """
+    if value.dtype.hasobject or value.dtype.fields is not None:
+        return Array(value)
+    fortran = bool(value.flags.f_contiguous and not value.flags.c_contiguous)
+    layout = (value.dtype, value.shape, fortran)
+    header = _NPY_HEADERS.get(layout)
+    if header is None:
+        made = Array(value)
+        if len(_NPY_HEADERS) < 4096:
+            _NPY_HEADERS[layout] = made.data[: len(made.data) - value.nbytes]
+        return made
+    return Array(
+        dtype=str(value.dtype),
+        shape=tuple(value.shape),
+        stype=SType.NUMPY,
+        data=header + value.tobytes(order="F" if fortran else "C"),
+    )
+
+
+_NPY_HEADERS: dict[tuple[np.dtype, tuple[int, ...], bool], bytes] = {}
 
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -342,10 +374,10 @@ def hash_array_record(record: ArrayRecord) -> str:
     return known
 
 
-#: Hashes of ArrayRecords already hashed in this process (see hash_array_record); few,
-#: since the key holds the arrays' bytes.
+#: Hashes of ArrayRecords already hashed in this process (see hash_array_record): a
+#: round or two of global models, since the key holds the arrays' bytes.
 _RECORD_HASHES: dict[tuple, str] = {}
-_RECORD_HASHES_MAX = 64
+_RECORD_HASHES_MAX = 8
 
 
 def hash_arrays(arrays: dict[str, np.ndarray]) -> str:

@@ -212,7 +212,7 @@ def _check_arrays(arrays: ArrayRecord, expected: dict[str, tuple[int, ...]]) -> 
                 f"array {name!r} is {array.dtype}{list(array.shape)}; the model's is a "
                 f"float32 or float64 array of shape {list(shape)}"
             )
-        values = array.numpy()
+        values = records.array_to_numpy(array)
         if not np.isfinite(values).all():
             raise ReplyRejectedError(f"array {name!r} holds NaN or infinite values")
         largest = float(np.abs(values).max(initial=0.0))
