@@ -260,7 +260,7 @@ def readme_privacy_commands() -> list[list[str]]:
 
 def test_readme_privacy_commands_run(tmp_path, monkeypatch):
     commands = readme_privacy_commands()
-    assert len(commands) == 3
+    assert len(commands) == 4  # sample-dp twice, client-dp, distributed-dp
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     for k, argv in enumerate(commands):
         argv = [
