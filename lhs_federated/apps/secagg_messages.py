@@ -54,6 +54,7 @@ from lhs_federated.apps.secagg_payloads import (
 )
 from lhs_federated.data.statistics import ColumnSums
 from lhs_federated.errors import SiteRefusal
+from lhs_federated.learning.parameters import change_from
 from lhs_federated.learning.site import n_features
 from lhs_federated.learning.training import LocalUpdate
 from lhs_federated.privacy.distributed import plan_problem
@@ -278,9 +279,7 @@ def make_collect_update(local_round: LocalRound) -> Callable[[Message, Context],
     ) -> tuple[dict[str, np.ndarray], LocalUpdate, float | None]:
         if not study.privacy.distributed_dp:
             result = local_round(message, context, sent)
-            arrays = result.update.arrays
-            delta = {n: arrays[n].astype(np.float64) - sent[n].astype(np.float64) for n in sent}
-            return delta, result.update, result.epsilon
+            return change_from(sent, result.update.arrays), result.update, result.epsilon
         runtime = resolve_site(study, context)
         noised = noised_round(
             study,

@@ -24,6 +24,19 @@ def get_arrays(model: nn.Module) -> dict[str, np.ndarray]:
     }
 
 
+def change_from(start: dict[str, np.ndarray], end: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``end - start`` per array of ``start``, in float64: a round's change of the model.
+
+    What secure aggregation sums (and distributed DP clips and noises):
+    float64 so the difference of two float32 models loses nothing before it
+    is quantised.
+    """
+    return {
+        name: end[name].astype(np.float64) - value.astype(np.float64)
+        for name, value in start.items()
+    }
+
+
 def set_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
     """Load named arrays into ``model``, checking names and shapes first.
 

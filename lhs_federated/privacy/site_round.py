@@ -20,6 +20,7 @@ import numpy as np
 from lhs_federated.data.sources import SiteData
 from lhs_federated.data.split import site_seed
 from lhs_federated.data.statistics import Standardizer
+from lhs_federated.learning.parameters import change_from
 from lhs_federated.learning.site import train_at_site, training_inputs
 from lhs_federated.learning.training import LocalUpdate
 from lhs_federated.privacy.accounting import merge_history
@@ -154,11 +155,7 @@ def noised_round(
     with SiteBudget(privacy) as budget:
         grant = budget.grant(study, n_train, server_round)
         update = train().update
-        change = {
-            name: update.arrays[name].astype(np.float64) - value.astype(np.float64)
-            for name, value in start.items()
-        }
-        noisy = noised_change(change, noise_plan(study), normal)
+        noisy = noised_change(change_from(start, update.arrays), noise_plan(study), normal)
         history = merge_history(grant.history, grant.plan.round_history())
         spend = budget.commit(grant, history, server_round)
     return NoisedRound(update, noisy, spend.epsilon)
